@@ -1,0 +1,1 @@
+"""The Typer command-line interface: parsing, reading, writing, messages. No math here."""

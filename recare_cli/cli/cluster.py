@@ -1,0 +1,66 @@
+"""recare cluster: t-SNE + k-means over candidate words; drop the extreme-residual clusters."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from recare_cli import console
+from recare_cli.cli.options import Output, Quiet, Seed
+
+HELP = """Cluster candidate words and mark the extreme-residual clusters as dropped.
+
+Reads a recare.candidates stream (from `recare mine`, a file or - for stdin) and writes the same
+stream with each word's 2-D point, cluster, residual and kept/dropped status with a reason.
+A summary table goes to stderr.
+
+Example:
+
+  recare mine imgs/ --target nudity | recare cluster -n 6 > clustered.jsonl
+"""
+
+
+def cluster(
+    candidates: Annotated[str, typer.Argument(help="Candidate stream (JSONL), or - for stdin.")] = "-",
+    clusters: Annotated[int, typer.Option("--clusters", "-n", min=2,
+                                          help="k-means clusters (paper: 6).")] = 6,
+    drop_extremes: Annotated[int, typer.Option(
+        "--drop-extremes", min=0,
+        help="Clusters dropped at each end of the mean-residual ranking "
+             "(effective min(k, clusters // 2)).")] = 1,
+    perplexity: Annotated[float | None, typer.Option(
+        "--perplexity", min=1.0, help="t-SNE perplexity [default: 30, lowered for few words].",
+        show_default=False)] = None,
+    seed: Seed = 42,
+    output: Output = "-",
+    quiet: Quiet = False,
+) -> None:
+    from recare_cli.io.candidates import read_candidates
+    from recare_cli.io.streams import open_output
+    from recare_cli.stages.cluster import run_clustering
+
+    console.set_quiet(quiet)
+    stream = read_candidates(candidates)
+    params = {"candidates": candidates, "clusters": clusters, "drop_extremes": drop_extremes,
+              "perplexity": perplexity, "seed": seed}
+    decisions = run_clustering(stream, n_clusters=clusters, drop_extremes=drop_extremes, seed=seed,
+                               perplexity=perplexity, params=params)
+    with open_output(output, binary=False) as out:
+        stream.write(out)
+    if not quiet:
+        _summary(stream, decisions)
+
+
+def _summary(stream: object, decisions: list) -> None:  # type: ignore[type-arg]
+    from rich.table import Table
+
+    words = getattr(stream, "words", [])
+    table = Table(title=f"clusters for '{getattr(stream, 'target', '')}' (by mean residual)")
+    for col in ("rank", "cluster", "words", "mean residual", "status", "top words"):
+        table.add_column(col)
+    for d in sorted(decisions, key=lambda d: d.rank):
+        top = [w["word"] for w in words if w["cluster"] == d.cluster][:8]
+        table.add_row(str(d.rank + 1), str(d.cluster), str(d.size), f"{d.mean_residual:.4f}",
+                      "kept" if d.kept else "dropped", ", ".join(top))
+    console.stderr_console().print(table)

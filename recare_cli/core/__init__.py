@@ -1,0 +1,1 @@
+"""Pure math on arrays, tensors and modules. No paths, no printing, no from_pretrained."""

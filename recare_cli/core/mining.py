@@ -1,0 +1,54 @@
+"""Top-K co-occurring word mining (method.md §1, steps 2–3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Top-N words by how many images have them among their top-K most similar words."""
+
+    index: np.ndarray  # (N,) vocabulary indices, in rank order
+    count: np.ndarray  # (N,) number of images with the word in their top-K
+    sim_mean: np.ndarray  # (N,) mean cosine similarity over all images
+    sim_max: np.ndarray  # (N,) max cosine similarity over all images
+    hit_sim_mean: np.ndarray  # (N,) mean similarity over the images that counted the word
+
+
+def top_k_indices(sims: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the ``k`` columns of highest similarity; ties broken by lower column index."""
+    k = min(k, sims.shape[1])
+    # A stable sort of the negated values keeps equal values in column order: deterministic ties.
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
+         chunk: int = 256) -> Candidates:
+    """Count top-``top_k`` appearances of every word over all images; keep the ``top_n`` most frequent.
+
+    Ranking: count (descending), then mean similarity (descending), then vocabulary index.
+    Similarities are dot products of L2-normalised float32 embeddings. Memory is bounded by
+    ``chunk`` images at a time.
+    """
+    n_words = word_emb.shape[0]
+    count = np.zeros(n_words, dtype=np.int64)
+    sim_sum = np.zeros(n_words, dtype=np.float64)
+    sim_max = np.full(n_words, -np.inf, dtype=np.float64)
+    hit_sum = np.zeros(n_words, dtype=np.float64)
+    for start in range(0, image_emb.shape[0], chunk):
+        sims = image_emb[start : start + chunk] @ word_emb.T  # (c, V)
+        top = top_k_indices(sims, top_k)
+        rows = np.arange(top.shape[0])[:, None]
+        np.add.at(count, top.ravel(), 1)
+        np.add.at(hit_sum, top.ravel(), sims[rows, top].ravel().astype(np.float64))
+        sim_sum += sims.sum(axis=0, dtype=np.float64)
+        np.maximum(sim_max, sims.max(axis=0), out=sim_max)
+    sim_mean = sim_sum / max(image_emb.shape[0], 1)
+    appeared = np.flatnonzero(count)
+    order = np.lexsort((appeared, -sim_mean[appeared], -count[appeared]))
+    chosen = appeared[order][:top_n]
+    hit_mean = hit_sum[chosen] / count[chosen]
+    return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean)
