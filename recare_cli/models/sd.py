@@ -1,0 +1,58 @@
+"""Loading a diffusers Stable Diffusion pipeline (folder or hub id) for invert, erase and sample."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from recare_cli.models.device import dtype_name, resolve_device, resolve_dtype
+from recare_cli.models.fingerprint import module_fingerprint
+from recare_cli.models.hub import load_pretrained
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+MODEL_ENV = "RECARE_MODEL"
+MODEL_HINT = f"pass a local diffusers folder with --model or {MODEL_ENV}"
+
+
+def default_model() -> str:
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+@dataclass
+class SDBundle:
+    pipe: Any  # diffusers.StableDiffusionPipeline
+    name: str
+    unet_fingerprint: str
+    text_encoder_fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+
+    def identity(self) -> dict[str, str]:
+        """What provenance records about the base model."""
+        return {"name": self.name, "unet": self.unet_fingerprint,
+                "text_encoder": self.text_encoder_fingerprint, "dtype": dtype_name(self.dtype)}
+
+
+def load_sd(name: str, *, device: str = "auto", dtype: str = "auto") -> SDBundle:
+    """Load all components on ``device`` in ``dtype``; no safety checker (evaluation needs raw
+    outputs; documented in the README). Fingerprints are taken before any modification."""
+    from diffusers import StableDiffusionPipeline
+
+    from recare_cli.models.quiet import quiet_libraries
+
+    quiet_libraries()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    pipe = load_pretrained(StableDiffusionPipeline.from_pretrained, name, what="Stable Diffusion model",
+                           hint=MODEL_HINT, dtype=dt, safety_checker=None,
+                           requires_safety_checker=False)
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.eval().requires_grad_(False)
+    return SDBundle(pipe, name, module_fingerprint(pipe.unet), module_fingerprint(pipe.text_encoder),
+                    dev, dt)
