@@ -1,0 +1,46 @@
+"""Shared fixtures: offline environment, tiny models built once per session from configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test may touch a model hub or the user's cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("RECARE_CACHE", str(tmp_path_factory.getbasetemp() / "recare-cache"))
+    monkeypatch.delenv("RECARE_CLIP", raising=False)
+    monkeypatch.delenv("RECARE_MODEL", raising=False)
+    monkeypatch.delenv("RECARE_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.models.tiny import build_tiny_clip
+
+    quiet_libraries()
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.models.tiny import build_tiny_sd
+
+    quiet_libraries()
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def target_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve small procedural PNGs (deterministic)."""
+    from recare_cli.stages.demo import draw_images
+
+    folder = tmp_path_factory.mktemp("images")
+    draw_images(folder, 12, seed=0, size=40)
+    return folder

@@ -1,0 +1,59 @@
+"""Test helpers: run the CLI in-process with separate stdout/stderr, or as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8")
+
+
+class _Stream(io.TextIOWrapper):
+    def isatty(self) -> bool:  # CLI tests run as if piped
+        return False
+
+
+def invoke(args: list[str], stdin: bytes = b"") -> Result:
+    """Run ``recare ARGS`` in this process through the real entry point (exit-code mapping included)."""
+    from recare_cli.cli.app import run
+
+    out_buf, err_buf = io.BytesIO(), io.BytesIO()
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin = _Stream(io.BytesIO(stdin), encoding="utf-8")
+    sys.stdout = _Stream(out_buf, encoding="utf-8", write_through=True)
+    sys.stderr = _Stream(err_buf, encoding="utf-8", write_through=True)
+    try:
+        code = run(args)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+    return Result(code, out_buf.getvalue(), err_buf.getvalue().decode("utf-8"))
+
+
+def recare_exe() -> str:
+    exe = Path(sys.executable).with_name("recare")
+    return str(exe) if exe.exists() else "recare"
+
+
+def shell(command: str, cwd: Path, env: dict[str, str] | None = None,
+          timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a real bash pipeline with this venv's ``recare`` first on PATH."""
+    full_env = dict(os.environ)
+    full_env["PATH"] = f"{Path(recare_exe()).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    full_env.update(env or {})
+    return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
