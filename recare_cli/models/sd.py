@@ -40,11 +40,10 @@ class SDBundle:
 def load_sd(name: str, *, device: str = "auto", dtype: str = "auto") -> SDBundle:
     """Load all components on ``device`` in ``dtype``; no safety checker (evaluation needs raw
     outputs; documented in the README). Fingerprints are taken before any modification."""
-    from diffusers import StableDiffusionPipeline
-
     from recare_cli.models.quiet import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries()  # before importing the pipeline classes, whose import logs warnings
+    from diffusers import StableDiffusionPipeline
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     pipe = load_pretrained(StableDiffusionPipeline.from_pretrained, name, what="Stable Diffusion model",
