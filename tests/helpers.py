@@ -32,15 +32,17 @@ def invoke(args: list[str], stdin: bytes = b"") -> Result:
 
     out_buf, err_buf = io.BytesIO(), io.BytesIO()
     saved = sys.stdin, sys.stdout, sys.stderr
-    sys.stdin = _Stream(io.BytesIO(stdin), encoding="utf-8")
-    sys.stdout = _Stream(out_buf, encoding="utf-8", write_through=True)
-    sys.stderr = _Stream(err_buf, encoding="utf-8", write_through=True)
+    streams = (_Stream(io.BytesIO(stdin), encoding="utf-8"),
+               _Stream(out_buf, encoding="utf-8", write_through=True),
+               _Stream(err_buf, encoding="utf-8", write_through=True))
+    sys.stdin, sys.stdout, sys.stderr = streams
     try:
         code = run(args)
-        sys.stdout.flush()
-        sys.stderr.flush()
     finally:
         sys.stdin, sys.stdout, sys.stderr = saved
+        for stream in streams:
+            stream.flush()
+            stream.detach()  # keep the buffers open after the wrappers are collected
     return Result(code, out_buf.getvalue(), err_buf.getvalue().decode("utf-8"))
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 
 from recare_cli import __version__
@@ -18,6 +18,9 @@ from recare_cli.errors import (
     PipeClosedError,
     RecareError,
 )
+
+# Typer ≥ 0.25 vendors Click; take the exception classes from wherever Typer's own come from.
+click_exceptions = importlib.import_module(typer.BadParameter.__module__)
 
 app = typer.Typer(
     name="recare",
@@ -87,17 +90,16 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         command.main(args=args, prog_name="recare", standalone_mode=False)
         return 0
-    except click.exceptions.NoArgsIsHelpError as err:
-        sys.stderr.write(err.ctx.get_help() + "\n" if err.ctx else "")
-        return EXIT_USAGE
-    except click.exceptions.UsageError as err:
+    except click_exceptions.UsageError as err:
         if err.ctx is not None:
             prefix = err.ctx.command_path
+        if not err.format_message().strip():  # no_args_is_help: the help was printed already
+            return EXIT_USAGE
         hint = f" (see {prefix} --help)"
         return _fail(prefix, err.format_message().replace("\n", " ") + hint, EXIT_USAGE)
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         return int(err.exit_code or 0)
-    except click.exceptions.Abort:
+    except typer.Abort:
         return _fail(prefix, "interrupted", EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         return _fail(prefix, "interrupted; no partial output was written", EXIT_INTERRUPTED)

@@ -11,9 +11,7 @@ from recare_cli.cli.options import Output, Quiet, Seed
 
 HELP = """Cluster candidate words and mark the extreme-residual clusters as dropped.
 
-Reads a recare.candidates stream (from `recare mine`, a file or - for stdin) and writes the same
-stream with each word's 2-D point, cluster, residual and kept/dropped status with a reason.
-A summary table goes to stderr.
+Reads a recare.candidates stream (from `recare mine`, a file or - for stdin) and writes the same stream with each word's 2-D point, cluster, residual and kept/dropped status with a reason. A summary table goes to stderr.
 
 Example:
 

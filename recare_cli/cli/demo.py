@@ -12,9 +12,7 @@ from recare_cli.cli.options import Quiet, Seed
 
 HELP = """Run the CARE-set pipeline offline on tiny models and images built on the spot.
 
-Writes images/, models/, candidates.jsonl, clustered.jsonl and care.json into --out, and
-prints the same pipeline as shell commands. The models are UNTRAINED: this shows the
-pipeline working without a GPU or a model hub, not meaningful words.
+Writes images/, models/, candidates.jsonl, clustered.jsonl and care.json into --out, and prints the same pipeline as shell commands. The models are UNTRAINED: this shows the pipeline working without a GPU or a model hub, not meaningful words.
 
 Example:
 

@@ -13,8 +13,7 @@ from recare_cli.models.clip import DEFAULT_CLIP
 
 HELP = """Mine candidate words that co-occur with TARGET in images of it.
 
-IMAGES is a folder of images, or - to read image paths (one per line) from stdin, or a list
-file with --list. Writes a recare.candidates JSONL stream (docs/formats.md) to stdout.
+IMAGES is a folder of images, or - to read image paths (one per line) from stdin, or a list file with --list. Writes a recare.candidates JSONL stream (docs/formats.md) to stdout.
 
 Example:
 

@@ -12,9 +12,7 @@ from recare_cli.cli.options import Output, Quiet
 
 HELP = """Refine clustered candidates into the CARE-set (care.json).
 
-Reads the stream from `recare cluster` (a file or - for stdin) and removes, inside each kept
-cluster, the words that lean toward the target. Also reads a CARE-set JSON of either layout
-(recare or the reference's) and re-writes it, e.g. to convert between layouts after a hand edit.
+Reads the stream from `recare cluster` (a file or - for stdin) and removes, inside each kept cluster, the words that lean toward the target. Also reads a CARE-set JSON of either layout (recare or the reference's) and re-writes it, e.g. to convert between layouts after a hand edit.
 
 Example:
 

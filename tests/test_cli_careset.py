@@ -1,0 +1,178 @@
+"""mine / cluster / refine through the real entry point, in-process: stdout is data, stderr is talk."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from PIL import Image
+
+from recare_cli.errors import EXIT_BAD_INPUT, EXIT_MODEL_UNAVAILABLE, EXIT_USAGE
+from tests.helpers import Result, invoke
+
+
+def _lines(result: Result) -> list[dict]:
+    return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+
+def _one_line_error(result: Result, code: int, *needles: str) -> None:
+    assert result.code == code, result.stderr
+    assert result.stdout == b""
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.stderr  # progress lines may precede it
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def mined(tiny_clip_dir: Path, target_images: Path) -> Result:
+    result = invoke(["mine", str(target_images), "--target", "circle", "--clip", str(tiny_clip_dir),
+                     "--top-k", "20", "--top-n", "40"])
+    assert result.code == 0, result.stderr
+    return result
+
+
+def test_mine_stream(mined: Result, tiny_clip_dir: Path) -> None:
+    records = _lines(mined)
+    header, words = records[0], records[1:]
+    assert header["format"] == "recare.candidates" and header["version"] == 1
+    assert header["target"] == "circle" and header["embedding_dim"] == 32
+    assert header["clip"]["name"] == str(tiny_clip_dir) and header["clip"]["fingerprint"].startswith("sha256:")
+    assert header["mining"]["images"] == 12 and header["mining"]["top_k"] == 20
+    assert header["provenance"][0]["command"] == "mine"
+    assert len(words) == 40
+    counts = [w["count"] for w in words]
+    assert counts == sorted(counts, reverse=True)
+    assert sum(counts) <= 12 * 20
+    assert all(len(w["embedding"]) == 32 and w["word"].isalpha() for w in words)
+    assert "mined 40 candidate words" in mined.stderr
+
+
+def test_mine_is_deterministic_and_cache_is_exact(mined: Result, tiny_clip_dir: Path, target_images: Path,
+                                                  tmp_path: Path) -> None:
+    args = ["mine", str(target_images), "--target", "circle", "--clip", str(tiny_clip_dir), "--top-k", "20",
+            "--top-n", "40", "--cache-dir", str(tmp_path)]
+    cold = invoke(args)
+    warm = invoke(args)
+    uncached = invoke([*args, "--no-cache"])
+    assert "from cache" not in cold.stderr and "from cache" in warm.stderr
+    assert cold.stdout == warm.stdout == uncached.stdout
+    # Provenance differs only by the cache dir parameter? No: the cache dir is not recorded.
+    assert cold.stdout == mined.stdout
+
+
+def test_mine_with_word_list(tiny_clip_dir: Path, target_images: Path, tmp_path: Path) -> None:
+    vocab = tmp_path / "words.txt"
+    vocab.write_text("person\nsky\n# comment\n\nstarry sky\nperson\nwater\n")
+    result = invoke(["mine", str(target_images), "-t", "circle", "--clip", str(tiny_clip_dir), "--vocab",
+                     str(vocab), "--top-k", "2"])
+    assert result.code == 0, result.stderr
+    words = {r["word"] for r in _lines(result)[1:]}
+    assert words <= {"person", "sky", "starry sky", "water"} and words
+
+
+def test_mine_reads_a_path_list_on_stdin(tiny_clip_dir: Path, target_images: Path) -> None:
+    paths = sorted(target_images.glob("*.png"))[:3]
+    result = invoke(["mine", "-", "-t", "circle", "--clip", str(tiny_clip_dir), "-q"],
+                    stdin="\n".join(map(str, paths)).encode())
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    assert _lines(result)[0]["mining"]["images"] == 3
+
+
+def test_mine_skips_unreadable_images_with_warnings(tiny_clip_dir: Path, target_images: Path,
+                                                    tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    shutil.copytree(target_images, folder)
+    (folder / "notes.png").write_text("this is text")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+    (folder / "cut.jpg").write_bytes(buf.getvalue()[:200])
+    result = invoke(["mine", str(folder), "-t", "circle", "--clip", str(tiny_clip_dir)])
+    assert result.code == 0, result.stderr
+    assert "notes.png" in result.stderr and "cut.jpg" in result.stderr
+    assert "skipped 2 of 14 images" in result.stderr
+    assert _lines(result)[0]["mining"]["skipped"] == 2
+    strict = invoke(["mine", str(folder), "-t", "circle", "--clip", str(tiny_clip_dir), "--strict"])
+    _one_line_error(strict, EXIT_BAD_INPUT, "unreadable image", "cut.jpg")
+
+
+def test_mine_bad_inputs(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    clip = ["--clip", str(tiny_clip_dir)]
+    _one_line_error(invoke(["mine", str(tmp_path / "nope"), "-t", "x", *clip]), EXIT_BAD_INPUT, "no such folder")
+    _one_line_error(invoke(["mine", str(tmp_path), "-t", "x", *clip]), EXIT_BAD_INPUT, "no image files")
+    (tmp_path / "only.png").write_text("not an image")
+    _one_line_error(invoke(["mine", str(tmp_path), "-t", "x", *clip]), EXIT_BAD_INPUT, "none of the 1 images")
+    _one_line_error(invoke(["mine", str(tmp_path), "-t", "x", "--bogus"]), EXIT_USAGE, "--bogus",
+                    "recare mine --help")
+    _one_line_error(invoke(["mine", str(tmp_path), "-t", "x", "--top-k", "0"]), EXIT_USAGE, "--top-k")
+    _one_line_error(invoke(["mine", str(tmp_path), "-t", "x", "--clip", str(tmp_path / "no-model")]),
+                    EXIT_MODEL_UNAVAILABLE, "does not exist")
+    offline = invoke(["mine", str(tmp_path), "-t", "x", "--clip", "openai/clip-vit-base-patch32"])
+    _one_line_error(offline, EXIT_MODEL_UNAVAILABLE, "openai/clip-vit-base-patch32", "--clip")
+    _one_line_error(invoke(["mine", str(tmp_path), "-t", "x", "--device", "tpu9"]), EXIT_USAGE, "--device")
+
+
+def test_cluster_and_refine(mined: Result, tmp_path: Path) -> None:
+    clustered = invoke(["cluster", "-n", "4"], stdin=mined.stdout)
+    assert clustered.code == 0, clustered.stderr
+    records = _lines(clustered)
+    clusters = [r for r in records if r["record"] == "cluster"]
+    words = [r for r in records if r["record"] == "word"]
+    assert len(clusters) == 4 and len(words) == 40
+    assert sum(c["status"] == "dropped" for c in clusters) == 2
+    assert all(w["status"] in ("kept", "dropped") and len(w["point"]) == 2 for w in words)
+    assert all((w["reason"] is None) == (w["status"] == "kept") for w in words)
+    assert "mean residual" in clustered.stderr  # the summary table
+    assert [p["command"] for p in records[0]["provenance"]] == ["mine", "cluster"]
+
+    out = tmp_path / "care.json"
+    refined = invoke(["refine", "-", "--alpha", "0.1", "-o", str(out)], stdin=clustered.stdout)
+    assert refined.code == 0, refined.stderr
+    assert refined.stdout == b""
+    care = orjson.loads(out.read_bytes())
+    assert care["format"] == "recare.careset" and care["target"] == "circle"
+    kept = {w["word"] for w in words if w["status"] == "kept"}
+    assert set(care["words"]) <= kept
+    assert {r["word"] for r in care["removed"]} | set(care["words"]) == {w["word"] for w in words}
+    assert care["anchor_prompts"] == [f"A {w}" for w in care["words"]]
+    assert care["retain_prompts"] == [f"A photo of {w}" for w in care["words"]]
+    assert [p["command"] for p in care["provenance"]] == ["mine", "cluster", "refine"]
+
+    ref = invoke(["refine", str(out), "--format", "reference"])
+    assert orjson.loads(ref.stdout) == {"circle_care_word": care["anchor_prompts"],
+                                        "circle_care_word_photo": care["retain_prompts"]}
+    back = invoke(["refine", "-"], stdin=ref.stdout)
+    assert orjson.loads(back.stdout)["words"] == care["words"]
+
+
+def test_cluster_bad_inputs(mined: Result) -> None:
+    lines = mined.stdout.splitlines(keepends=True)
+    few = b"".join(lines[:4])
+    _one_line_error(invoke(["cluster", "-n", "6"], stdin=few), EXIT_BAD_INPUT, "only 3 candidate words",
+                    "6 clusters")
+    cut = b"".join(lines[:5]) + lines[5][: len(lines[5]) // 2]
+    _one_line_error(invoke(["cluster"], stdin=cut), EXIT_BAD_INPUT, "<stdin>:6", "not valid JSON")
+    other = orjson.loads(lines[3])
+    other["word"] = "zzz"
+    other["embedding"] = np.zeros(512).tolist()
+    mixed = b"".join(lines[:10]) + orjson.dumps(other) + b"\n"
+    _one_line_error(invoke(["cluster", "-n", "2"], stdin=mixed), EXIT_BAD_INPUT, "<stdin>:11",
+                    "field 'embedding'", "different CLIP")
+    _one_line_error(invoke(["cluster"], stdin=b""), EXIT_BAD_INPUT, "empty input")
+    _one_line_error(invoke(["refine"], stdin=mined.stdout), EXIT_BAD_INPUT, "run `recare cluster`")
+    _one_line_error(invoke(["cluster", "-n", "1"], stdin=mined.stdout), EXIT_USAGE, "--clusters")
+
+
+def test_help_and_version() -> None:
+    result = invoke(["--version"])
+    assert result.code == 0 and result.text.startswith("recare ")
+    for command in ("mine", "cluster", "refine", "demo"):
+        result = invoke([command, "--help"])
+        assert result.code == 0 and "Example" in result.text
