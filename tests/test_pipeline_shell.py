@@ -1,0 +1,89 @@
+"""The CARE-set pipeline as real shell pipelines, in subprocesses: what users type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.helpers import invoke, shell
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tiny_clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {"RECARE_CLIP": str(tiny_clip_dir), "HF_HUB_OFFLINE": "1",
+            "RECARE_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+def test_pipeline_end_to_end_matches_in_process(target_images: Path, tmp_path: Path,
+                                                env: dict[str, str]) -> None:
+    cmd = (f"recare mine {target_images} --target circle --top-k 20 --top-n 40 "
+           "| recare cluster -n 4 | recare refine --alpha 0.1 > care.json")
+    done = shell(cmd, tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # data went to the file
+    care = orjson.loads((tmp_path / "care.json").read_bytes())
+    assert care["format"] == "recare.careset" and care["words"]
+    # Same bytes as the in-process run with the same arguments (no hidden state, no timestamps).
+    mined = invoke(["mine", str(target_images), "--target", "circle", "--top-k", "20", "--top-n", "40",
+                    "--clip", env["RECARE_CLIP"]])
+    clustered = invoke(["cluster", "-n", "4"], stdin=mined.stdout)
+    refined = invoke(["refine", "--alpha", "0.1"], stdin=clustered.stdout)
+    in_process = orjson.loads(refined.stdout)
+    assert in_process["words"] == care["words"]
+    assert in_process["removed"] == care["removed"]
+
+
+def test_pipeline_with_a_hand_edit_between_stages(target_images: Path, tmp_path: Path,
+                                                  env: dict[str, str]) -> None:
+    done = shell(f"recare mine {target_images} -t circle --top-k 20 --top-n 40 > cand.jsonl", tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    records = [orjson.loads(line) for line in (tmp_path / "cand.jsonl").read_bytes().splitlines()]
+    victim = records[1]["word"]
+    edited = shell(f"grep -v '\"word\":\"{victim}\"' cand.jsonl | recare cluster -n 4 | tee clustered.jsonl "
+                   "| recare refine > care.json", tmp_path, env)
+    assert edited.returncode == 0, edited.stderr
+    care = orjson.loads((tmp_path / "care.json").read_bytes())
+    everything = set(care["words"]) | {r["word"] for r in care["removed"]}
+    assert victim not in everything
+    assert len(everything) == 39
+    # Hand-keep a dropped word: flip its status; refine must honour it.
+    lines = (tmp_path / "clustered.jsonl").read_bytes().splitlines()
+    out = []
+    flipped = None
+    for line in lines:
+        rec = orjson.loads(line)
+        if flipped is None and rec.get("record") == "word" and rec["status"] == "dropped":
+            rec["status"], rec["reason"], flipped = "kept", None, rec["word"]
+        out.append(orjson.dumps(rec))
+    (tmp_path / "hand.jsonl").write_bytes(b"\n".join(out) + b"\n")
+    again = shell("recare refine hand.jsonl --alpha 1000 -o care2.json", tmp_path, env)
+    assert again.returncode == 0, again.stderr
+    assert flipped in orjson.loads((tmp_path / "care2.json").read_bytes())["words"]
+
+
+def test_closed_pipe_ends_quietly(target_images: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    # 600 records of ~600 bytes overflow the 64 KiB pipe buffer: the write must hit the closed pipe.
+    command = f"recare mine {target_images} -t circle --top-k 300 --top-n 600 | head -n 2"
+    done = shell(command + '; echo "status=${PIPESTATUS[0]}"', tmp_path, env)
+    assert done.stdout.count("\n") == 3 and done.stdout.endswith("status=141\n"), done.stdout
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr
+
+
+def test_failed_stage_leaves_existing_output_untouched(tmp_path: Path, env: dict[str, str]) -> None:
+    (tmp_path / "care.json").write_text("precious")
+    done = shell("printf '{\"record\":\"header\"' | recare refine -o care.json", tmp_path, env)
+    assert done.returncode == 3
+    assert (tmp_path / "care.json").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["care.json"]
+    assert done.stderr.count("\n") == 1 and "<stdin>:1" in done.stderr
+
+
+def test_module_entry_point_and_fast_help(tmp_path: Path, env: dict[str, str]) -> None:
+    done = shell("python -m recare_cli --version && python -c \"import sys, recare_cli.cli.app; "
+                 "print('torch' in sys.modules)\"", tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["recare 0.1.0", "False"]  # --help never imports torch
