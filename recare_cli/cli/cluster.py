@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from recare_cli import console
 from recare_cli.cli.options import Output, Quiet, Seed
+
+if TYPE_CHECKING:
+    from recare_cli.core.clustering import ClusterDecision
+    from recare_cli.io.candidates import CandidateStream
 
 HELP = """Cluster candidate words and mark the extreme-residual clusters as dropped.
 
@@ -50,11 +54,11 @@ def cluster(
         _summary(stream, decisions)
 
 
-def _summary(stream: object, decisions: list) -> None:  # type: ignore[type-arg]
+def _summary(stream: CandidateStream, decisions: list[ClusterDecision]) -> None:
     from rich.table import Table
 
-    words = getattr(stream, "words", [])
-    table = Table(title=f"clusters for '{getattr(stream, 'target', '')}' (by mean residual)")
+    words = stream.words
+    table = Table(title=f"clusters for '{stream.target}' (by mean residual)")
     for col in ("rank", "cluster", "words", "mean residual", "status", "top words"):
         table.add_column(col)
     for d in sorted(decisions, key=lambda d: d.rank):

@@ -1,0 +1,33 @@
+# recare tasks. `just` comes with the dev extra (PyPI package rust-just).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv/bin"
+
+# Install for development on a CPU machine (the CPU torch wheel, never a CUDA build)
+install:
+    python3 -m venv .venv
+    {{venv}}/pip install -c constraints/cpu.txt -e '.[dev]'
+
+# Run the whole test suite
+test *ARGS:
+    {{venv}}/python -m pytest {{ARGS}}
+
+# Lint and type-check
+lint:
+    {{venv}}/ruff check recare_cli tests bench
+    {{venv}}/mypy
+
+# Regenerate docs/cli.md from --help
+docs:
+    {{venv}}/python -m recare_cli.cli.docs > docs/cli.md
+
+# Benchmarks (print markdown tables and the command to reproduce them)
+bench:
+    {{venv}}/python bench/bench_vocab.py
+
+# The offline demo
+demo OUT="recare-demo":
+    {{venv}}/recare demo --out {{OUT}}
+
+# What CI runs
+ci: lint test
