@@ -87,3 +87,26 @@ def test_module_entry_point_and_fast_help(tmp_path: Path, env: dict[str, str]) -
                  "print('torch' in sys.modules)\"", tmp_path, env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["recare 0.1.0", "False"]  # --help never imports torch
+
+
+def test_ctrl_c_exits_130_and_leaves_no_file(target_images: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from tests.helpers import recare_exe
+
+    # One word per forward pass and no cache: the vocabulary embedding runs for seconds.
+    proc = subprocess.Popen([recare_exe(), "mine", str(target_images), "-t", "circle", "--no-cache",
+                             "--text-batch-size", "1", "-o", "out.jsonl"], cwd=tmp_path,
+                            env={**os.environ, **env}, stderr=subprocess.PIPE, text=True,
+                            # a shell's background jobs ignore SIGINT; a terminal's Ctrl-C does not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert "embedding" in first and "vocabulary" in first, first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, first + err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -88,8 +88,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     prefix = "recare"
     try:
-        command.main(args=args, prog_name="recare", standalone_mode=False)
-        return 0
+        rv = command.main(args=args, prog_name="recare", standalone_mode=False)
+        # Non-standalone Typer returns the code of an Exit (Ctrl-C becomes Exit(130)) instead of raising.
+        code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
+        if code == EXIT_INTERRUPTED:
+            return _fail(_command_path(args), "interrupted; no partial output was written", code)
+        return code
     except click_exceptions.UsageError as err:
         if err.ctx is not None:
             prefix = err.ctx.command_path
