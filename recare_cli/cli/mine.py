@@ -71,7 +71,7 @@ def mine(
         paths=paths, target=target.strip(), top_k=top_k, top_n=top_n, words=words,
         vocab_source=display_name(vocab) if vocab is not None else "clip-whole-words",
         strict=strict, clip=clip, device=device, dtype=dtype, batch_size=batch_size,
-        text_batch_size=text_batch_size, cache_dir=None if no_cache else cache_dir,
+        text_batch_size=text_batch_size, cache_dir=cache_dir,
         use_cache=not no_cache, params=_params(locals()))
     with open_output(output, binary=False) as out:
         stream.write(out)

@@ -64,6 +64,9 @@ def refine(
         doc = None  # not one JSON document: a JSONL stream
     if isinstance(doc, dict) and (doc.get("format") == FORMAT or is_reference_layout(doc)):
         careset = parse_careset(doc, source=name, target=target)
+        if alpha != 0.01 or min_cluster_size != 2:
+            console.warn("--alpha and --min-cluster-size apply to clustered streams; a CARE-set is "
+                         "re-written as it is")
     else:
         stream = parse_candidates(data, name)
         params = {"source": source, "alpha": alpha, "min_cluster_size": min_cluster_size,
