@@ -53,11 +53,15 @@ def _root(
 
 def _register() -> None:
     from recare_cli.cli import cluster, demo, mine, refine
+    from recare_cli.cli import sample as sample_cmd
+    from recare_cli.cli import score as score_cmd
 
     app.command("mine", help=mine.HELP, no_args_is_help=True)(mine.mine)
     app.command("cluster", help=cluster.HELP)(cluster.cluster)
     app.command("refine", help=refine.HELP)(refine.refine)
     app.command("demo", help=demo.HELP)(demo.demo)
+    app.command("sample", help=sample_cmd.HELP, no_args_is_help=True)(sample_cmd.sample)
+    app.command("score", help=score_cmd.HELP, no_args_is_help=True)(score_cmd.score)
 
 
 _register()

@@ -1,0 +1,78 @@
+"""recare sample: evaluation images from (an erased) Stable Diffusion, with a manifest (method.md §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from recare_cli import console
+from recare_cli.cli.options import Device, Dtype, Quiet, Seed
+from recare_cli.models.sd import DEFAULT_MODEL, MODEL_ENV
+
+HELP = """Generate evaluation images for every prompt and write a manifest.
+
+PROMPTS is a CSV with a prompt column (and optional evaluation_seed, case_number, as in I2P and COCO-30k prompt files), a JSONL file with a prompt field, a text file with one prompt per line, or - for stdin. Images go to --out DIR with stable names; the manifest (one JSON record per image, docs/evaluation.md) goes to stdout.
+
+Image j (from 0) of a prompt uses seed evaluation_seed + j, or --seed + j when the prompt has none. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
+
+Examples:
+
+  recare sample prompts.csv --weights erased.safetensors --out imgs/ > manifest.jsonl
+
+  accelerate launch -m recare_cli sample prompts.csv --out imgs/ > manifest.jsonl
+"""
+
+
+def sample(
+    prompts: Annotated[str, typer.Argument(help="Prompt file (CSV, JSONL or text), or - for stdin.",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-O", help="Folder for the images (created if missing).",
+                                      show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="Prompt file format: auto, csv, jsonl or text.")] = "auto",
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-n", min=1,
+                                                   help="Images per prompt.")] = 1,
+    seed: Seed = 42,
+    model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
+                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = DEFAULT_MODEL,
+    weights: Annotated[list[Path] | None, typer.Option(
+        "--weights", help="UNet weights from recare erase (safetensors); repeat to apply several in order.",
+        show_default=False)] = None,
+    embeddings: Annotated[list[Path] | None, typer.Option(
+        "--embeddings", help="Textual-inversion embeddings from recare invert (safetensors); repeatable.",
+        show_default=False)] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = 50,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
+    height: Annotated[int, typer.Option("--height", min=8, help="Image height in pixels (multiple of 8).")] = 512,
+    width: Annotated[int, typer.Option("--width", min=8, help="Image width in pixels (multiple of 8).")] = 512,
+    scheduler: Annotated[str, typer.Option(
+        "--scheduler", help="default (the model's own), ddim, pndm, dpm++, euler, euler-a or lms.")] = "default",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+                                            help="Images per forward pass (part of the work plan: keep it "
+                                                 "fixed across shards and resumes for identical bytes).")] = 4,
+    shard: Annotated[str, typer.Option("--shard", help="Make only part I of N (0-based), e.g. 0/4 for a "
+                                                       "job array.")] = "0/1",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    quiet: Quiet = False,
+) -> None:
+    from recare_cli.io.jsonl import dumps_line
+    from recare_cli.io.prompts import read_prompts
+    from recare_cli.io.streams import open_output
+    from recare_cli.stages.sample import SampleSettings, Shard, run_sample
+
+    console.set_quiet(quiet)
+    part = Shard.parse(shard)
+    rows = read_prompts(prompts, fmt=fmt)
+    settings = SampleSettings(steps=steps, guidance=guidance, height=height, width=width, scheduler=scheduler,
+                              batch_size=batch_size)
+    with open_output("-", binary=False) as stdout:
+        def emit(record: dict[str, Any]) -> None:
+            stdout.write(dumps_line(record))
+            stdout.flush()
+
+        result = run_sample(rows, out_dir=out, images_per_prompt=images_per_prompt, seed=seed, model=model,
+                            weights=list(weights or []), embeddings=list(embeddings or []), settings=settings,
+                            shard=part, device=device, dtype=dtype, emit=emit)
+    console.info(f"sample: {result.made} images made, {result.skipped} already present, in {out}")

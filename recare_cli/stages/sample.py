@@ -1,0 +1,350 @@
+"""Stage: sample evaluation images from (an erased) Stable Diffusion (method.md §6).
+
+Work plan, which makes every way of running give the same bytes:
+
+1. *Jobs*: one per (prompt, image index), in prompt order then image index. Image ``j`` of a prompt
+   gets seed ``evaluation_seed + j`` when the prompt has one, else ``--seed + j`` (``j`` counts from
+   0 within the prompt, as the reference's ``seed + i``); its latent comes from its own CPU
+   ``torch.Generator`` seeded with it, so it does not depend on its batch neighbours.
+2. *Batches*: the job list is cut into fixed consecutive batches of ``--batch-size``. A batch is
+   the unit of work: shards (``--shard i/n``) and processes (``accelerate launch``) take contiguous
+   runs of whole batches, so every image is computed in exactly the batch it would be in a single
+   process, and the outputs are identical byte for byte. (Different batch *sizes* give the same
+   images up to float rounding: batched matrix products round differently on CPU.)
+3. *Resume*: an image is done when its file decodes completely, has the right size and carries
+   the same prompt, seed and settings digest (a PNG text chunk). A batch with any missing image
+   is recomputed whole (same bytes for the images it already had) and only the missing files are
+   written, each atomically. An image made with other settings is never overwritten: the run
+   stops and asks for another ``--out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recare_cli import console
+from recare_cli.errors import BadInputError, UsageError
+from recare_cli.io.atomic import atomic_write_bytes
+from recare_cli.io.manifest import make_record
+from recare_cli.io.prompts import PromptRow
+
+# Scheduler names accepted by --scheduler; "default" keeps the one the model folder ships.
+SCHEDULERS: dict[str, str | None] = {
+    "default": None,
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+}
+PNG_KEY = "recare"
+_SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Job:
+    number: int  # 0-based position in the whole job list
+    row: PromptRow
+    image_index: int
+    seed: int
+    name: str  # file name inside --out
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    @staticmethod
+    def parse(spec: str) -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+        if not match:
+            raise UsageError(f"--shard: expected I/N such as 0/4, got '{spec}'")
+        index, count = int(match.group(1)), int(match.group(2))
+        if count < 1 or not 0 <= index < count:
+            raise UsageError(f"--shard {spec}: need 0 <= I < N")
+        return Shard(index, count)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    scheduler: str
+    batch_size: int
+
+    def sampling(self, dtype: str) -> dict[str, Any]:
+        return {"steps": self.steps, "guidance": self.guidance, "height": self.height, "width": self.width,
+                "scheduler": self.scheduler, "dtype": dtype, "safety_checker": False}
+
+
+def file_stems(rows: Sequence[PromptRow]) -> list[str]:
+    """``case-<case_number>`` when every prompt has a distinct, file-name-safe case number, else
+    ``prompt-<index>`` (0-based, six digits)."""
+    cases = [str(r.case_number) if r.case_number is not None else "" for r in rows]
+    if all(_SAFE_CASE.match(c) for c in cases) and len(set(cases)) == len(cases):
+        return [f"case-{c}" for c in cases]
+    return [f"prompt-{r.index:06d}" for r in rows]
+
+
+def plan_jobs(rows: Sequence[PromptRow], *, images_per_prompt: int, seed: int) -> list[Job]:
+    jobs: list[Job] = []
+    for row, stem in zip(rows, file_stems(rows), strict=True):
+        base = row.seed if row.seed is not None else seed
+        for j in range(images_per_prompt):
+            jobs.append(Job(len(jobs), row, j, base + j, f"{stem}_{j:04d}.png"))
+    return jobs
+
+
+def part(n: int, index: int, count: int) -> range:
+    """The ``index``-th of ``count`` contiguous, near-equal parts of ``range(n)``."""
+    return range(index * n // count, (index + 1) * n // count)
+
+
+def my_batches(n_jobs: int, batch_size: int, shard: Shard, process: int, processes: int) -> list[range]:
+    batches = [range(s, min(s + batch_size, n_jobs)) for s in range(0, n_jobs, batch_size)]
+    in_shard = [batches[i] for i in part(len(batches), shard.index, shard.count)]
+    return [in_shard[i] for i in part(len(in_shard), process, processes)]
+
+
+def config_digest(model: dict[str, Any], weights: list[dict[str, Any]], embeddings: list[dict[str, Any]],
+                  sampling: dict[str, Any]) -> str:
+    from recare_cli.models.fingerprint import combine
+
+    return combine(model.get("unet"), model.get("text_encoder"), [w["fingerprint"] for w in weights],
+                   [e["fingerprint"] for e in embeddings], sorted(sampling.items()))
+
+
+def image_tag(job: Job, config: str) -> str:
+    import orjson
+
+    return orjson.dumps({"config": config, "prompt": job.row.prompt, "seed": job.seed}).decode()
+
+
+def check_existing(path: Path, *, size: tuple[int, int], tag: str) -> bool:
+    """True when ``path`` is a finished image of this job; False when absent or unreadable (to be
+    made again); raises when it is a readable image made otherwise (never overwritten)."""
+    from PIL import Image
+
+    if not path.exists():
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+            found_size, found_tag = im.size, im.info.get(PNG_KEY)
+    except (OSError, ValueError, SyntaxError):
+        console.warn(f"{path} is unreadable (cut off by a crash?); making it again")
+        return False
+    if found_tag != tag or found_size != size:
+        raise BadInputError("exists but was made with other settings, prompt or seed; refusing to overwrite "
+                            "it (use another --out, or delete the folder's images)", source=str(path))
+    return True
+
+
+def encode_png(pixels: Any, tag: str) -> bytes:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_KEY, tag)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    if name not in SCHEDULERS:
+        raise UsageError(f"--scheduler: unknown scheduler '{name}' (choose {', '.join(SCHEDULERS)})")
+    cls_name = SCHEDULERS[name]
+    if cls_name is None:
+        return
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config)
+
+
+def load_weights(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Apply erase outputs (safetensors of UNet parameters; metadata ``base_unet`` = the base UNet's
+    fingerprint) in order. Weights made for another base model are refused."""
+    from recare_cli.models.fingerprint import state_fingerprint
+
+    unet = bundle.pipe.unet
+    state = unet.state_dict()
+    applied: list[dict[str, Any]] = []
+    for path in paths:
+        tensors, meta = _read_safetensors(path)
+        base = meta.get("base_unet")
+        if base is None:
+            raise BadInputError("no 'base_unet' fingerprint in the metadata: not weights written by "
+                                "recare erase", source=str(path), field="base_unet")
+        if base != bundle.unet_fingerprint:
+            raise BadInputError(f"made for base UNet {base}, but --model {bundle.name} has UNet "
+                                f"{bundle.unet_fingerprint}; sample with the model the weights were trained from",
+                                source=str(path), field="base_unet")
+        for key, value in tensors.items():
+            if key not in state:
+                raise BadInputError(f"parameter '{key}' is not in the model's UNet", source=str(path))
+            if tuple(value.shape) != tuple(state[key].shape):
+                raise BadInputError(f"parameter '{key}' has shape {tuple(value.shape)}, the UNet's is "
+                                    f"{tuple(state[key].shape)}", source=str(path))
+        unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
+        applied.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "base_unet": base,
+                        "tensors": len(tensors)})
+    return applied
+
+
+def load_embeddings(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Add textual-inversion tokens (safetensors ``{token: (n, D) tensor}``, or ``emb_params`` with
+    metadata ``token``) to the tokenizer and text encoder."""
+    from recare_cli.models.fingerprint import state_fingerprint
+
+    loaded: list[dict[str, Any]] = []
+    for path in paths:
+        tensors, meta = _read_safetensors(path)
+        base = meta.get("base_text_encoder")
+        if base is not None and base != bundle.text_encoder_fingerprint:
+            raise BadInputError(f"made for text encoder {base}, but --model {bundle.name} has "
+                                f"{bundle.text_encoder_fingerprint}", source=str(path), field="base_text_encoder")
+        if "emb_params" in tensors:
+            token = meta.get("token")
+            if not token:
+                raise BadInputError("'emb_params' without a 'token' metadata entry", source=str(path))
+            tokens = {token: tensors["emb_params"]}
+        else:
+            tokens = tensors
+        dim = bundle.pipe.text_encoder.get_input_embeddings().weight.shape[1]
+        for token, value in tokens.items():
+            vec = value.reshape(-1, value.shape[-1])
+            if vec.shape[-1] != dim:
+                raise BadInputError(f"embedding '{token}' has size {vec.shape[-1]}, the text encoder's is {dim}",
+                                    source=str(path))
+            try:
+                bundle.pipe.load_textual_inversion({token: vec}, token=token)
+            except ValueError as err:
+                raise BadInputError(f"cannot add token '{token}': {err}", source=str(path)) from err
+        loaded.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "tokens": sorted(tokens)})
+    return loaded
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise BadInputError("no such file", source=str(path))
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BadInputError(f"not a readable safetensors file ({err})", source=str(path)) from err
+    if not tensors:
+        raise BadInputError("holds no tensors", source=str(path))
+    return tensors, meta
+
+
+def distributed(device: str = "auto") -> tuple[int, int, Any]:
+    """``(process index, process count, accelerate state or None)``; accelerate is used only when a
+    launcher (``accelerate launch``, ``torchrun``) started several processes. Without a GPU (or with
+    ``--device cpu``) the processes talk over gloo."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.strip().lower() == "cpu" or not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state
+
+
+@dataclass
+class SampleResult:
+    jobs: int
+    made: int
+    skipped: int
+
+
+def run_sample(rows: Sequence[PromptRow], *, out_dir: Path, images_per_prompt: int, seed: int, model: str,
+               weights: Sequence[Path], embeddings: Sequence[Path], settings: SampleSettings, shard: Shard,
+               device: str, dtype: str, emit: Callable[[dict[str, Any]], None]) -> SampleResult:
+    """Make this shard's (and this process's) images in ``out_dir``; ``emit`` each manifest record."""
+    import torch
+
+    from recare_cli.models.device import dtype_name
+    from recare_cli.models.sd import load_sd
+
+    if settings.height % 8 or settings.width % 8:
+        raise UsageError("--height and --width must be multiples of 8")
+    if settings.scheduler not in SCHEDULERS:
+        raise UsageError(f"--scheduler: unknown scheduler '{settings.scheduler}' (choose {', '.join(SCHEDULERS)})")
+    jobs = plan_jobs(rows, images_per_prompt=images_per_prompt, seed=seed)
+    rank, world, state = distributed(device)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError("exists and is not a folder", source=str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    bundle = load_sd(model, device=str(state.device) if state is not None and device == "auto" else device,
+                     dtype=dtype)
+    set_scheduler(bundle.pipe, settings.scheduler)
+    applied = load_weights(bundle, weights)
+    tokens = load_embeddings(bundle, embeddings)
+    identity = bundle.identity()
+    sampling = settings.sampling(dtype_name(bundle.dtype))
+    config = config_digest(identity, applied, tokens, sampling)
+    size = (settings.width, settings.height)
+
+    def record(job: Job) -> dict[str, Any]:
+        path = out_dir / job.name
+        return make_record(path=str(path), sha256=sha256_file(path), prompt=job.row.prompt,
+                           prompt_index=job.row.index, case_number=job.row.case_number,
+                           image_index=job.image_index, seed=job.seed, extra=job.row.extra, sampling=sampling,
+                           model=identity, weights=applied, embeddings=tokens, config=config)
+
+    mine = my_batches(len(jobs), settings.batch_size, shard, rank, world)
+    todo = [[jobs[i] for i in batch] for batch in mine]
+    n_mine = sum(len(b) for b in todo)
+    missing = [[j for j in batch if not check_existing(out_dir / j.name, size=size, tag=image_tag(j, config))]
+               for batch in todo]
+    n_missing = sum(len(m) for m in missing)
+    where = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
+    where += f" (process {rank}/{world})" if world > 1 else ""
+    console.info(f"sample{where}: {n_mine} images, {n_mine - n_missing} already done, {n_missing} to make")
+    with console.progress("sampling", n_missing) as advance:
+        for batch, need in zip(todo, missing, strict=True):
+            if need:
+                pixels = _generate(bundle.pipe, batch, settings, torch)
+                wanted = {job.number for job in need}
+                for job, px in zip(batch, pixels, strict=True):
+                    if job.number in wanted:
+                        atomic_write_bytes(out_dir / job.name, encode_png(px, image_tag(job, config)))
+                advance(len(need))
+            if state is None:
+                for job in batch:
+                    emit(record(job))
+    if state is not None:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            for i in (i for batch in my_batches(len(jobs), settings.batch_size, shard, 0, 1) for i in batch):
+                emit(record(jobs[i]))
+    return SampleResult(n_mine, n_missing, n_mine - n_missing)
+
+
+def _generate(pipe: Any, batch: Sequence[Job], settings: SampleSettings, torch: Any) -> Any:
+    """uint8 (B, H, W, 3) pixels, rounded as diffusers' own ``numpy_to_pil`` does."""
+    generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in batch]
+    with torch.inference_mode():
+        images = pipe(prompt=[job.row.prompt for job in batch], generator=generators,
+                      num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                      height=settings.height, width=settings.width, output_type="np").images
+    return (images * 255).round().astype("uint8")
