@@ -78,6 +78,12 @@ def topk_accuracy(sims: np.ndarray, true_index: np.ndarray | Sequence[int] | int
     return TopKResult(ranks <= k, ranks, top1, sims[rows, top1], sims[rows, idx])
 
 
+def care_label_set(concept: str, labels: Iterable[str]) -> list[str]:
+    """``{concept} ∪ labels`` with the concept first and no duplicates: a concept that is itself one
+    of the labels (``person`` in COCO) appears once, so it cannot tie with itself."""
+    return list(dict.fromkeys([concept, *labels]))
+
+
 def care_score(image_emb: np.ndarray, label_emb: np.ndarray, concept_index: int) -> TopKResult:
     """CARE score: R-Precision@1 of the concept among the labels (labels must be unique)."""
     return topk_accuracy(similarities(image_emb, label_emb), concept_index, k=1)
@@ -138,7 +144,9 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> Interval | N
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(max(0.0, centre - half), min(1.0, centre + half), level, "wilson")
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends, no rounding residue
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Interval(low, high, level, "wilson")
 
 
 def bootstrap_mean_interval(values: np.ndarray, *, level: float = 0.95, resamples: int = 1000,

@@ -245,8 +245,7 @@ def run_score(items: Sequence[ImageItem], config: ScoreConfig, *, clip: str, dev
         if metric == "care":
             assert emb is not None and clip_bundle is not None and config.concept is not None
             concept = config.concept.strip()
-            others = [label for label in (config.labels or []) if label != concept]
-            labels = list(dict.fromkeys([concept, *others]))
+            labels = scores.care_label_set(concept, config.labels or [])
             label_emb = embed_texts(clip_bundle, [apply_template(x, config.template) for x in labels])
             res = scores.care_score(emb, label_emb, 0)
             hits = int(res.hits.sum())
