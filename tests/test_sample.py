@@ -1,0 +1,281 @@
+"""recare sample on the tiny Stable Diffusion model: manifest, determinism across shards, processes and
+batch sizes, resume after a crash, weights and embeddings, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import invoke, recare_exe, shell
+
+PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+FAST = ["--steps", "2", "--height", "32", "--width", "32", "--device", "cpu", "--seed", "42"]
+
+
+def _prompt_file(folder: Path, rows: int) -> Path:
+    """The first rows of a real prompt file (unnamed index column, case_number, evaluation_seed, class)."""
+    lines = (PROMPTS / "small_imagenet_prompts.csv").read_text("utf-8").splitlines(keepends=True)
+    path = folder / "prompts.csv"
+    path.write_text("".join(lines[: rows + 1]), "utf-8")
+    return path
+
+
+def _args(prompts: Path | str, out: Path, model: Path, *extra: str) -> list[str]:
+    return ["sample", str(prompts), "--out", str(out), "--model", str(model), *FAST, *extra]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix == ".png"}
+
+
+def _records(stdout: bytes | str) -> list[dict]:
+    text = stdout.decode() if isinstance(stdout, bytes) else stdout
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _relocate(manifest: bytes | str, old: Path, new: Path) -> str:
+    text = manifest.decode() if isinstance(manifest, bytes) else manifest
+    return text.replace(json.dumps(str(old))[1:-1], json.dumps(str(new))[1:-1])
+
+
+@dataclass
+class Reference:
+    prompts: Path
+    out: Path
+    manifest: bytes
+    model: Path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
+    """6 prompts x 2 images = 12 jobs in 3 batches of 4, made once by a single process."""
+    folder = tmp_path_factory.mktemp("sample-ref")
+    prompts = _prompt_file(folder, 6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        res = invoke(_args(prompts, folder / "out", tiny_sd_dir, "-n", "2", "--batch-size", "4"))
+    assert res.code == 0, res.stderr
+    yield Reference(prompts, folder / "out", res.stdout, tiny_sd_dir)
+
+
+def test_manifest_names_seeds_and_files(reference: Reference) -> None:
+    records = _records(reference.manifest)
+    assert len(records) == 12
+    csv_rows = (PROMPTS / "small_imagenet_prompts.csv").read_text().splitlines()[1:7]
+    seeds = [int(r.split(",")[3]) for r in csv_rows]
+    for k, rec in enumerate(records):
+        p, j = divmod(k, 2)
+        assert rec["format"] == "recare.manifest" and rec["version"] == 1
+        assert rec["path"] == str(reference.out / f"case-{p}_{j:04d}.png")
+        assert (rec["prompt_index"], rec["case_number"], rec["image_index"]) == (p, p, j)
+        assert rec["seed"] == seeds[p] + j  # evaluation_seed + image index
+        assert rec["extra"] == {"class": "cassette player"}
+        assert rec["sampling"] == {"steps": 2, "guidance": 7.5, "height": 32, "width": 32, "scheduler": "default",
+                                   "dtype": "fp32", "safety_checker": False}
+        assert rec["model"]["unet"].startswith("sha256:") and rec["weights"] == []
+        data = Path(rec["path"]).read_bytes()
+        assert rec["sha256"] == "sha256:" + hashlib.sha256(data).hexdigest()
+        with Image.open(rec["path"]) as im:
+            assert im.size == (32, 32) and json.loads(im.info["recare"])["seed"] == rec["seed"]
+    assert sorted(_files(reference.out)) == sorted(Path(r["path"]).name for r in records)
+
+
+def test_rerun_skips_finished_images_and_repeats_the_manifest(reference: Reference) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in reference.out.iterdir()}
+    res = invoke(_args(reference.prompts, reference.out, reference.model, "-n", "2", "--batch-size", "4"))
+    assert res.code == 0, res.stderr
+    assert "12 already done, 0 to make" in res.stderr
+    assert res.stdout == reference.manifest
+    assert {p.name: p.stat().st_mtime_ns for p in reference.out.iterdir()} == before
+
+
+def test_shards_concatenate_to_the_single_process_output(reference: Reference, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    parts = []
+    for i in range(2):
+        res = invoke(_args(reference.prompts, out, reference.model, "-n", "2", "--batch-size", "4",
+                           "--shard", f"{i}/2"))
+        assert res.code == 0, res.stderr
+        parts.append(res.stdout.decode())
+    assert len(_records(parts[0])) == 4 and len(_records(parts[1])) == 8  # whole batches: 1 and 2 of 3
+    assert "".join(parts) == _relocate(reference.manifest, reference.out, out)
+    assert _files(out) == _files(reference.out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_two_processes_over_gloo_equal_one_process(reference: Reference, tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "out"
+    args = " ".join(_args(reference.prompts, out, reference.model, "-n", "2", "--batch-size", "4"))
+    # On CPU the bytes depend on the intra-op thread count (kernels split sums differently); torchrun would
+    # set 1 thread per process, so give each process the thread count the reference ran with.
+    threads = str(torch.get_num_threads())
+    done = shell(f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port {_free_port()} "
+                 f"-m recare_cli {args} > manifest.jsonl", cwd=tmp_path,
+                 env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": threads})
+    assert done.returncode == 0, done.stderr
+    assert "(process 0/2)" in done.stderr and "(process 1/2)" in done.stderr
+    assert (tmp_path / "manifest.jsonl").read_text() == _relocate(reference.manifest, reference.out, out)
+    assert _files(out) == _files(reference.out)
+
+
+def test_batch_size_changes_images_only_by_float_rounding(reference: Reference, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = invoke(_args(reference.prompts, out, reference.model, "-n", "2", "--batch-size", "1"))
+    assert res.code == 0, res.stderr
+    # Same seeds and per-image generators; batched matrix products round differently on CPU, so a pixel
+    # may move by one 8-bit step. (Across shards and processes the batches are the same: exact bytes.)
+    for name in _files(reference.out):
+        a = np.asarray(Image.open(reference.out / name), dtype=np.int16)
+        b = np.asarray(Image.open(out / name), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1, name
+        assert (a == b).mean() > 0.95, name
+
+
+def test_resume_after_a_simulated_crash(reference: Reference, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    files = _files(reference.out)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    (out / "case-1_0001.png").unlink()  # never written
+    (out / "case-5_0000.png").unlink()
+    truncated = out / "case-3_0000.png"
+    truncated.write_bytes(files["case-3_0000.png"][:100])  # cut off (not by us: we write atomically)
+    (out / ".case-2_0000.png.x1y2.tmp").write_bytes(b"partial")  # a killed run's temporary file
+    res = invoke(_args(reference.prompts, out, reference.model, "-n", "2", "--batch-size", "4"))
+    assert res.code == 0, res.stderr
+    assert "9 already done, 3 to make" in res.stderr and "unreadable" in res.stderr
+    assert _files(out) == files
+    records = _records(res.stdout)
+    assert len(records) == len({r["path"] for r in records}) == 12
+    assert res.stdout.decode() == _relocate(reference.manifest, reference.out, out)
+
+
+@pytest.mark.slow
+def test_resume_after_a_killed_process(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    prompts = _prompt_file(tmp_path, 6)
+    args = _args(prompts, tmp_path / "out", tiny_sd_dir, "-n", "4", "--batch-size", "2")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([recare_exe(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 4:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    made = len(list((tmp_path / "out").glob("*.png")))
+    assert 4 <= made < 24, "the run should have been killed part-way"
+    res = invoke(args)
+    assert res.code == 0, res.stderr
+    assert f"{made} already done" in res.stderr or "unreadable" in res.stderr
+    whole = invoke(_args(prompts, tmp_path / "whole", tiny_sd_dir, "-n", "4", "--batch-size", "2"))
+    assert _files(tmp_path / "out") == _files(tmp_path / "whole")
+    assert len(_records(res.stdout)) == 24
+    assert res.stdout.decode() == _relocate(whole.stdout, tmp_path / "whole", tmp_path / "out")
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_bad_input(tiny_sd_dir: Path, tmp_path: Path, reference: Reference) -> None:
+    out = tmp_path / "out"
+    no_prompt = tmp_path / "noprompt.csv"
+    no_prompt.write_text(",case_number,text\n0,0,a cat\n")
+    res = invoke(_args(no_prompt, out, tiny_sd_dir))
+    assert res.code == 3 and "noprompt.csv:1: no 'prompt' column" in _error_line(res.stderr)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    res = invoke(_args(empty, out, tiny_sd_dir))
+    assert res.code == 3 and "no prompts found" in _error_line(res.stderr)
+    assert not out.exists()  # nothing created for a failed start
+    res = invoke(_args(reference.prompts, out, tiny_sd_dir, "--scheduler", "heun"))
+    assert res.code == 2 and "unknown scheduler 'heun'" in _error_line(res.stderr)
+    res = invoke(_args(reference.prompts, out, tiny_sd_dir, "--shard", "2/2"))
+    assert res.code == 2 and "--shard" in _error_line(res.stderr)
+    res = invoke(_args(reference.prompts, out, tiny_sd_dir, "--height", "36"))
+    assert res.code == 2 and "multiples of 8" in _error_line(res.stderr)
+
+    # An image made with other settings is never overwritten.
+    out.mkdir()
+    theirs = out / "case-0_0000.png"
+    theirs.write_bytes((reference.out / "case-0_0000.png").read_bytes())
+    res = invoke(_args(reference.prompts, out, tiny_sd_dir, "--guidance", "3"))
+    assert res.code == 3 and "made with other settings" in _error_line(res.stderr)
+    assert theirs.read_bytes() == (reference.out / "case-0_0000.png").read_bytes()
+
+
+def _weights(path: Path, base: str, tensors: dict) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "recare.weights", "base_unet": base})
+    return path
+
+
+def test_weights_and_embeddings(reference: Reference, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    base = _records(reference.manifest)[0]["model"]["unet"]
+    bias = torch.full((4,), 0.5)
+    good = _weights(tmp_path / "erased.safetensors", base, {"conv_out.bias": bias})
+    other = _weights(tmp_path / "other.safetensors", "sha256:0123456789abcdef", {"conv_out.bias": bias})
+    res = invoke(_args(reference.prompts, tmp_path / "o1", reference.model, "--weights", str(other)))
+    assert res.code == 3
+    assert "other.safetensors field 'base_unet': made for base UNet sha256:0123456789abcdef" in _error_line(res.stderr)
+    assert not list((tmp_path / "o1").glob("*.png"))
+
+    unknown = _weights(tmp_path / "unknown.safetensors", base, {"no.such.param": bias})
+    res = invoke(_args(reference.prompts, tmp_path / "o1", reference.model, "--weights", str(unknown)))
+    assert res.code == 3 and "not in the model's UNet" in _error_line(res.stderr)
+
+    emb = tmp_path / "adv.safetensors"
+    torch.manual_seed(0)
+    save_file({"<adv>": torch.randn(1, 32)}, str(emb))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Image of cassette player\na <adv> photo\n")
+    res = invoke(_args(prompts, tmp_path / "o2", reference.model, "--weights", str(good), "--embeddings", str(emb)))
+    assert res.code == 0, res.stderr
+    recs = _records(res.stdout)
+    assert recs[0]["weights"][0]["base_unet"] == base and recs[0]["weights"][0]["fingerprint"].startswith("sha256:")
+    assert recs[0]["embeddings"][0]["tokens"] == ["<adv>"]
+    assert recs[0]["path"].endswith("prompt-000000_0000.png")  # text prompts: no case numbers
+    assert recs[0]["seed"] == 42
+    erased = np.asarray(Image.open(tmp_path / "o2" / "prompt-000000_0000.png"), dtype=np.int16)
+    again = invoke(_args(prompts, tmp_path / "o4", reference.model))
+    assert again.code == 0
+    base_img = np.asarray(Image.open(tmp_path / "o4" / "prompt-000000_0000.png"), dtype=np.int16)
+    assert np.abs(erased - base_img).max() > 0  # the weights changed the model
+
+
+@pytest.mark.slow
+def test_sample_into_score_as_a_shell_pipeline(tiny_sd_dir: Path, tiny_clip_dir: Path, tmp_path: Path) -> None:
+    args = " ".join(FAST)
+    done = shell(f"printf 'a cat\\na person on a bench\\n' | recare sample - --out imgs --model {tiny_sd_dir} {args} "
+                 f"-n 2 | recare score - -m clip -m care --concept person --clip {tiny_clip_dir} > scores.json",
+                 cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "scores.json").read_text())
+    assert summary["images"] == 4 and [r["metric"] for r in summary["results"]] == ["clip", "care"]
