@@ -53,6 +53,8 @@ def _root(
 
 def _register() -> None:
     from recare_cli.cli import cluster, demo, mine, refine
+    from recare_cli.cli import erase as erase_cmd
+    from recare_cli.cli import invert as invert_cmd
     from recare_cli.cli import sample as sample_cmd
     from recare_cli.cli import score as score_cmd
 
@@ -62,6 +64,8 @@ def _register() -> None:
     app.command("demo", help=demo.HELP)(demo.demo)
     app.command("sample", help=sample_cmd.HELP, no_args_is_help=True)(sample_cmd.sample)
     app.command("score", help=score_cmd.HELP, no_args_is_help=True)(score_cmd.score)
+    app.command("invert", help=invert_cmd.HELP, no_args_is_help=True)(invert_cmd.invert)
+    app.command("erase", help=erase_cmd.HELP, no_args_is_help=True)(erase_cmd.erase)
 
 
 _register()

@@ -1,0 +1,86 @@
+"""recare erase: train a UNet that erases the target and keeps the CARE-set (method.md §5b)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from recare_cli import console
+from recare_cli.cli.options import Device, Quiet, Seed
+from recare_cli.models.sd import DEFAULT_MODEL, MODEL_ENV
+
+HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
+
+Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts. --method esd is the ESD objective alone; --method stereo uses the anchors without the retain loss.
+
+Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights, recare_cli.models.weights.apply_unet_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
+
+Examples:
+
+  recare erase --target nudity --care care.json --adversarial adv.safetensors -o erased.safetensors
+
+  recare erase --target nudity --method esd -o esd.safetensors --save-pipeline sd-esd/
+"""
+
+
+def erase(
+    target: Annotated[str, typer.Option("--target", "-t", help="The concept to erase, e.g. nudity.",
+                                        show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output safetensors file (- for stdout).",
+                                        show_default=False)],
+    care: Annotated[str | None, typer.Option("--care", help="CARE-set JSON from recare refine (either layout); "
+                                                           "required for recare and stereo.",
+                                             show_default=False)] = None,
+    adversarial: Annotated[str | None, typer.Option("--adversarial", help="Adversarial token embeddings from "
+                                                                          "recare invert (safetensors).",
+                                                    show_default=False)] = None,
+    num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
+                                                 help="How many adversarial tokens join the erase set.")] = 2,
+    method: Annotated[str, typer.Option("--method", help="recare, esd or stereo.")] = "recare",
+    train_method: Annotated[str, typer.Option("--train-method", help="Trained UNet parameters: noxattn, xattn, "
+                                                                     "selfattn or full.")] = "noxattn",
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Training iterations.")] = 200,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 2e-5,
+    guidance: Annotated[float, typer.Option("--guidance", help="Compositional guidance s (reference convention: "
+                                                               "intended scale + 1); for esd the negative "
+                                                               "guidance.")] = 2.0,
+    retain_weight: Annotated[float, typer.Option("--retain-weight", min=0.0, help="Weight λ of the retain "
+                                                                                  "loss.")] = 1.0,
+    seed: Seed = 42,
+    resolution: Annotated[int, typer.Option("--resolution", min=8, help="Image size of the sampled x_t, "
+                                                                        "in pixels.")] = 512,
+    model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
+                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = DEFAULT_MODEL,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs); weights "
+                                                               "stay fp32.")] = "fp32",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
+                                                         help="Trade compute for activation memory.")] = False,
+    save_dtype: Annotated[str, typer.Option("--save-dtype", help="fp32, fp16 or bf16 for the output "
+                                                                 "tensors.")] = "fp32",
+    save_pipeline: Annotated[str | None, typer.Option("--save-pipeline", help="Also write a complete diffusers "
+                                                                              "pipeline folder with the erased "
+                                                                              "UNet.", show_default=False)] = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint file [default: "
+                                                                        "OUTPUT.ckpt].", show_default=False)] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Iterations between "
+                                                                                    "checkpoints (0: none).")] = 50,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint if there is one.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    # Run-control options stay out of provenance: a resumed run writes the same bytes as an uninterrupted one.
+    params: dict[str, Any] = {k: v for k, v in locals().items()
+                              if k not in ("quiet", "resume", "checkpoint", "checkpoint_every")}
+    from recare_cli.stages.erase import EraseOptions, run_erase
+
+    console.set_quiet(quiet)
+    opts = EraseOptions(target=target, care=care, adversarial=adversarial, num_adversarial=num_adversarial,
+                        method=method, train_method=train_method, iterations=iterations, lr=lr, guidance=guidance,
+                        retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
+                        gradient_checkpointing=gradient_checkpointing, save_dtype=save_dtype, model=model,
+                        device=device, output=output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                        resume=resume, save_pipeline=save_pipeline, params=params)
+    summary = run_erase(opts)
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in summary["losses"].items() if k != "k")
+    console.info(f"erase: wrote {output} ({summary['tensors']} tensors); last step {losses}")

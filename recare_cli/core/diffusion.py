@@ -1,0 +1,389 @@
+"""Training engines on modules: ESD/ReCARE erasure (method.md §5) and textual inversion (§4).
+
+No paths, no printing, no ``from_pretrained``: modules, tensors and generators come in. All
+randomness is drawn from one CPU ``torch.Generator`` (its state goes into checkpoints) and a
+``numpy`` generator used once, up front, for the balanced schedules.
+
+Efficiency choices (each measured in ``bench/bench_erase.py``):
+
+* the frozen teacher is not a second UNet: only the original values of the *trained*
+  parameters are kept, and the teacher forward runs the same module with those values swapped in
+  through ``torch.func.functional_call`` (no copy, no module surgery). Under bf16/fp16 autocast
+  the kept values are stored in that dtype, which halves them at no numerical cost (autocast
+  casts Linear/Conv weights to it anyway);
+* all teacher predictions of a step (∅, every erase concept, anchor, retain) are one batched
+  no-grad forward; the student's predictions (erase concept, retain prompt) one batched forward;
+  no classifier-free "unconditional half" where guidance is 1;
+* prompt embeddings are computed once (the text encoder is frozen during erasure);
+* textual inversion uses VAE latent distributions computed once per image and flip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from recare_cli.core.guidance import (
+    compositional_target,
+    erase_loss,
+    esd_target,
+    mse,
+    training_timestep_index,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Text side: placeholder tokens without touching the text encoder's embedding table
+
+
+class ExtendedEmbedding(nn.Module):
+    """A token embedding followed by extra rows: ids ``≥ first_id`` read ``extra[id − first_id]``.
+
+    The base table is untouched (no resize, no dense gradient over 49,408 rows); only ``extra``
+    can receive gradients.
+    """
+
+    def __init__(self, base: nn.Module, first_id: int, extra: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.first_id = first_id
+        self.extra = extra
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        is_extra = ids >= self.first_id
+        out: torch.Tensor = self.base(torch.where(is_extra, torch.zeros_like(ids), ids))
+        rows = self.extra[(ids - self.first_id).clamp(min=0, max=self.extra.shape[0] - 1)]
+        return torch.where(is_extra.unsqueeze(-1), rows.to(out.dtype), out)
+
+
+def extend_tokenizer(tokenizer: Any, tokens: Sequence[str]) -> tuple[Any, int]:
+    """A copy of ``tokenizer`` with ``tokens`` added (consecutive ids); returns (copy, first id).
+
+    Raises ``ValueError`` when a token already exists (it would silently reuse a real word).
+    """
+    extended = copy.deepcopy(tokenizer)
+    vocab = extended.get_vocab()
+    clash = [t for t in tokens if t in vocab]
+    if clash:
+        raise ValueError(f"token '{clash[0]}' is already in the tokenizer's vocabulary")
+    if extended.add_tokens(list(tokens)) != len(tokens):
+        raise ValueError("could not add the placeholder tokens to the tokenizer")
+    ids = extended.convert_tokens_to_ids(list(tokens))
+    if ids != list(range(ids[0], ids[0] + len(tokens))):
+        raise ValueError("placeholder token ids are not consecutive")
+    return extended, int(ids[0])
+
+
+@contextlib.contextmanager
+def placeholder_embeddings(text_encoder: Any, first_id: int, extra: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``text_encoder`` sees ids ``first_id + j`` as the vectors ``extra[j]``."""
+    base = text_encoder.get_input_embeddings()
+    text_encoder.set_input_embeddings(ExtendedEmbedding(base, first_id, extra))
+    try:
+        yield
+    finally:
+        text_encoder.set_input_embeddings(base)
+
+
+def tokenize(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str], *, device: torch.device,
+                   batch_size: int = 64) -> torch.Tensor:
+    """(N, 77, D) last hidden states (what the UNet's cross-attention reads), batched."""
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        ids = tokenize(tokenizer, prompts[start:start + batch_size]).to(device)
+        chunks.append(text_encoder(ids)[0])
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------------------------
+# UNet side
+
+
+def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+             params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """ε prediction for ``emb.shape[0]`` conditions; ``x`` is broadcast when it has batch 1.
+    ``params`` (name → tensor) replaces those parameters for this call only (the teacher)."""
+    if x.shape[0] != emb.shape[0]:
+        x = x.expand(emb.shape[0], *x.shape[1:])
+    if params is None:
+        return unet(x, t, encoder_hidden_states=emb).sample
+    out = torch.func.functional_call(unet, params, (x, t), {"encoder_hidden_states": emb}, strict=False)
+    return out.sample
+
+
+@torch.no_grad()
+def ddim_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
+                 uncond: torch.Tensor, *, steps: int, guidance: float) -> torch.Tensor:
+    """Run the first ``steps`` DDIM steps (η = 0) with classifier-free guidance; ``scheduler`` has
+    ``set_timesteps`` already called with the full step count."""
+    emb = torch.cat([uncond, cond])
+    x = latents
+    for t in scheduler.timesteps[:steps]:
+        model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
+        e_u, e_c = unet(model_in, t, encoder_hidden_states=emb).sample.chunk(2)
+        x = scheduler.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+    return x
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Erasure
+
+
+@dataclass
+class ErasePrompts:
+    """Prompt embeddings, computed once. ``erase`` is (|E|, L, D); anchors/retains may be None."""
+
+    uncond: torch.Tensor
+    erase: torch.Tensor
+    anchors: torch.Tensor | None = None
+    retains: torch.Tensor | None = None
+
+
+@dataclass
+class EraseSettings:
+    method: str = "recare"  # recare | esd | stereo
+    iterations: int = 200
+    lr: float = 2e-5
+    guidance: float = 2.0  # compositional scale s (recare, stereo) or negative guidance g (esd)
+    retain_weight: float = 1.0
+    latent_size: int = 64
+    sample_steps: int = 50  # DDIM steps of the schedule x_t is drawn from
+    sample_guidance: float = 3.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+
+
+@dataclass
+class EraseSchedule:
+    """Per-iteration indices into ``ErasePrompts`` (balanced, shuffled; drawn once from the seed)."""
+
+    erase: list[int]
+    anchor: list[int] | None = None
+    retain: list[int] | None = None
+
+
+class EraseTrainer:
+    """Trains ``names`` of ``unet`` in place; ``step(i)`` runs iteration ``i``."""
+
+    def __init__(self, unet: nn.Module, names: Sequence[str], prompts: ErasePrompts, schedule: EraseSchedule,
+                 settings: EraseSettings, scheduler_config: Any, generator: torch.Generator) -> None:
+        from diffusers import DDIMScheduler
+
+        self.unet, self.names, self.prompts, self.schedule = unet, list(names), prompts, schedule
+        self.settings, self.generator = settings, generator
+        self.device = next(unet.parameters()).device
+        if settings.method in ("recare", "stereo") and prompts.anchors is None:
+            raise ValueError(f"method '{settings.method}' needs anchor prompts")
+        if settings.method == "recare" and prompts.retains is None and settings.retain_weight != 0:
+            raise ValueError("method 'recare' needs retain prompts")
+        params = dict(unet.named_parameters())
+        unet.requires_grad_(False)
+        self.params = [params[n] for n in self.names]
+        for p in self.params:
+            p.requires_grad_(True)
+        keep_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
+        # The teacher: original values of the trained parameters only (see the module docstring).
+        self.teacher = {n: p.detach().clone().to(keep_dtype or p.dtype) for n, p in zip(self.names, self.params,
+                                                                                          strict=True)}
+        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type) if settings.precision == "fp16" else None
+        self.sampler = DDIMScheduler.from_config(scheduler_config)
+        self.sampler.set_timesteps(settings.sample_steps, device=self.device)
+        full = DDIMScheduler.from_config(scheduler_config)
+        full.set_timesteps(full.config.num_train_timesteps, device=self.device)
+        self.train_timesteps = full.timesteps
+        self.channels = int(getattr(unet, "config").in_channels)  # noqa: B009 (diffusers config)
+
+    def _draw(self) -> tuple[int, torch.Tensor]:
+        k = int(torch.randint(1, self.settings.sample_steps - 1, (1,), generator=self.generator).item())
+        shape = (1, self.channels, self.settings.latent_size, self.settings.latent_size)
+        z = torch.randn(shape, generator=self.generator).to(self.device)
+        return k, z * self.sampler.init_noise_sigma
+
+    def step(self, i: int) -> dict[str, float]:
+        s, p = self.settings, self.prompts
+        h = self.schedule.erase[i]
+        k, z = self._draw()
+        cond_h = p.erase[h:h + 1]
+        with autocast(self.device, s.precision):
+            x_t = ddim_partial(self.unet, self.sampler, z, cond_h, p.uncond, steps=k,
+                               guidance=s.sample_guidance).float()
+        t = self.train_timesteps[training_timestep_index(k, s.sample_steps, len(self.train_timesteps))]
+
+        # One batched teacher forward: [∅, E..., anchor?, retain?]
+        use_retain = s.method == "recare" and s.retain_weight != 0
+        teacher_emb = [p.uncond, cond_h] if s.method == "esd" else [p.uncond, p.erase]
+        if s.method != "esd":
+            assert p.anchors is not None and self.schedule.anchor is not None
+            a = self.schedule.anchor[i]
+            teacher_emb.append(p.anchors[a:a + 1])
+        if use_retain:
+            assert p.retains is not None and self.schedule.retain is not None
+            r = self.schedule.retain[i]
+            retain_emb = p.retains[r:r + 1]
+            teacher_emb.append(retain_emb)
+        with torch.no_grad(), autocast(self.device, s.precision):
+            eps = unet_eps(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+        n_e = p.erase.shape[0]
+        if s.method == "esd":
+            target = esd_target(eps[1:2], eps[0:1], s.guidance)
+        else:
+            target = compositional_target(eps[0:1], eps[1:1 + n_e].unsqueeze(1), eps[1 + n_e:2 + n_e], s.guidance)
+
+        student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
+        with autocast(self.device, s.precision):
+            pred = unet_eps(self.unet, x_t, t, student_emb)
+        loss, e_loss, r_loss = erase_loss(pred[0:1], target, pred[1:2] if use_retain else None,
+                                          eps[-1:] if use_retain else None, s.retain_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        out = {"loss": float(loss.detach()), "erase": float(e_loss.detach()), "k": float(k)}
+        if r_loss is not None:
+            out["retain"] = float(r_loss.detach())
+        return out
+
+    # -- checkpoints: plain tensors (safetensors-friendly, no pickle) -----------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"rng": self.generator.get_state().clone()}
+        for idx, (name, param) in enumerate(zip(self.names, self.params, strict=True)):
+            out[f"param/{name}"] = param.detach().cpu().clone()
+            state = self.optimizer.state.get(param, {})
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                if key in state:
+                    out[f"adam/{idx}/{key}"] = torch.as_tensor(state[key]).detach().cpu().clone()
+        if self.scaler is not None:
+            sd = self.scaler.state_dict()
+            out["scaler"] = torch.tensor([sd.get("scale", 1.0), sd.get("_growth_tracker", 0)], dtype=torch.float64)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(tensors["rng"])
+        with torch.no_grad():
+            for name, param in zip(self.names, self.params, strict=True):
+                param.copy_(tensors[f"param/{name}"])
+        opt_state = self.optimizer.state_dict()
+        opt_state["state"] = {}
+        for idx, param in enumerate(self.params):
+            if f"adam/{idx}/step" in tensors:
+                opt_state["state"][idx] = {
+                    "step": tensors[f"adam/{idx}/step"].clone(),
+                    "exp_avg": tensors[f"adam/{idx}/exp_avg"].to(param.device, param.dtype).clone(),
+                    "exp_avg_sq": tensors[f"adam/{idx}/exp_avg_sq"].to(param.device, param.dtype).clone(),
+                }
+        self.optimizer.load_state_dict(opt_state)
+        if self.scaler is not None and "scaler" in tensors:
+            scale, tracker = tensors["scaler"].tolist()
+            self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": scale, "_growth_tracker": int(tracker)})
+
+    def trained_values(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
+
+    def release(self) -> None:
+        """Freeze the UNet again and drop the teacher copy and optimizer state."""
+        self.unet.requires_grad_(False)
+        self.teacher.clear()
+        self.optimizer.state.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Textual inversion
+
+
+@dataclass
+class InversionSettings:
+    steps: int = 3000
+    lr: float = 5e-3
+    precision: str = "fp32"
+
+
+class InversionTrainer:
+    """Learns one new placeholder vector on cached latent distributions.
+
+    Token ids ``first_id + j`` read ``fixed[j]`` (earlier rounds' vectors, frozen) and the trained
+    token is ``first_id + len(fixed)``, initialised from ``init`` (1, D). ``latents`` is
+    (N, 2, 2, C, H, W): per image, (plain, flipped) × (mean, std) of the VAE's latent distribution,
+    already multiplied by the VAE scaling factor. ``template_ids`` is (T, 77) token ids of the prompt
+    templates filled with the trained token.
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: Any, first_id: int, fixed: torch.Tensor, init: torch.Tensor,
+                 latents: torch.Tensor, template_ids: torch.Tensor, scheduler_config: Any,
+                 settings: InversionSettings, generator: torch.Generator, flip_p: float = 0.5) -> None:
+        from diffusers import DDPMScheduler
+
+        self.unet, self.text_encoder, self.first_id = unet, text_encoder, first_id
+        self.fixed = fixed.detach().float()
+        self.param = nn.Parameter(init.detach().clone().float().reshape(1, -1))
+        self.latents, self.template_ids = latents, template_ids
+        self.settings, self.generator, self.flip_p = settings, generator, flip_p
+        self.device = latents.device
+        self.noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.num_train_timesteps = int(self.noise_scheduler.config.num_train_timesteps)
+        # Reference: AdamW (default weight decay) at lr × batch size, batch size 1.
+        self.optimizer = torch.optim.AdamW([self.param], lr=settings.lr)
+
+    def vector(self) -> torch.Tensor:
+        return self.param.detach().clone()
+
+    def step(self) -> float:
+        g = self.generator
+        n = self.latents.shape[0]
+        index = int(torch.randint(0, n, (1,), generator=g).item())
+        flip = int(torch.rand((1,), generator=g).item() < self.flip_p)
+        template = int(torch.randint(0, self.template_ids.shape[0], (1,), generator=g).item())
+        mean, std = self.latents[index, flip]
+        sample = mean + std * torch.randn(mean.shape, generator=g).to(self.device)
+        noise = torch.randn(sample.shape, generator=g).to(self.device)
+        t = torch.randint(0, self.num_train_timesteps, (1,), generator=g).to(self.device)
+        noisy = self.noise_scheduler.add_noise(sample.unsqueeze(0), noise.unsqueeze(0), t)
+        ids = self.template_ids[template:template + 1].to(self.device)
+        extra = torch.cat([self.fixed, self.param])
+        with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
+                autocast(self.device, self.settings.precision):
+            enc = self.text_encoder(ids)[0]
+            pred = self.unet(noisy, t, encoder_hidden_states=enc).sample
+        loss = mse(pred, noise.unsqueeze(0))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+@torch.no_grad()
+def latent_distributions(vae: Any, pixels: torch.Tensor, *, batch_size: int = 4) -> torch.Tensor:
+    """(N, 3, H, W) pixels in [-1, 1] → (N, 2, 2, C, h, w): (plain, flipped) × (mean, std), scaled
+    by the VAE's scaling factor (a sample is ``mean + std · noise``)."""
+    scale = float(vae.config.scaling_factor)
+    out = []
+    for start in range(0, pixels.shape[0], batch_size):
+        chunk = pixels[start:start + batch_size]
+        both = torch.cat([chunk, torch.flip(chunk, dims=[-1])])
+        dist = vae.encode(both.to(vae.device, vae.dtype)).latent_dist
+        mean, std = dist.mean.float() * scale, dist.std.float() * scale
+        b = chunk.shape[0]
+        views = torch.stack([torch.stack([mean[:b], std[:b]], 1), torch.stack([mean[b:], std[b:]], 1)], 1)
+        out.append(views)
+    return torch.cat(out)

@@ -1,0 +1,218 @@
+"""Trained UNet parameters and learned token embeddings: safetensors with metadata, applied to pipelines.
+
+Two file kinds (docs/erase.md has every metadata key):
+
+* ``recare.unet-weights`` (written by ``recare erase`` and ``recare invert --keep-erased``): the
+  trained UNet parameters only, as their *new values* (not deltas), so loading is
+  ``unet.load_state_dict(tensors, strict=False)``; metadata ``base_unet`` is the fingerprint of the
+  UNet they were trained from, and applying them to any other UNet is refused.
+* ``recare.embeddings`` (written by ``recare invert``): ``{token: (1, D) tensor}``, the layout
+  diffusers' ``load_textual_inversion`` reads; metadata ``base_text_encoder``.
+
+Pickles are never loaded, except a reference ``.pt`` on request, and then with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recare_cli.errors import BadInputError
+from recare_cli.io.atomic import atomic_path, check_output_dir
+from recare_cli.io.streams import STDIO, open_output
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS_FORMAT = "recare.unet-weights"
+EMBEDDINGS_FORMAT = "recare.embeddings"
+CHECKPOINT_FORMAT = "recare.erase-checkpoint"
+VERSION = 1
+
+
+def metadata_strings(meta: Mapping[str, Any]) -> dict[str, str]:
+    """safetensors metadata is str → str: strings stay, everything else becomes compact JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+            for k, v in meta.items()}
+
+
+def decode_metadata(meta: Mapping[str, str], keys: tuple[str, ...] = ("provenance", "tokens", "hyperparameters",
+                                                                      "adversarial", "seed", "rounds",
+                                                                      "version")) -> dict[str, Any]:
+    out: dict[str, Any] = dict(meta)
+    for key in keys:
+        if key in out:
+            with contextlib.suppress(TypeError, ValueError):
+                out[key] = json.loads(out[key])
+    return out
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+                      meta: Mapping[str, Any]) -> None:
+    """Atomic write (``-`` = stdout, refused on a terminal); tensors are made contiguous on CPU."""
+    from safetensors.torch import save, save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    if str(path) == STDIO:
+        with open_output(STDIO, binary=True) as out:
+            out.write(save(flat, metadata=metadata_strings(meta)))
+        return
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata=metadata_strings(meta))
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError("no such file", source=str(p))
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BadInputError(f"not a readable safetensors file ({err})", source=str(p)) from err
+    return tensors, meta
+
+
+# ------------------------------------------------------------------------------------------------
+# UNet weights
+
+
+def save_unet_weights(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], *, base_unet: str,
+                      dtype: torch.dtype | None = None, **meta: Any) -> None:
+    values = {k: (v.to(dtype) if dtype is not None else v) for k, v in tensors.items()}
+    write_safetensors(path, values, {"format": WEIGHTS_FORMAT, "version": str(VERSION), "values": "new",
+                                     "base_unet": base_unet, **meta})
+
+
+def check_unet_weights(unet: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    state = unet.state_dict()
+    for key, value in tensors.items():
+        if key not in state:
+            raise BadInputError(f"parameter '{key}' is not in the model's UNet", source=source)
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise BadInputError(f"parameter '{key}' has shape {tuple(value.shape)}, the UNet's is "
+                                f"{tuple(state[key].shape)}", source=source)
+
+
+def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: str | None = None) -> dict[str, str]:
+    """Load ``recare erase`` weights into ``pipe.unet`` (a diffusers pipeline, or a bare UNet).
+
+    ``base_unet`` is the fingerprint of the pipeline's *unmodified* UNet (``SDBundle.unet_fingerprint``);
+    when omitted it is computed from the UNet now, so call this before any other change. Weights made
+    for another base model raise ``BadInputError``. Returns the file's metadata.
+    """
+    from recare_cli.models.fingerprint import module_fingerprint
+
+    unet = getattr(pipe, "unet", pipe)
+    tensors, meta = read_safetensors(path)
+    made_for = meta.get("base_unet")
+    if made_for is None:
+        raise BadInputError("no 'base_unet' fingerprint in the metadata: not weights written by recare erase",
+                            source=str(path), field="base_unet")
+    current = base_unet or module_fingerprint(unet)
+    if made_for != current:
+        raise BadInputError(f"made for base UNet {made_for}, but this model's UNet is {current}",
+                            source=str(path), field="base_unet")
+    if not tensors:
+        raise BadInputError("holds no tensors", source=str(path))
+    check_unet_weights(unet, tensors, str(path))
+    state = unet.state_dict()
+    unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
+    return meta
+
+
+def load_reference_unet(path: str | os.PathLike[str], unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Read a reference ``ReCARE-Diffusers-UNet.pt`` (a full UNet ``state_dict`` pickle) safely:
+    ``torch.load(weights_only=True)`` refuses code objects. Returns the tensors, checked against ``unet``."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
+        raise BadInputError(f"not a weights-only PyTorch state_dict ({str(err).splitlines()[0]})",
+                            source=str(path)) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInputError("expected a UNet state_dict (name → tensor)", source=str(path))
+    check_unet_weights(unet, state, str(path))
+    return state
+
+
+def save_pipeline(pipe: Any, folder: str | os.PathLike[str]) -> None:
+    """Write a complete diffusers pipeline folder (safetensors), appearing only when finished."""
+    target = Path(folder)
+    check_output_dir(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        from recare_cli.errors import RefusedError
+
+        raise RefusedError(f"'{target}' exists and is not an empty folder; refusing to overwrite it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# Token embeddings
+
+
+def save_embeddings(path: str | os.PathLike[str], tokens: Mapping[str, torch.Tensor], *, base_text_encoder: str,
+                    **meta: Any) -> None:
+    write_safetensors(path, {t: v.reshape(1, -1) if v.dim() == 1 else v for t, v in tokens.items()},
+                      {"format": EMBEDDINGS_FORMAT, "version": str(VERSION), "tokens": list(tokens),
+                       "base_text_encoder": base_text_encoder, **meta})
+
+
+def read_embeddings(path: str | os.PathLike[str], *, dim: int,
+                    text_encoder: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``{token: (n, D)}`` in the file's token order, checked against a text encoder of width ``dim``
+    and (when the file records one) fingerprint ``text_encoder``."""
+    tensors, meta = read_safetensors(path)
+    if not tensors:
+        raise BadInputError("holds no embeddings", source=str(path))
+    made_for = meta.get("base_text_encoder")
+    if made_for is not None and text_encoder is not None and made_for != text_encoder:
+        raise BadInputError(f"embeddings made for text encoder {made_for}, but this model's is {text_encoder}",
+                            source=str(path), field="base_text_encoder")
+    order = list(tensors)
+    if "tokens" in meta:
+        try:
+            listed = json.loads(meta["tokens"])
+        except ValueError:
+            listed = None
+        if isinstance(listed, list) and sorted(listed) == sorted(order):
+            order = listed
+    out = {}
+    for token in order:
+        value = tensors[token].reshape(-1, tensors[token].shape[-1]).float()
+        if value.shape[-1] != dim:
+            raise BadInputError(f"embedding '{token}' has size {value.shape[-1]}, the text encoder's is {dim} "
+                                "(made for another text encoder)", source=str(path), field=token)
+        out[token] = value
+    return out, meta
+
+
+def load_embeddings_into(pipe: Any, path: str | os.PathLike[str], *, text_encoder: str | None = None) -> list[str]:
+    """Add the tokens of a ``recare invert`` file to ``pipe`` (plain diffusers ``load_textual_inversion``)."""
+    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    tokens, _ = read_embeddings(path, dim=dim, text_encoder=text_encoder)
+    try:
+        pipe.load_textual_inversion(list(tokens.values()), token=list(tokens))
+    except ValueError as err:
+        raise BadInputError(f"cannot add the tokens: {err}", source=str(path)) from err
+    return list(tokens)

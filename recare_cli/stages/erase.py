@@ -1,0 +1,277 @@
+"""Stage: the final erasure (method.md §5b) and its baselines (ESD §5a, STEREO-style anchors).
+
+Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
+with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recare_cli import console
+from recare_cli.core.guidance import METHODS, TRAIN_METHODS
+from recare_cli.errors import BadInputError, RefusedError, UsageError
+from recare_cli.io.atomic import check_output_dir
+from recare_cli.io.streams import STDIO
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass
+class EraseOptions:
+    target: str
+    care: str | None = None
+    adversarial: str | None = None
+    num_adversarial: int = 2
+    method: str = "recare"
+    train_method: str = "noxattn"
+    iterations: int = 200
+    lr: float = 2e-5
+    guidance: float = 2.0
+    retain_weight: float = 1.0
+    seed: int = 42
+    resolution: int = 512
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    save_dtype: str = "fp32"
+    model: str = "CompVis/stable-diffusion-v1-4"
+    device: str = "auto"
+    output: str = "-"
+    checkpoint: str | None = None  # default <output>.ckpt when checkpoint_every > 0
+    checkpoint_every: int = 50
+    resume: bool = False
+    save_pipeline: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.target.strip():
+            raise UsageError("--target must not be empty")
+        if self.method not in METHODS:
+            raise UsageError(f"--method: unknown method '{self.method}' (choose {', '.join(METHODS)})")
+        if self.train_method not in TRAIN_METHODS:
+            raise UsageError(f"--train-method: unknown train method '{self.train_method}' "
+                             f"(choose {', '.join(TRAIN_METHODS)})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision: choose {', '.join(PRECISIONS)}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise UsageError(f"--save-dtype: choose {', '.join(SAVE_DTYPES)}")
+        if self.method != "esd" and self.care is None:
+            raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
+        if self.resume and self.checkpoint_path() is None:
+            raise UsageError("--resume needs a checkpoint: give --checkpoint PATH when writing to stdout")
+        if self.output != STDIO:
+            check_output_dir(Path(self.output))
+        if self.save_pipeline is not None:
+            target = Path(self.save_pipeline)
+            check_output_dir(target)
+            if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                raise RefusedError(f"--save-pipeline: '{target}' exists and is not an empty folder")
+        ckpt = self.checkpoint_path()
+        if ckpt is not None:
+            check_output_dir(ckpt)
+
+    def checkpoint_path(self) -> Path | None:
+        if self.checkpoint is not None:
+            return Path(self.checkpoint)
+        if self.checkpoint_every <= 0 or self.output == STDIO:
+            return None
+        return Path(f"{self.output}.ckpt")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        keys = ("method", "train_method", "iterations", "lr", "guidance", "retain_weight", "seed", "resolution",
+                "precision", "num_adversarial")
+        return {k: asdict(self)[k] for k in keys}
+
+
+def sha256_file(path: str) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_care(path: str, target: str) -> tuple[Any, str]:
+    """The CARE-set (either layout) and the hash of its bytes."""
+    import orjson
+
+    from recare_cli.io.careset import parse_careset
+    from recare_cli.io.streams import display_name, read_bytes
+
+    data = read_bytes(path)
+    name = display_name(path)
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise BadInputError(f"not valid JSON ({err})", source=name) from err
+    care = parse_careset(doc, source=name, target=target)
+    if not care.anchor_prompts or not care.retain_prompts:
+        raise BadInputError("the CARE-set has no words: nothing to anchor or retain (check the refine step, "
+                            "or use --method esd)", source=name, field="words")
+    return care, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
+                    adversarial: dict[str, Any]) -> tuple[Any, Any, list[str]]:
+    """Prompt embeddings (computed once) and the balanced schedules (drawn once from the seed)."""
+    import numpy as np
+    import torch
+
+    from recare_cli.core.diffusion import (
+        ErasePrompts,
+        EraseSchedule,
+        encode_prompts,
+        extend_tokenizer,
+        placeholder_embeddings,
+    )
+    from recare_cli.core.guidance import balanced_schedule
+
+    pipe = bundle.pipe
+    tokens = list(adversarial)
+    erase_set = [opts.target.strip(), *tokens]
+    if len(set(erase_set)) != len(erase_set):
+        raise BadInputError("the adversarial tokens repeat the target or each other", source=opts.adversarial)
+    tokenizer = pipe.tokenizer
+    if tokens:
+        try:
+            tokenizer, first_id = extend_tokenizer(pipe.tokenizer, tokens)
+        except ValueError as err:
+            raise BadInputError(str(err), source=opts.adversarial) from err
+        extra = torch.cat([adversarial[t] for t in tokens]).to(bundle.device)
+        ctx: Any = placeholder_embeddings(pipe.text_encoder, first_id, extra)
+    else:
+        import contextlib
+
+        ctx = contextlib.nullcontext()
+    anchors = care.anchor_prompts if care is not None and opts.method != "esd" else []
+    retains = care.retain_prompts if care is not None and opts.method == "recare" else []
+
+    def enc(prompts: list[str]) -> torch.Tensor:
+        return encode_prompts(tokenizer, pipe.text_encoder, prompts, device=bundle.device)
+
+    with ctx:
+        prompts = ErasePrompts(uncond=enc([""]), erase=enc(erase_set),
+                               anchors=enc(anchors) if anchors else None, retains=enc(retains) if retains else None)
+    rng = np.random.default_rng(opts.seed)
+    anchor_idx = balanced_schedule(list(range(len(anchors))), opts.iterations, rng) if anchors else None
+    retain_idx = balanced_schedule(list(range(len(retains))), opts.iterations, rng) if retains else None
+    erase_idx = balanced_schedule(list(range(len(erase_set))), opts.iterations, rng)
+    return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx), erase_set
+
+
+def config_digest(opts: EraseOptions, identity: dict[str, str], care_hash: str | None, adv_hash: str | None) -> str:
+    from recare_cli.models.fingerprint import combine
+
+    return combine(json.dumps(opts.hyperparameters(), sort_keys=True), identity["unet"], identity["text_encoder"],
+                   care_hash, adv_hash, opts.target.strip())
+
+
+def load_checkpoint(path: Path, trainer: Any, digest: str) -> int:
+    from recare_cli.models.weights import CHECKPOINT_FORMAT, read_safetensors
+
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise BadInputError("not a recare erase checkpoint", source=str(path), field="format")
+    if meta.get("config") != digest:
+        raise BadInputError("checkpoint made with other settings, model, CARE-set or tokens; delete it or "
+                            "rerun with the settings it was made with", source=str(path), field="config")
+    try:
+        trainer.load_state_tensors(tensors)
+        return int(meta["iteration"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise BadInputError(f"damaged checkpoint ({err})", source=str(path)) from err
+
+
+def save_checkpoint(path: Path, trainer: Any, digest: str, iteration: int) -> None:
+    from recare_cli.models.weights import CHECKPOINT_FORMAT, write_safetensors
+
+    write_safetensors(path, trainer.state_tensors(), {"format": CHECKPOINT_FORMAT, "version": "1",
+                                                      "config": digest, "iteration": str(iteration)})
+
+
+def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train and write the output; returns a summary. ``on_step(i, losses)`` runs after step ``i``."""
+    import torch
+
+    from recare_cli.core.diffusion import EraseSettings, EraseTrainer
+    from recare_cli.core.guidance import select_parameters
+    from recare_cli.io.provenance import provenance
+    from recare_cli.models.sd import load_sd
+    from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
+
+    opts.validate()
+    ckpt = opts.checkpoint_path()
+    if ckpt is not None and ckpt.exists() and not opts.resume:
+        raise RefusedError(f"checkpoint '{ckpt}' exists: pass --resume to continue that run, or delete it")
+    care, care_hash = (None, None)
+    if opts.care is not None:
+        if opts.method == "esd":
+            console.warn("--method esd does not use the CARE-set; ignoring --care")
+        else:
+            care, care_hash = read_care(opts.care, opts.target.strip())
+
+    bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
+    identity = bundle.identity()
+    pipe = bundle.pipe
+    dim = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
+    adversarial: dict[str, Any] = {}
+    adv_hash = None
+    if opts.adversarial is not None:
+        tokens, _ = read_embeddings(opts.adversarial, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+        for token, value in list(tokens.items())[: max(0, opts.num_adversarial)]:
+            if value.shape[0] != 1:
+                raise BadInputError(f"token '{token}' has {value.shape[0]} vectors; recare uses one per token",
+                                    source=opts.adversarial, field=token)
+            adversarial[token] = value
+        adv_hash = sha256_file(opts.adversarial)
+    prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial)
+
+    unet = pipe.unet
+    names = select_parameters(unet, opts.train_method)
+    if opts.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    latent = opts.resolution // pipe.vae_scale_factor
+    settings = EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, guidance=opts.guidance,
+                             retain_weight=opts.retain_weight, latent_size=latent, precision=opts.precision)
+    generator = torch.Generator().manual_seed(opts.seed)
+    trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator)
+    digest = config_digest(opts, identity, care_hash, adv_hash)
+    start = 0
+    if opts.resume and ckpt is not None and ckpt.exists():
+        start = load_checkpoint(ckpt, trainer, digest)
+        console.info(f"erase: resuming from {ckpt} at iteration {start}/{opts.iterations}")
+    elif opts.resume:
+        console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
+    n_params = sum(p.numel() for p in trainer.params)
+    console.info(f"erase: {opts.method}, {opts.train_method} ({len(names)} tensors, {n_params:,} parameters), "
+                 f"erase set {erase_set}, {opts.iterations} iterations")
+    last: dict[str, float] = {}
+    with console.progress("erasing", opts.iterations - start) as advance:
+        for i in range(start, opts.iterations):
+            last = trainer.step(i)
+            advance(1)
+            if on_step is not None:
+                on_step(i, last)
+            done = i + 1
+            if ckpt is not None and opts.checkpoint_every > 0 and done % opts.checkpoint_every == 0 \
+                    and done < opts.iterations:
+                save_checkpoint(ckpt, trainer, digest, done)
+    unet.eval()
+    trained = trainer.trained_values()
+    save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[opts.save_dtype]
+    record = provenance("erase", opts.params, model=identity)
+    save_unet_weights(opts.output, trained, base_unet=identity["unet"], dtype=save_dtype,
+                      base_model=identity["name"], base_text_encoder=identity["text_encoder"],
+                      method=opts.method, train_method=opts.train_method, target=opts.target.strip(),
+                      hyperparameters=opts.hyperparameters(), seed=opts.seed, careset_sha256=care_hash or "",
+                      adversarial={"tokens": list(adversarial), "sha256": adv_hash},
+                      erase_set=json.dumps(erase_set), provenance=record)
+    trainer.release()
+    if opts.save_pipeline is not None:
+        save_pipeline(pipe, opts.save_pipeline)
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return {"losses": last, "tensors": len(names), "parameters": n_params, "erase_set": erase_set}

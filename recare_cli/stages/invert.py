@@ -1,0 +1,235 @@
+"""Stage: iterative textual inversion against erasure (method.md §4, STEREO's "search thoroughly").
+
+Round i: erase the current concept from the UNet with the ESD objective (starting from the previous
+round's erased UNet), then learn a new placeholder token on the erased UNet from the i-th slice of
+the images. The next round erases that token. Only the placeholder vectors are trained; the text
+encoder's embedding table is never modified (see ``core.diffusion.ExtendedEmbedding``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recare_cli import console
+from recare_cli.core.guidance import TRAIN_METHODS
+from recare_cli.errors import BadInputError, UsageError
+from recare_cli.io.atomic import check_output_dir
+from recare_cli.io.streams import STDIO
+
+# Prompt templates of the textual-inversion reference (diffusers' textual_inversion example).
+OBJECT_TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+    "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}", "a cropped photo of a {}",
+    "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+    "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+    "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+)
+STYLE_TEMPLATES = (
+    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
+    "the painting in the style of {}", "a clean painting in the style of {}", "a dirty painting in the style of {}",
+    "a dark painting in the style of {}", "a picture in the style of {}", "a cool painting in the style of {}",
+    "a close-up painting in the style of {}", "a bright painting in the style of {}",
+    "a cropped painting in the style of {}", "a good painting in the style of {}",
+    "a close-up painting in the style of {}", "a rendition in the style of {}", "a nice painting in the style of {}",
+    "a small painting in the style of {}", "a weird painting in the style of {}", "a large painting in the style of {}",
+)
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+
+
+@dataclass
+class InvertOptions:
+    target: str
+    initializer: str = "person"
+    property: str = "object"
+    rounds: int = 2
+    erase_iterations: int = 200
+    erase_lr: float = 5e-6
+    negative_guidance: float = 2.0
+    train_method: str = "noxattn"
+    steps: int = 3000
+    lr: float = 5e-3
+    resolution: int = 512
+    flip: float = 0.5
+    seed: int = 42
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    model: str = "CompVis/stable-diffusion-v1-4"
+    device: str = "auto"
+    output: str = "-"
+    keep_erased: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.target.strip():
+            raise UsageError("--target must not be empty")
+        if self.property not in TEMPLATES:
+            raise UsageError(f"--property: choose {', '.join(TEMPLATES)}")
+        if self.train_method not in TRAIN_METHODS:
+            raise UsageError(f"--train-method: unknown train method '{self.train_method}' "
+                             f"(choose {', '.join(TRAIN_METHODS)})")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UsageError("--precision: choose fp32, bf16 or fp16")
+        if self.output != STDIO:
+            check_output_dir(Path(self.output))
+        if self.keep_erased is not None:
+            folder = Path(self.keep_erased)
+            if folder.exists() and not folder.is_dir():
+                raise BadInputError("not a folder", source=str(folder))
+            check_output_dir(folder)
+
+    def tokens(self) -> list[str]:
+        from recare_cli.io.careset import reference_key
+
+        key = reference_key(self.target) or "concept"
+        return [f"<{key}-adv{i}>" for i in range(self.rounds)]
+
+
+def load_pixels(paths: list[Path], *, strict: bool, resolution: int) -> tuple[Any, list[Path]]:
+    """Readable images as (N, 3, R, R) in [-1, 1] (bicubic resize to a square, as the reference); the
+    unreadable ones are skipped with a warning (or stop the command with ``strict``)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from recare_cli.io.images import iter_images
+
+    skipped: list[tuple[Path, str]] = []
+    used: list[Path] = []
+    arrays = []
+    for path, image in iter_images(paths, strict=strict, skipped=skipped):
+        resized = image.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(resized, dtype=np.float32) / 127.5 - 1.0)
+        used.append(path)
+    for path, why in skipped:
+        console.warn(f"skipped unreadable image {path}: {why}")
+    if skipped:
+        console.warn(f"skipped {len(skipped)} of {len(paths)} images")
+    if not arrays:
+        raise BadInputError("no readable image among the inputs")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), used
+
+
+def round_slices(n_images: int, rounds: int) -> list[range]:
+    """Round i trains on images ``[i·q, (i+1)·q)``, ``q = n // rounds`` (sorted, deterministic order)."""
+    if n_images < rounds:
+        raise BadInputError(f"{n_images} readable image(s) for {rounds} rounds: each round needs its own images "
+                            "(add images or lower --rounds)")
+    q = n_images // rounds
+    return [range(i * q, (i + 1) * q) for i in range(rounds)]
+
+
+def initializer_vector(pipe: Any, word: str) -> Any:
+    ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise UsageError(f"--initializer '{word}' is {len(ids)} tokens; choose a word that is a single CLIP token "
+                         "(person, art, …)")
+    return pipe.text_encoder.get_input_embeddings().weight[ids[0]].detach().clone().reshape(1, -1)
+
+
+def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
+               on_step: Callable[[str, int, float], None] | None = None) -> dict[str, Any]:
+    import torch
+
+    from recare_cli.core.diffusion import (
+        ErasePrompts,
+        EraseSchedule,
+        EraseSettings,
+        EraseTrainer,
+        InversionSettings,
+        InversionTrainer,
+        encode_prompts,
+        extend_tokenizer,
+        latent_distributions,
+        placeholder_embeddings,
+        tokenize,
+    )
+    from recare_cli.core.guidance import select_parameters
+    from recare_cli.io.provenance import provenance
+    from recare_cli.models.sd import load_sd
+    from recare_cli.models.weights import save_embeddings, save_unet_weights
+
+    opts.validate()
+    pixels, used = load_pixels(paths, strict=strict, resolution=opts.resolution)
+    slices = round_slices(len(used), opts.rounds)
+    bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
+    identity = bundle.identity()
+    pipe, device = bundle.pipe, bundle.device
+    init = initializer_vector(pipe, opts.initializer).to(device)
+    tokens = opts.tokens()
+    try:
+        tokenizer, first_id = extend_tokenizer(pipe.tokenizer, tokens)
+    except ValueError as err:
+        raise UsageError(f"--target: {err}") from err
+    with console.progress(f"encoding {len(used)} images (and flips) with the VAE", len(used)):
+        latents = latent_distributions(pipe.vae, pixels).to(device)
+    del pixels
+    if opts.keep_erased is not None:
+        Path(opts.keep_erased).mkdir(exist_ok=True)
+
+    unet = pipe.unet
+    names = select_parameters(unet, opts.train_method)
+    if opts.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    generator = torch.Generator().manual_seed(opts.seed)
+    learned: list[torch.Tensor] = []
+    templates = TEMPLATES[opts.property]
+    latent_size = opts.resolution // pipe.vae_scale_factor
+    losses: dict[str, float] = {}
+    for r in range(opts.rounds):
+        concept = opts.target.strip() if r == 0 else tokens[r - 1]
+        known = torch.cat(learned) if learned else init
+        with placeholder_embeddings(pipe.text_encoder, first_id, known):
+            prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
+                                   erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
+        settings = EraseSettings(method="esd", iterations=opts.erase_iterations, lr=opts.erase_lr,
+                                 guidance=opts.negative_guidance, latent_size=latent_size, precision=opts.precision)
+        unet.train()
+        eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
+                              pipe.scheduler.config, generator)
+        with console.progress(f"round {r + 1}/{opts.rounds}: erasing '{concept}'", opts.erase_iterations) as advance:
+            for i in range(opts.erase_iterations):
+                out = eraser.step(i)
+                advance(1)
+                if on_step is not None:
+                    on_step("erase", i, out["loss"])
+        losses[f"round{r}_erase"] = out["loss"] if opts.erase_iterations else float("nan")
+        if opts.keep_erased is not None:
+            save_unet_weights(Path(opts.keep_erased) / f"round{r}-unet.safetensors", eraser.trained_values(),
+                              base_unet=identity["unet"], base_model=identity["name"], method="esd",
+                              train_method=opts.train_method, target=concept, round=str(r),
+                              provenance=provenance("invert", opts.params, model=identity))
+        eraser.release()
+        del eraser
+        unet.eval()
+
+        ids = tokenize(tokenizer, [t.format(tokens[r]) for t in templates])
+        fixed = torch.cat(learned) if learned else init[:0]
+        trainer = InversionTrainer(unet, pipe.text_encoder, first_id, fixed, init, latents[slices[r].start:
+                                   slices[r].stop], ids, pipe.scheduler.config,
+                                   InversionSettings(steps=opts.steps, lr=opts.lr, precision=opts.precision),
+                                   generator, flip_p=opts.flip)
+        loss = float("nan")
+        with console.progress(f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {len(slices[r])} images",
+                              opts.steps) as advance:
+            for s in range(opts.steps):
+                loss = trainer.step()
+                advance(1)
+                if on_step is not None:
+                    on_step("invert", s, loss)
+        losses[f"round{r}_inversion"] = loss
+        learned.append(trainer.vector().to(device))
+
+    result = {t: v.cpu() for t, v in zip(tokens, learned, strict=True)}
+    record = provenance("invert", opts.params, model=identity)
+    save_embeddings(opts.output, result, base_text_encoder=identity["text_encoder"], base_unet=identity["unet"],
+                    base_model=identity["name"], target=opts.target.strip(), initializer=opts.initializer,
+                    property=opts.property, rounds=opts.rounds, images=len(used),
+                    hyperparameters={k: v for k, v in asdict(opts).items() if k not in ("params", "output",
+                                                                                        "keep_erased", "device")},
+                    provenance=record)
+    return {"tokens": tokens, "images": len(used), "losses": losses}
