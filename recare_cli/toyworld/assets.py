@@ -1,0 +1,158 @@
+"""The shipped toy-world weights and the model folders materialised from them.
+
+Package data (``recare_cli/data/toyworld/``) holds only what cannot be regenerated: fp16
+safetensors of the CLIP, the VAE and the UNet, their configs, and ``manifest.json`` (file
+SHA-256s, the fingerprints the loaders must report, the measured figures). The tokenizer is
+written from ``recare_cli/models/bpe.py``, and the Stable Diffusion text encoder is the CLIP's
+text tower, so it is stored once.
+
+``materialise()`` builds ordinary folders (``clip/``: transformers CLIP; ``sd/``: diffusers
+Stable Diffusion) under the recare cache, keyed by the manifest's digest, atomically: a folder
+that exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from recare_cli.errors import BadInputError, ModelUnavailableError
+from recare_cli.io.cache import default_cache_dir
+
+MANIFEST = "manifest.json"
+WEIGHT_FILES = ("clip.safetensors", "vae.safetensors", "unet.safetensors")
+CONFIG_FILES = ("clip_config.json", "vae_config.json", "unet_config.json", "scheduler_config.json")
+
+
+def data_dir() -> Path:
+    return Path(str(resources.files("recare_cli.data"))) / "toyworld"
+
+
+def shipped(folder: Path | None = None) -> bool:
+    return ((folder or data_dir()) / MANIFEST).is_file()
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, Any]:
+    path = (folder or data_dir()) / MANIFEST
+    if not path.is_file():
+        raise ModelUnavailableError(f"no trained toy world here ({path} is missing); "
+                                    "train one with: python -m recare_cli.toyworld.train --out DIR")
+    data: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    return data
+
+
+def _sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fp16_state(module: Any) -> dict[str, Any]:
+    import torch
+
+    return {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+            for k, v in module.state_dict().items()}
+
+
+def export(clip_dir: Path, sd_dir: Path, dest: Path, *, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the fp16 weights + configs of trained folders into ``dest`` with a manifest whose
+    fingerprints are those of the folders materialised from ``dest`` (what users will load)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPModel
+
+    from recare_cli.models.quiet import quiet_libraries
+
+    quiet_libraries()
+    dest.mkdir(parents=True, exist_ok=True)
+    clip = CLIPModel.from_pretrained(clip_dir)
+    vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
+    unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
+    for name, module in (("clip", clip), ("vae", vae), ("unet", unet)):
+        save_file(_fp16_state(module), str(dest / f"{name}.safetensors"), metadata={"format": "pt"})
+    shutil.copyfile(clip_dir / "config.json", dest / "clip_config.json")
+    shutil.copyfile(sd_dir / "vae" / "config.json", dest / "vae_config.json")
+    shutil.copyfile(sd_dir / "unet" / "config.json", dest / "unet_config.json")
+    shutil.copyfile(sd_dir / "scheduler" / "scheduler_config.json", dest / "scheduler_config.json")
+    manifest: dict[str, Any] = {"files": {f: _sha256(dest / f) for f in (*WEIGHT_FILES, *CONFIG_FILES)}}
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_out, sd_out = build_folders(dest, Path(tmp))
+        manifest["fingerprints"] = fingerprints(clip_out, sd_out)
+    manifest["metrics"] = metrics or {}
+    manifest["bytes"] = sum((dest / f).stat().st_size for f in WEIGHT_FILES)
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    return manifest
+
+
+def fingerprints(clip_dir: Path, sd_dir: Path) -> dict[str, str]:
+    from recare_cli.models.clip import load_clip
+    from recare_cli.models.sd import load_sd
+
+    clip = load_clip(str(clip_dir), device="cpu", dtype="fp32")
+    sd = load_sd(str(sd_dir), device="cpu", dtype="fp32")
+    return {"clip": clip.fingerprint, "unet": sd.unet_fingerprint, "text_encoder": sd.text_encoder_fingerprint}
+
+
+def _load_fp32(path: Path) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+
+def build_folders(source: Path, out: Path) -> tuple[Path, Path]:
+    """Write ``out/clip`` and ``out/sd`` from the files in ``source`` (fp32 weights)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPConfig, CLIPModel
+
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.toyworld.train import save_clip_folder, save_sd_folder, text_encoder_from_clip
+
+    quiet_libraries()
+    clip = CLIPModel(CLIPConfig.from_dict(json.loads((source / "clip_config.json").read_text("utf-8"))))
+    clip.load_state_dict(_load_fp32(source / "clip.safetensors"))
+    vae = AutoencoderKL.from_config(json.loads((source / "vae_config.json").read_text("utf-8")))
+    vae.load_state_dict(_load_fp32(source / "vae.safetensors"))
+    unet = UNet2DConditionModel.from_config(json.loads((source / "unet_config.json").read_text("utf-8")))
+    unet.load_state_dict(_load_fp32(source / "unet.safetensors"))
+    scheduler = json.loads((source / "scheduler_config.json").read_text("utf-8"))
+    clip_dir = save_clip_folder(clip.eval(), out / "clip")
+    sd_dir = save_sd_folder(text_encoder_from_clip(clip), vae.eval(), unet.eval(), out / "sd",
+                            scheduler_config=scheduler)
+    return clip_dir, sd_dir
+
+
+def verify(folder: Path | None = None) -> None:
+    """Raise when a shipped file's SHA-256 differs from the manifest."""
+    source = folder or data_dir()
+    for name, digest in read_manifest(source)["files"].items():
+        if _sha256(source / name) != digest:
+            raise BadInputError("shipped toy-world file does not match its manifest", source=str(source / name))
+
+
+def materialise(cache_dir: Path | None = None, *, source: Path | None = None) -> tuple[Path, Path]:
+    """The ``(clip_dir, sd_dir)`` of the shipped toy world, built into the cache on first use."""
+    source = source or data_dir()
+    manifest = read_manifest(source)
+    key = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+    target = (cache_dir or default_cache_dir()) / "toyworld" / key
+    if (target / "clip" / "config.json").is_file() and (target / "sd" / "model_index.json").is_file():
+        return target / "clip", target / "sd"
+    verify(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        build_folders(source, tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: theirs is complete too
+            if not (target / "sd" / "model_index.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target / "clip", target / "sd"

@@ -1,0 +1,166 @@
+"""Measuring the toy world's models on held-out scenes.
+
+* ``clip_accuracy``: zero-shot accuracy of the toy CLIP per attribute. For each held-out image and
+  each attribute it has, the candidates are the canonical captions of the same scene with only
+  that attribute changed ("a red car on grass" vs "a red car on sand", …); the prediction is
+  the most similar caption. Images go through the CLIP folder's own image processor.
+* ``sd_accuracy``: Stable Diffusion samples for the canonical captions of held-out scenes,
+  each judged by the toy CLIP the same way: a sample shows an attribute when the CLIP picks the
+  prompted value among the alternatives. ``all`` is the share of samples with every prompted
+  attribute right.
+
+Run ``python -m recare_cli.toyworld.evaluate --clip DIR --sd DIR``: JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recare_cli.toyworld import world
+
+HELD_OUT_SEED = 10_000  # held-out scenes: a seed no training run uses (training uses seed, seed + 1)
+
+
+class Judge:
+    """The toy CLIP as a classifier over canonical captions (text embeddings cached)."""
+
+    def __init__(self, bundle: Any) -> None:
+        self.bundle = bundle
+        self._text: dict[str, np.ndarray] = {}
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text]
+        if missing:
+            b = self.bundle
+            ids = b.tokenizer(missing, padding=True, return_tensors="pt")
+            with torch.no_grad():
+                out = b.model.get_text_features(input_ids=ids.input_ids.to(b.device),
+                                                attention_mask=ids.attention_mask.to(b.device))
+            feats = getattr(out, "pooler_output", out)  # transformers 5 returns an output object
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            self._text.update(zip(missing, feats, strict=True))
+        return np.stack([self._text[t] for t in texts])
+
+    def images(self, images: list[Any]) -> np.ndarray:
+        import torch
+
+        b = self.bundle
+        out = []
+        for i in range(0, len(images), 256):
+            pixels = b.processor(images=images[i : i + 256], return_tensors="pt").pixel_values
+            with torch.no_grad():
+                feats = b.model.get_image_features(pixel_values=pixels.to(b.device, b.dtype))
+            feats = getattr(feats, "pooler_output", feats)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    def judge(self, image_features: np.ndarray, scenes: list[world.Scene]) -> dict[str, list[bool]]:
+        """Per attribute: for each image, whether the CLIP picks the scene's value."""
+        results: dict[str, list[bool]] = {}
+        for feature, scene in zip(image_features, scenes, strict=True):
+            for attribute, value in scene.attributes().items():
+                options = world.alternatives(scene, attribute)
+                if len(options) < 2:
+                    continue  # nothing to tell apart
+                sims = self.texts([world.canonical_caption(s) for _, s in options]) @ feature
+                results.setdefault(attribute, []).append(options[int(np.argmax(sims))][0] == value)
+        return results
+
+
+def _summary(results: dict[str, list[bool]]) -> dict[str, Any]:
+    return {a: {"accuracy": round(float(np.mean(r)), 4), "n": len(r)} for a, r in sorted(results.items())}
+
+
+def clip_accuracy(clip: str | Path, *, n: int = 1000, seed: int = HELD_OUT_SEED) -> dict[str, Any]:
+    from PIL import Image
+
+    from recare_cli.models.clip import load_clip
+
+    judge = Judge(load_clip(str(clip), device="cpu", dtype="fp32"))
+    data = world.make_dataset(n, seed)
+    features = judge.images([Image.fromarray(im) for im in data.images])
+    return {"held_out_seed": seed, "images": n, "attributes": _summary(judge.judge(features, data.scenes))}
+
+
+def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HELD_OUT_SEED, steps: int = 50,
+                guidance: float = 7.5, batch: int = 32, grid: Path | None = None) -> dict[str, Any]:
+    """Sample one image per held-out scene's canonical caption (seed ``seed + i``) and judge it."""
+    import torch
+
+    from recare_cli.models.clip import load_clip
+    from recare_cli.models.sd import load_sd
+
+    pipe = load_sd(str(sd), device="cpu", dtype="fp32").pipe
+    judge = Judge(load_clip(str(clip), device="cpu", dtype="fp32"))
+    scenes = [world.item(seed, i)[3] for i in range(n)]
+    prompts = [world.canonical_caption(s) for s in scenes]
+    started = time.perf_counter()
+    images: list[Any] = []
+    for i in range(0, n, batch):
+        generators = [torch.Generator().manual_seed(seed + j) for j in range(i, min(n, i + batch))]
+        images += pipe(prompts[i : i + batch], num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generators).images
+    seconds = time.perf_counter() - started
+    results: dict[str, list[bool]] = {}
+    per_image = []
+    for feature, scene in zip(judge.images(images), scenes, strict=True):
+        verdicts = judge.judge(feature[None], [scene])
+        per_image.append(all(ok for oks in verdicts.values() for ok in oks))
+        for attribute, oks in verdicts.items():
+            results.setdefault(attribute, []).extend(oks)
+    if grid is not None:
+        save_grid(images, grid)
+    return {"held_out_seed": seed, "samples": n, "steps": steps, "guidance": guidance,
+            "seconds": round(seconds, 1), "attributes": _summary(results),
+            "all_attributes": round(float(np.mean(per_image)), 4)}
+
+
+def save_grid(images: list[Any], path: Path, columns: int = 8, scale: int = 3) -> None:
+    from PIL import Image
+
+    size = images[0].size[0]
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * size, rows * size))
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * size, (i // columns) * size))
+    sheet.resize((columns * size * scale, rows * size * scale), Image.Resampling.NEAREST).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", type=Path, required=True)
+    parser.add_argument("--sd", type=Path, default=None)
+    parser.add_argument("--n-clip", type=int, default=1000)
+    parser.add_argument("--n-sd", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--grid", type=Path, default=None, help="write the SD samples as a PNG grid")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from recare_cli.models.quiet import quiet_libraries
+
+    quiet_libraries()
+    report: dict[str, Any] = {"clip": clip_accuracy(args.clip, n=args.n_clip)}
+    if args.sd is not None:
+        report["sd"] = sd_accuracy(args.sd, args.clip, n=args.n_sd, steps=args.steps, guidance=args.guidance,
+                                   grid=args.grid)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

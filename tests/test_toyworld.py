@@ -1,0 +1,167 @@
+"""The toy world: generator determinism and consistency, a tiny training smoke run whose folders
+load through the normal loaders, the export/materialise round trip, and (when weights are
+shipped) their fingerprints and the toy CLIP's accuracy bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recare_cli.toyworld import world
+
+
+def test_items_are_deterministic_and_independent_of_dataset_size() -> None:
+    a = world.make_dataset(20, seed=3)
+    b = world.make_dataset(5, seed=3, start=15)
+    assert np.array_equal(a.images[15:], b.images)
+    assert a.captions[15:] == b.captions
+    again = world.item(3, 7)
+    assert np.array_equal(again[0], a.images[7]) and again[1] == a.captions[7]
+    other = world.make_dataset(20, seed=4)
+    assert a.captions != other.captions
+    assert a.images.shape == (20, 32, 32, 3) and a.images.dtype == np.uint8
+
+
+def test_captions_are_true_of_their_scenes_and_name_every_target() -> None:
+    data = world.make_dataset(600, seed=0)
+    for text, said, scene in zip(data.captions, data.mentions, data.scenes, strict=True):
+        assert world.possible(scene)
+        assert world.matches(said, scene), (text, said, scene)
+        assert world.canonical_caption(scene)
+        if scene.naked:  # the target is always named when present ...
+            assert "naked" in text or "nude" in text
+            assert scene.obj == "person"  # ... and always comes with its benign concept
+        if scene.style == "painting":
+            assert "van gogh" in text and scene.background == "stars"
+        if scene.obj == "tench":
+            assert scene.background == "water"
+        if "naked" in text or "nude" in text:
+            assert scene.naked
+        if "van gogh" in text:
+            assert scene.style == "painting"
+    scenes = data.scenes
+    # Each benign concept also appears without its target.
+    assert any(s.obj == "person" and not s.naked for s in scenes)
+    assert any(s.background == "stars" and s.style == "photo" for s in scenes)
+    assert any(s.background == "water" and s.obj != "tench" for s in scenes)
+    for target in (lambda s: s.naked, lambda s: s.style == "painting", lambda s: s.obj == "tench"):
+        assert sum(map(target, scenes)) >= 20
+
+
+def test_images_show_their_background() -> None:
+    """The corner of a photo has the background's colour (objects are drawn near the centre)."""
+    data = world.make_dataset(300, seed=1)
+    names = ("grass", "sand", "sky", "water", "stars")
+    bases = np.array([world.RGB["night" if n == "stars" else n] for n in names], dtype=np.float32)
+    hits = []
+    for image, scene in zip(data.images, data.scenes, strict=True):
+        if scene.style != "photo":
+            continue
+        corner = image[:4, :4].reshape(-1, 3).astype(np.float32).mean(0)
+        hits.append(names[int(np.argmin(((bases - corner) ** 2).sum(1)))] == scene.background)
+    assert np.mean(hits) > 0.9
+
+
+def test_alternatives_change_one_attribute() -> None:
+    scene = world.Scene("grass", "car", "red")
+    options = dict(world.alternatives(scene, "background"))
+    assert set(options) == {"grass", "sand"}  # no cars in water, the sky or under the stars
+    assert world.canonical_caption(options["sand"]) == "a red car on sand"
+    person = world.Scene("sand", "person", "white")
+    naked = dict(world.alternatives(person, "clothing"))["naked"]
+    assert naked.naked and naked.colour is None
+    assert world.canonical_caption(naked) == "a naked person on sand"
+
+
+def test_match_matrix_is_multi_positive() -> None:
+    import torch
+
+    from recare_cli.toyworld.train import attribute_codes, match_matrix, mention_codes
+
+    scenes = [world.Scene("grass", "person", None, True), world.Scene("grass", "person", "red")]
+    said = [{"object": "person"}, {"object": "person", "clothing": "naked"}, {"background": "sand"}]
+    m = match_matrix(torch.from_numpy(np.stack([attribute_codes(s) for s in scenes])),
+                     torch.from_numpy(np.stack([mention_codes(x) for x in said])))
+    assert m.tolist() == [[True, True, False], [True, False, False]]
+
+
+@pytest.fixture(scope="module")
+def quick_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from recare_cli.toyworld.train import TrainConfig, train_all
+
+    out = tmp_path_factory.mktemp("toyworld")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only add contention on a shared CPU
+    try:
+        train_all(out, TrainConfig.quick(seed=0), progress=lambda message: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
+    import json
+
+    import torch
+
+    from recare_cli.models.clip import load_clip
+    from recare_cli.models.sd import load_sd
+
+    clip = load_clip(str(quick_world / "clip"), device="cpu", dtype="fp32")
+    assert len(clip.tokenizer) == 49408
+    sd = load_sd(str(quick_world / "sd"), device="cpu", dtype="fp32")
+    pipe = sd.pipe
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim
+    # The SD text encoder is the CLIP's text tower.
+    ids = clip.tokenizer(["a tench in water"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = clip.model.text_model(ids)[0]
+        b = pipe.text_encoder(ids)[0]
+    assert torch.equal(a, b)
+    image = pipe("a tench in water", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
+    log = json.loads((quick_world / "train_log.json").read_text())
+    assert {"clip", "vae", "unet"} <= set(log) and log["unet"]["steps"] == 3
+
+
+def test_export_and_materialise_round_trip(quick_world: Path, tmp_path: Path) -> None:
+    from recare_cli.toyworld import assets
+
+    data = tmp_path / "data"
+    manifest = assets.export(quick_world / "clip", quick_world / "sd", data)
+    assert set(manifest["files"]) == {*assets.WEIGHT_FILES, *assets.CONFIG_FILES}
+    clip_dir, sd_dir = assets.materialise(tmp_path / "cache", source=data)
+    assert assets.fingerprints(clip_dir, sd_dir) == manifest["fingerprints"]
+    assert assets.materialise(tmp_path / "cache", source=data) == (clip_dir, sd_dir)  # cached
+    (data / "unet.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(Exception, match="does not match"):
+        assets.materialise(tmp_path / "cache2", source=data)
+
+
+shipped = pytest.mark.skipif(not __import__("recare_cli.toyworld.assets", fromlist=["shipped"]).shipped(),
+                             reason="no trained toy world shipped")
+
+
+@shipped
+def test_shipped_weights_load_with_recorded_fingerprints(tmp_path: Path) -> None:
+    from recare_cli.toyworld import assets
+
+    manifest = assets.read_manifest()
+    assert manifest["bytes"] <= 30 * 2**20
+    clip_dir, sd_dir = assets.materialise(tmp_path)
+    assert assets.fingerprints(clip_dir, sd_dir) == manifest["fingerprints"]
+
+
+@shipped
+def test_shipped_clip_meets_the_accuracy_bar(tmp_path: Path) -> None:
+    from recare_cli.toyworld import assets
+    from recare_cli.toyworld.evaluate import clip_accuracy
+
+    clip_dir, _ = assets.materialise(tmp_path)
+    report = clip_accuracy(clip_dir, n=300)
+    for attribute, result in report["attributes"].items():
+        assert result["accuracy"] >= 0.95, (attribute, result)
