@@ -60,11 +60,33 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, torch.
 
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     if str(path) == STDIO:
+        data = bytearray(save(flat, metadata=metadata_strings(meta)))
+        n = int.from_bytes(data[:8], "little")
+        data[8:8 + n] = canonical_header(bytes(data[8:8 + n]))
         with open_output(STDIO, binary=True) as out:
-            out.write(save(flat, metadata=metadata_strings(meta)))
+            out.write(bytes(data))
         return
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=metadata_strings(meta))
+        with open(tmp, "r+b") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = canonical_header(fh.read(n))
+            fh.seek(8)
+            fh.write(header)
+
+
+def canonical_header(header: bytes) -> bytes:
+    """The same safetensors header with keys in sorted order, padded to the same length.
+
+    safetensors (0.8) writes the metadata map in a random order, so the same tensors and metadata gave
+    different bytes on every run; sorting restores "same command, same bytes". Tensor offsets are relative
+    to the data section, whose position does not change.
+    """
+    parsed = json.loads(header)
+    text = json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > len(header):  # cannot happen for serde_json output; keep the library's bytes then
+        return header
+    return text + b" " * (len(header) - len(text))
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -185,10 +207,6 @@ def read_embeddings(path: str | os.PathLike[str], *, dim: int,
     tensors, meta = read_safetensors(path)
     if not tensors:
         raise BadInputError("holds no embeddings", source=str(path))
-    made_for = meta.get("base_text_encoder")
-    if made_for is not None and text_encoder is not None and made_for != text_encoder:
-        raise BadInputError(f"embeddings made for text encoder {made_for}, but this model's is {text_encoder}",
-                            source=str(path), field="base_text_encoder")
     order = list(tensors)
     if "tokens" in meta:
         try:
@@ -204,6 +222,10 @@ def read_embeddings(path: str | os.PathLike[str], *, dim: int,
             raise BadInputError(f"embedding '{token}' has size {value.shape[-1]}, the text encoder's is {dim} "
                                 "(made for another text encoder)", source=str(path), field=token)
         out[token] = value
+    made_for = meta.get("base_text_encoder")
+    if made_for is not None and text_encoder is not None and made_for != text_encoder:
+        raise BadInputError(f"embeddings made for text encoder {made_for}, but this model's is {text_encoder}",
+                            source=str(path), field="base_text_encoder")
     return out, meta
 
 

@@ -1,0 +1,326 @@
+"""recare erase on the tiny model: what trains, where predictions move, resume, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.helpers import invoke
+
+RES = "32"  # tiny VAE downsamples by 2: 16×16 latents
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Two shared cores: several torch threads contending are 100× slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("care") / "care.json"
+    path.write_text(json.dumps({"nudity_care_word": ["A person", "A man", "A woman"],
+                                "nudity_care_word_photo": ["A photo of person", "A photo of man",
+                                                           "A photo of woman"]}))
+    return path
+
+
+def _bundle(tiny_sd_dir: Path) -> Any:
+    from recare_cli.models.sd import load_sd
+
+    return load_sd(str(tiny_sd_dir), device="cpu", dtype="fp32")
+
+
+def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: float = 1e-3,
+             retain_weight: float = 1.0, iterations: int = 4) -> Any:
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, encode_prompts
+    from recare_cli.core.guidance import select_parameters
+
+    pipe = bundle.pipe
+
+    def enc(p: list[str]) -> torch.Tensor:
+        return encode_prompts(pipe.tokenizer, pipe.text_encoder, p, device=bundle.device)
+
+    prompts = ErasePrompts(uncond=enc([""]), erase=enc(["nudity"]), anchors=enc(["A person"]),
+                           retains=enc(["A photo of person"]))
+    schedule = EraseSchedule(erase=[0] * iterations, anchor=[0] * iterations, retain=[0] * iterations)
+    settings = EraseSettings(method=method, iterations=iterations, lr=lr, retain_weight=retain_weight,
+                             latent_size=16, sample_steps=8)
+    names = select_parameters(pipe.unet, train_method)
+    return EraseTrainer(pipe.unet, names, prompts, schedule, settings, pipe.scheduler.config,
+                        torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("train_method", ["noxattn", "xattn"])
+def test_only_selected_parameters_change(tiny_sd_dir: Path, train_method: str) -> None:
+    bundle = _bundle(tiny_sd_dir)
+    unet = bundle.pipe.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    text_before = {k: v.clone() for k, v in bundle.pipe.text_encoder.state_dict().items()}
+    trainer = _trainer(bundle, train_method, iterations=1)
+    trainer.step(0)
+    changed = {k for k, v in unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == set(trainer.names)
+    assert all(torch.equal(v, text_before[k]) for k, v in bundle.pipe.text_encoder.state_dict().items())
+
+
+def test_prediction_moves_to_erase_target_and_retain_stays(tiny_sd_dir: Path) -> None:
+    """On held-out (x, t): the erase concept's prediction approaches the compositional target; the retain
+    prompt's prediction stays near the teacher, nearer than without the retain loss.
+
+    The tiny model's random CLIP maps every prompt to nearly the same states, so the conditions here are
+    well-separated synthetic text states: the property under test is the engine's, not CLIP's."""
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, unet_eps
+    from recare_cli.core.guidance import select_parameters
+
+    g = torch.Generator().manual_seed(0)
+    embs = [3 * torch.randn(1, 77, 32, generator=g) for _ in range(4)]  # ∅, erase, anchor, retain
+    xs = torch.randn(3, 1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    ts = (200, 500, 800)
+
+    def predict(unet: Any) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack([unet_eps(unet, x, t, torch.cat(embs)) for x, t in zip(xs, ts, strict=True)])
+
+    def mse(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(((a - b) ** 2).mean())
+
+    n = 12
+    results = {}
+    for retain_weight in (1.0, 0.0):
+        unet = _bundle(tiny_sd_dir).pipe.unet
+        trainer = EraseTrainer(unet, select_parameters(unet, "noxattn"),
+                               ErasePrompts(uncond=embs[0], erase=embs[1], anchors=embs[2], retains=embs[3]),
+                               EraseSchedule([0] * n, [0] * n, [0] * n),
+                               EraseSettings(iterations=n, lr=1e-4, retain_weight=retain_weight, latent_size=16,
+                                             sample_steps=8),
+                               _bundle(tiny_sd_dir).pipe.scheduler.config, torch.Generator().manual_seed(0))
+        teacher = predict(unet)
+        u, e, a = teacher[:, 0], teacher[:, 1], teacher[:, 2]
+        target = u + (a - u) - 3 * (e - u)  # s = 2
+        for i in range(n):
+            trainer.step(i)
+        student = predict(unet)
+        results[retain_weight] = (mse(e, target), mse(student[:, 1], target), mse(student[:, 3], teacher[:, 3]))
+    before, after, drift = results[1.0]
+    assert after < 0.93 * before  # moved toward the erase target
+    assert drift < 0.5 * (before - after)  # the retained prompt moved far less
+    assert drift < results[0.0][2]  # and less than without the retain loss
+
+
+def test_teacher_is_the_original_model(tiny_sd_dir: Path) -> None:
+    """The teacher forward (original values swapped in) equals a forward of the untouched UNet."""
+    from recare_cli.core.diffusion import unet_eps
+
+    bundle = _bundle(tiny_sd_dir)
+    trainer = _trainer(bundle, "noxattn")
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        original = unet_eps(trainer.unet, x, 300, trainer.prompts.erase)
+    trainer.step(0)
+    trainer.step(1)
+    with torch.no_grad():
+        via_teacher = unet_eps(trainer.unet, x, 300, trainer.prompts.erase, params=trainer.teacher)
+        student = unet_eps(trainer.unet, x, 300, trainer.prompts.erase)
+    assert torch.equal(via_teacher, original)
+    assert not torch.equal(student, original)
+
+
+def _erase_args(tiny_sd_dir: Path, care: Path, out: Path, *extra: str) -> list[str]:
+    return ["erase", "--target", "nudity", "--care", str(care), "--model", str(tiny_sd_dir), "--device", "cpu",
+            "--resolution", RES, "--iterations", "3", "-o", str(out), *extra]
+
+
+def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata())  # noqa: SIM118
+
+
+def test_cli_erase_outputs_load_in_plain_diffusers(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from recare_cli.errors import BadInputError
+    from recare_cli.models.fingerprint import module_fingerprint
+    from recare_cli.models.weights import apply_unet_weights, decode_metadata
+
+    out = tmp_path / "erased.safetensors"
+    folder = tmp_path / "erased-pipe"
+    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--save-pipeline", str(folder), "-q"))
+    assert res.code == 0, res.stderr
+    assert res.stdout == b"" and res.stderr == ""
+    tensors, meta = _tensors(out)
+    info = decode_metadata(meta)
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    assert info["format"] == "recare.unet-weights" and info["values"] == "new"
+    assert info["base_unet"] == module_fingerprint(base.unet)
+    assert info["method"] == "recare" and info["train_method"] == "noxattn"
+    assert info["hyperparameters"]["iterations"] == 3 and info["hyperparameters"]["guidance"] == 2.0
+    assert info["careset_sha256"].startswith("sha256:") and info["seed"] == 42
+    assert info["provenance"]["command"] == "erase" and "torch" in info["provenance"]["versions"]
+    assert not any("attn2" in k for k in tensors)
+    assert not (tmp_path / "erased.safetensors.ckpt").exists()  # removed after success
+
+    # plain diffusers: load_state_dict of the new values
+    plain = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    plain.unet.load_state_dict(tensors, strict=False)
+    # the Python helper gives the same UNet, and the saved folder holds it too
+    helped = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    apply_unet_weights(helped, out)
+    saved = StableDiffusionPipeline.from_pretrained(folder)
+    for name, value in tensors.items():
+        assert torch.equal(plain.unet.state_dict()[name], value)
+        assert torch.equal(helped.unet.state_dict()[name], value)
+        assert torch.equal(saved.unet.state_dict()[name], value)
+    assert "<nudity-adv0>" not in saved.tokenizer.get_vocab()
+    # weights made for another base model are refused
+    with pytest.raises(BadInputError, match="made for base UNet"):
+        apply_unet_weights(helped, out)  # helped's UNet is no longer the base
+
+
+def test_resume_gives_the_same_weights(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    from recare_cli.stages.erase import EraseOptions, run_erase
+
+    def opts(out: Path, resume: bool) -> EraseOptions:
+        return EraseOptions(target="nudity", care=str(care_file), iterations=5, resolution=32, device="cpu",
+                            model=str(tiny_sd_dir), output=str(out), checkpoint_every=2, resume=resume,
+                            params={"same": True})
+
+    straight = tmp_path / "straight.safetensors"
+    run_erase(opts(straight, False))
+
+    resumed = tmp_path / "resumed.safetensors"
+
+    def interrupt(i: int, _: dict[str, float]) -> None:
+        if i == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_erase(opts(resumed, False), on_step=interrupt)
+    ckpt = Path(f"{resumed}.ckpt")
+    assert ckpt.exists() and not resumed.exists()  # the checkpoint after iteration 2 of 5
+    # without --resume an existing checkpoint is never overwritten
+    res = invoke(_erase_args(tiny_sd_dir, care_file, resumed, "--iterations", "5", "--checkpoint-every", "2"))
+    assert res.code == 5 and "--resume" in res.stderr
+    run_erase(opts(resumed, True))
+    assert resumed.read_bytes() == straight.read_bytes()
+    assert not ckpt.exists()
+
+
+def test_checkpoint_with_other_settings_is_refused(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    from recare_cli.stages.erase import EraseOptions, run_erase
+
+    out = tmp_path / "e.safetensors"
+
+    def stop(i: int, _: dict[str, float]) -> None:
+        if i == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_erase(EraseOptions(target="nudity", care=str(care_file), iterations=3, resolution=32, device="cpu",
+                               model=str(tiny_sd_dir), output=str(out), checkpoint_every=1), on_step=stop)
+    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--checkpoint-every", "1", "--lr", "1e-4", "--resume"))
+    assert res.code == 3 and "other settings" in res.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("method", ["esd", "stereo"])
+def test_baselines_run(tiny_sd_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / f"{method}.safetensors"
+    args = _erase_args(tiny_sd_dir, care_file, out, "--method", method, "--iterations", "2",
+                       "--train-method", "xattn")
+    if method == "esd":
+        args.remove("--care")
+        args.remove(str(care_file))
+    res = invoke(args)
+    assert res.code == 0, res.stderr
+    tensors, meta = _tensors(out)
+    assert meta["method"] == method and all("attn2" in k for k in tensors)
+
+
+def test_adversarial_tokens_join_the_erase_set(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    from recare_cli.models.fingerprint import module_fingerprint
+    from recare_cli.models.weights import save_embeddings
+
+    bundle = _bundle(tiny_sd_dir)
+    adv = tmp_path / "adv.safetensors"
+    save_embeddings(adv, {"<a0>": torch.randn(1, 32), "<a1>": torch.randn(1, 32), "<a2>": torch.randn(1, 32)},
+                    base_text_encoder=module_fingerprint(bundle.pipe.text_encoder))
+    out = tmp_path / "e.safetensors"
+    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--adversarial", str(adv), "--iterations", "2"))
+    assert res.code == 0, res.stderr
+    assert "erase set ['nudity', '<a0>', '<a1>']" in res.stderr  # first m = 2 tokens
+    _, meta = _tensors(out)
+    assert json.loads(meta["adversarial"])["tokens"] == ["<a0>", "<a1>"]
+
+
+# ---- bad input: one line, documented exit code, nothing written ------------------------------------------------
+
+
+def test_careset_without_words(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    care = tmp_path / "care.json"
+    care.write_text(json.dumps({"nudity_care_word": [], "nudity_care_word_photo": []}))
+    out = tmp_path / "e.safetensors"
+    res = invoke(_erase_args(tiny_sd_dir, care, out))
+    assert res.code == 3 and "no words" in res.stderr and res.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_embeddings_for_another_text_encoder(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    from recare_cli.models.weights import save_embeddings
+
+    other = tmp_path / "other.safetensors"
+    save_embeddings(other, {"<x>": torch.randn(1, 32)}, base_text_encoder="sha256:0123456789abcdef")
+    wrong_dim = tmp_path / "dim.safetensors"
+    save_embeddings(wrong_dim, {"<x>": torch.randn(1, 768)}, base_text_encoder="unknown")
+    out = tmp_path / "e.safetensors"
+    for adv, message in ((other, "made for text encoder"), (wrong_dim, "size 768")):
+        res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--adversarial", str(adv)))
+        assert res.code == 3, res.stderr
+        assert message in res.stderr and res.stderr.count("\n") == 1
+        assert not out.exists()
+
+
+def test_unknown_train_method_is_a_usage_error(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    res = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "e.safetensors", "--train-method", "attn"))
+    assert res.code == 2 and "unknown train method 'attn'" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_output_in_missing_directory(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    res = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "nope" / "e.safetensors"))
+    assert res.code == 3 and "does not exist" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_existing_output_survives_a_failed_run(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.safetensors"
+    out.write_bytes(b"previous result")
+    care = tmp_path / "care.json"
+    care.write_text("{not json")
+    res = invoke(_erase_args(tiny_sd_dir, care, out))
+    assert res.code == 3 and out.read_bytes() == b"previous result"
+
+
+def test_reference_pt_is_read_weights_only(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    from recare_cli.errors import BadInputError
+    from recare_cli.models.weights import load_reference_unet
+
+    bundle = _bundle(tiny_sd_dir)
+    good = tmp_path / "ReCARE-Diffusers-UNet.pt"
+    torch.save(bundle.pipe.unet.state_dict(), good)
+    assert set(load_reference_unet(good, bundle.pipe.unet)) == set(bundle.pipe.unet.state_dict())
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(BadInputError, match="weights-only"):
+        load_reference_unet(bad, bundle.pipe.unet)
