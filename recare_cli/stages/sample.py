@@ -177,82 +177,32 @@ def set_scheduler(pipe: Any, name: str) -> None:
 
 
 def load_weights(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Apply erase outputs (safetensors of UNet parameters; metadata ``base_unet`` = the base UNet's
-    fingerprint) in order. Weights made for another base model are refused."""
+    """Apply ``recare erase`` outputs in order (``recare_cli.models.weights``); weights made for
+    another base UNet than the loaded model's are refused."""
     from recare_cli.models.fingerprint import state_fingerprint
+    from recare_cli.models.weights import apply_unet_weights, read_safetensors
 
-    unet = bundle.pipe.unet
-    state = unet.state_dict()
     applied: list[dict[str, Any]] = []
     for path in paths:
-        tensors, meta = _read_safetensors(path)
-        base = meta.get("base_unet")
-        if base is None:
-            raise BadInputError("no 'base_unet' fingerprint in the metadata: not weights written by "
-                                "recare erase", source=str(path), field="base_unet")
-        if base != bundle.unet_fingerprint:
-            raise BadInputError(f"made for base UNet {base}, but --model {bundle.name} has UNet "
-                                f"{bundle.unet_fingerprint}; sample with the model the weights were trained from",
-                                source=str(path), field="base_unet")
-        for key, value in tensors.items():
-            if key not in state:
-                raise BadInputError(f"parameter '{key}' is not in the model's UNet", source=str(path))
-            if tuple(value.shape) != tuple(state[key].shape):
-                raise BadInputError(f"parameter '{key}' has shape {tuple(value.shape)}, the UNet's is "
-                                    f"{tuple(state[key].shape)}", source=str(path))
-        unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
-        applied.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "base_unet": base,
-                        "tensors": len(tensors)})
+        tensors, _ = read_safetensors(path)
+        meta = apply_unet_weights(bundle.pipe, path, base_unet=bundle.unet_fingerprint)
+        applied.append({"path": str(path), "fingerprint": state_fingerprint(tensors),
+                        "base_unet": meta.get("base_unet"), "tensors": len(tensors)})
     return applied
 
 
 def load_embeddings(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Add textual-inversion tokens (safetensors ``{token: (n, D) tensor}``, or ``emb_params`` with
-    metadata ``token``) to the tokenizer and text encoder."""
+    """Add ``recare invert`` tokens (``{token: (n, D)}``) to the tokenizer and text encoder; files that
+    record another base text encoder are refused."""
     from recare_cli.models.fingerprint import state_fingerprint
+    from recare_cli.models.weights import load_embeddings_into, read_safetensors
 
     loaded: list[dict[str, Any]] = []
     for path in paths:
-        tensors, meta = _read_safetensors(path)
-        base = meta.get("base_text_encoder")
-        if base is not None and base != bundle.text_encoder_fingerprint:
-            raise BadInputError(f"made for text encoder {base}, but --model {bundle.name} has "
-                                f"{bundle.text_encoder_fingerprint}", source=str(path), field="base_text_encoder")
-        if "emb_params" in tensors:
-            token = meta.get("token")
-            if not token:
-                raise BadInputError("'emb_params' without a 'token' metadata entry", source=str(path))
-            tokens = {token: tensors["emb_params"]}
-        else:
-            tokens = tensors
-        dim = bundle.pipe.text_encoder.get_input_embeddings().weight.shape[1]
-        for token, value in tokens.items():
-            vec = value.reshape(-1, value.shape[-1])
-            if vec.shape[-1] != dim:
-                raise BadInputError(f"embedding '{token}' has size {vec.shape[-1]}, the text encoder's is {dim}",
-                                    source=str(path))
-            try:
-                bundle.pipe.load_textual_inversion({token: vec}, token=token)
-            except ValueError as err:
-                raise BadInputError(f"cannot add token '{token}': {err}", source=str(path)) from err
-        loaded.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "tokens": sorted(tokens)})
+        tensors, _ = read_safetensors(path)
+        tokens = load_embeddings_into(bundle.pipe, path, text_encoder=bundle.text_encoder_fingerprint)
+        loaded.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "tokens": tokens})
     return loaded
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise BadInputError("no such file", source=str(path))
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-            tensors = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise BadInputError(f"not a readable safetensors file ({err})", source=str(path)) from err
-    if not tensors:
-        raise BadInputError("holds no tensors", source=str(path))
-    return tensors, meta
 
 
 def distributed(device: str = "auto") -> tuple[int, int, Any]:
