@@ -156,3 +156,29 @@ def materialise(cache_dir: Path | None = None, *, source: Path | None = None) ->
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target / "clip", target / "sd"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recare_cli.toyworld.assets --trained tw/ --report report.json``: ship a trained
+    world (weights, configs, manifest with the training log and the evaluation report)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.assets", description=main.__doc__)
+    parser.add_argument("--trained", type=Path, required=True, help="a train output folder (clip/, sd/)")
+    parser.add_argument("--report", type=Path, default=None, help="evaluate's JSON report to record")
+    parser.add_argument("--dest", type=Path, default=None, help="default: the package data folder")
+    args = parser.parse_args(argv)
+    metrics: dict[str, Any] = {}
+    if (args.trained / "train_log.json").is_file():
+        metrics["training"] = json.loads((args.trained / "train_log.json").read_text("utf-8"))
+    if args.report is not None:
+        metrics["evaluation"] = json.loads(args.report.read_text("utf-8"))
+    manifest = export(args.trained / "clip", args.trained / "sd", args.dest or data_dir(), metrics=metrics)
+    from recare_cli import console
+
+    console.info(f"shipped {manifest['bytes'] / 2**20:.1f} MiB of weights; fingerprints {manifest['fingerprints']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
