@@ -121,7 +121,7 @@ def test_latents_are_encoded_once_per_image(tiny_sd_dir: Path) -> None:
         return encode(x)
 
     vae.encode = counting
-    lat = latent_distributions(vae, pixels, batch_size=2)
+    lat = latent_distributions(vae, pixels, batch_size=2)  # default 1
     assert calls == [4, 2]  # every image with its flip, in batches; never again during training
     assert lat.shape == (3, 2, 2, 4, 16, 16)
     with torch.no_grad():

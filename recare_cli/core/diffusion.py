@@ -202,14 +202,34 @@ class EraseTrainer:
         # The teacher: original values of the trained parameters only (see the module docstring).
         self.teacher = {n: p.detach().clone().to(keep_dtype or p.dtype) for n, p in zip(self.names, self.params,
                                                                                           strict=True)}
-        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr)
+        # AdamW has no cross-parameter coupling here (no gradient clipping), so each parameter is updated
+        # as soon as its gradient is complete and the gradient is freed at once: gradients of all trained
+        # parameters never coexist (saves one copy of the trained parameters at the peak). fp16 needs the
+        # GradScaler's global inf check, so it keeps the usual one-optimizer step.
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.precision == "fp16" else None
+        self.fused = self.scaler is None
+        self.optimizers = ([torch.optim.AdamW([p], lr=settings.lr) for p in self.params] if self.fused
+                           else [torch.optim.AdamW(self.params, lr=settings.lr)])
+        self.hooks = [p.register_post_accumulate_grad_hook(self._step_in_backward(opt))
+                      for p, opt in zip(self.params, self.optimizers, strict=True)] if self.fused else []
         self.sampler = DDIMScheduler.from_config(scheduler_config)
         self.sampler.set_timesteps(settings.sample_steps, device=self.device)
         full = DDIMScheduler.from_config(scheduler_config)
         full.set_timesteps(full.config.num_train_timesteps, device=self.device)
         self.train_timesteps = full.timesteps
         self.channels = int(getattr(unet, "config").in_channels)  # noqa: B009 (diffusers config)
+
+    @staticmethod
+    def _step_in_backward(optimizer: torch.optim.Optimizer) -> Any:
+        def hook(_: torch.Tensor) -> None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return hook
+
+    def _optimizer_state(self, idx: int) -> dict[str, Any]:
+        opt = self.optimizers[idx] if self.fused else self.optimizers[0]
+        return opt.state.get(self.params[idx], {})
 
     def _draw(self) -> tuple[int, torch.Tensor]:
         k = int(torch.randint(1, self.settings.sample_steps - 1, (1,), generator=self.generator).item())
@@ -252,14 +272,14 @@ class EraseTrainer:
             pred = unet_eps(self.unet, x_t, t, student_emb)
         loss, e_loss, r_loss = erase_loss(pred[0:1], target, pred[1:2] if use_retain else None,
                                           eps[-1:] if use_retain else None, s.retain_weight)
-        self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
+            optimizer = self.optimizers[0]
+            optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            self.optimizer.step()
+            loss.backward()  # the hooks step each parameter's optimizer
         out = {"loss": float(loss.detach()), "erase": float(e_loss.detach()), "k": float(k)}
         if r_loss is not None:
             out["retain"] = float(r_loss.detach())
@@ -270,7 +290,7 @@ class EraseTrainer:
         out: dict[str, torch.Tensor] = {"rng": self.generator.get_state().clone()}
         for idx, (name, param) in enumerate(zip(self.names, self.params, strict=True)):
             out[f"param/{name}"] = param.detach().cpu().clone()
-            state = self.optimizer.state.get(param, {})
+            state = self._optimizer_state(idx)
             for key in ("step", "exp_avg", "exp_avg_sq"):
                 if key in state:
                     out[f"adam/{idx}/{key}"] = torch.as_tensor(state[key]).detach().cpu().clone()
@@ -284,16 +304,21 @@ class EraseTrainer:
         with torch.no_grad():
             for name, param in zip(self.names, self.params, strict=True):
                 param.copy_(tensors[f"param/{name}"])
-        opt_state = self.optimizer.state_dict()
-        opt_state["state"] = {}
+        states: dict[int, dict[str, torch.Tensor]] = {}
         for idx, param in enumerate(self.params):
             if f"adam/{idx}/step" in tensors:
-                opt_state["state"][idx] = {
+                states[idx] = {
                     "step": tensors[f"adam/{idx}/step"].clone(),
                     "exp_avg": tensors[f"adam/{idx}/exp_avg"].to(param.device, param.dtype).clone(),
                     "exp_avg_sq": tensors[f"adam/{idx}/exp_avg_sq"].to(param.device, param.dtype).clone(),
                 }
-        self.optimizer.load_state_dict(opt_state)
+        if self.fused:
+            for idx, opt in enumerate(self.optimizers):
+                opt.load_state_dict({"state": {0: states[idx]} if idx in states else {},
+                                     "param_groups": opt.state_dict()["param_groups"]})
+        else:
+            opt = self.optimizers[0]
+            opt.load_state_dict({"state": states, "param_groups": opt.state_dict()["param_groups"]})
         if self.scaler is not None and "scaler" in tensors:
             scale, tracker = tensors["scaler"].tolist()
             self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": scale, "_growth_tracker": int(tracker)})
@@ -303,9 +328,12 @@ class EraseTrainer:
 
     def release(self) -> None:
         """Freeze the UNet again and drop the teacher copy and optimizer state."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks.clear()
         self.unet.requires_grad_(False)
         self.teacher.clear()
-        self.optimizer.state.clear()
+        self.optimizers.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,9 +401,10 @@ class InversionTrainer:
 
 
 @torch.no_grad()
-def latent_distributions(vae: Any, pixels: torch.Tensor, *, batch_size: int = 4) -> torch.Tensor:
+def latent_distributions(vae: Any, pixels: torch.Tensor, *, batch_size: int = 1) -> torch.Tensor:
     """(N, 3, H, W) pixels in [-1, 1] → (N, 2, 2, C, h, w): (plain, flipped) × (mean, std), scaled
-    by the VAE's scaling factor (a sample is ``mean + std · noise``)."""
+    by the VAE's scaling factor (a sample is ``mean + std · noise``). One image (and its flip) per VAE call
+    by default: encoding is a one-off, and larger batches only raise the peak memory."""
     scale = float(vae.config.scaling_factor)
     out = []
     for start in range(0, pixels.shape[0], batch_size):
