@@ -181,3 +181,37 @@ def test_bad_options(tiny_sd_dir: Path, target_images: Path, tmp_path: Path) -> 
     assert res.code == 2 and "--property" in res.stderr
     res = invoke(_args(target_images, tiny_sd_dir, out, "--initializer", "xyzzyplugh"))
     assert res.code == 2 and "single CLIP token" in res.stderr and not out.exists()
+
+
+def test_resume_after_an_interrupted_round(tiny_sd_dir: Path, target_images: Path, tmp_path: Path) -> None:
+    from recare_cli.stages.invert import InvertOptions, run_invert
+
+    paths = sorted(target_images.iterdir())
+
+    def opts(out: Path, resume: bool = False) -> InvertOptions:
+        return InvertOptions(target="nudity", rounds=2, erase_iterations=2, steps=3, resolution=32, device="cpu",
+                             model=str(tiny_sd_dir), output=str(out), resume=resume)
+
+    straight = tmp_path / "straight.safetensors"
+    run_invert(opts(straight), paths, strict=False)
+    assert not Path(f"{straight}.ckpt").exists()
+
+    out = tmp_path / "resumed.safetensors"
+    erase_phases = []
+
+    def interrupt(phase: str, step: int, _: float) -> None:
+        if phase == "erase" and step == 0:
+            erase_phases.append(step)
+            if len(erase_phases) == 2:  # inside round 2
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_invert(opts(out), paths, strict=False, on_step=interrupt)
+    assert Path(f"{out}.ckpt").exists() and not out.exists()
+    res = invoke(_args(target_images, tiny_sd_dir, out, "--steps", "3"))
+    assert res.code == 5 and "--resume" in res.stderr  # never overwrites a checkpoint silently
+    run_invert(opts(out, resume=True), paths, strict=False)
+    a, _ = _read(straight)
+    b, _ = _read(out)
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not Path(f"{out}.ckpt").exists()

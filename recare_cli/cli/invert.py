@@ -16,6 +16,8 @@ Each of --rounds rounds erases the current concept from the UNet with the ESD ob
 
 IMAGES is a folder of images of the target, or - to read image paths (one per line) from stdin, or a list file with --list. Unreadable images are skipped with a warning (--strict: stop). Writes safetensors {token: (1, D)} with metadata (docs/erase.md), loadable with diffusers' load_textual_inversion and used by recare erase --adversarial.
 
+After each round (but the last) the tokens so far, the erased UNet and the random state go to OUTPUT.ckpt; --resume continues after the last finished round and gives the same result.
+
 Example:
 
   recare invert imgs/ --target nudity -o adv.safetensors
@@ -64,9 +66,11 @@ def invert(
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs).")] = "fp32",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
                                                          help="Trade compute for activation memory.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished round recorded in "
+                                                          "OUTPUT.ckpt.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    params: dict[str, Any] = {k: v for k, v in locals().items() if k != "quiet"}
+    params: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("quiet", "resume")}
     from recare_cli.io.images import resolve_image_inputs
     from recare_cli.stages.invert import InvertOptions, run_invert
 
@@ -75,7 +79,7 @@ def invert(
                          erase_iterations=erase_iterations, erase_lr=erase_lr, negative_guidance=negative_guidance,
                          train_method=train_method, steps=steps, lr=lr, resolution=resolution, flip=flip, seed=seed,
                          precision=precision, gradient_checkpointing=gradient_checkpointing, model=model,
-                         device=device, output=output, keep_erased=keep_erased, params=params)
+                         device=device, output=output, keep_erased=keep_erased, resume=resume, params=params)
     opts.validate()
     paths = resolve_image_inputs(images, recursive=recursive, as_list=as_list)
     summary = run_invert(opts, paths, strict=strict)

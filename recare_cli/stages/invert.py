@@ -62,6 +62,7 @@ class InvertOptions:
     device: str = "auto"
     output: str = "-"
     keep_erased: str | None = None
+    resume: bool = False
     params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -81,6 +82,17 @@ class InvertOptions:
             if folder.exists() and not folder.is_dir():
                 raise BadInputError("not a folder", source=str(folder))
             check_output_dir(folder)
+
+    def checkpoint_path(self) -> Path | None:
+        return None if self.output == STDIO else Path(f"{self.output}.ckpt")
+
+    def digest(self, identity: dict[str, str], images: list[Path]) -> str:
+        from recare_cli.models.fingerprint import combine
+
+        shaping = {k: v for k, v in asdict(self).items()
+                   if k not in ("params", "output", "keep_erased", "device", "resume")}
+        return combine(sorted(shaping.items()), identity["unet"], identity["text_encoder"],
+                       [str(p) for p in images])
 
     def tokens(self) -> list[str]:
         from recare_cli.io.careset import reference_key
@@ -131,6 +143,36 @@ def initializer_vector(pipe: Any, word: str) -> Any:
     return pipe.text_encoder.get_input_embeddings().weight[ids[0]].detach().clone().reshape(1, -1)
 
 
+def save_round(path: Path, digest: str, done: int, learned: list[Any], unet_values: dict[str, Any],
+               generator: Any) -> None:
+    """Round-level checkpoint: the tokens learned so far, the erased UNet's trained values, the generator."""
+    import torch
+
+    from recare_cli.models.weights import write_safetensors
+
+    tensors = {f"param/{k}": v for k, v in unet_values.items()}
+    tensors["tokens"] = torch.cat(learned).cpu()
+    tensors["rng"] = generator.get_state()
+    write_safetensors(path, tensors, {"format": "recare.invert-checkpoint", "version": "1", "config": digest,
+                                      "rounds_done": str(done)})
+
+
+def load_round(path: Path, digest: str, unet: Any, generator: Any) -> list[Any]:
+    from recare_cli.models.weights import read_safetensors
+
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != "recare.invert-checkpoint":
+        raise BadInputError("not a recare invert checkpoint", source=str(path), field="format")
+    if meta.get("config") != digest:
+        raise BadInputError("checkpoint made with other settings, model or images; delete it or rerun with the "
+                            "settings it was made with", source=str(path), field="config")
+    params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+    unet.load_state_dict(params, strict=False)
+    generator.set_state(tensors["rng"])
+    done = int(meta["rounds_done"])
+    return [row.reshape(1, -1) for row in tensors["tokens"][:done]]
+
+
 def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
                on_step: Callable[[str, int, float], None] | None = None) -> dict[str, Any]:
     import torch
@@ -154,6 +196,11 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
     from recare_cli.models.weights import save_embeddings, save_unet_weights
 
     opts.validate()
+    ckpt = opts.checkpoint_path()
+    if ckpt is not None and ckpt.exists() and not opts.resume:
+        from recare_cli.errors import RefusedError
+
+        raise RefusedError(f"checkpoint '{ckpt}' exists: pass --resume to continue that run, or delete it")
     pixels, used = load_pixels(paths, strict=strict, resolution=opts.resolution)
     slices = round_slices(len(used), opts.rounds)
     bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
@@ -177,10 +224,14 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
         unet.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(opts.seed)
     learned: list[torch.Tensor] = []
+    digest = opts.digest(identity, used)
+    if opts.resume and ckpt is not None and ckpt.exists():
+        learned = [v.to(device) for v in load_round(ckpt, digest, unet, generator)]
+        console.info(f"invert: resuming from {ckpt} after round {len(learned)}/{opts.rounds}")
     templates = TEMPLATES[opts.property]
     latent_size = opts.resolution // pipe.vae_scale_factor
     losses: dict[str, float] = {}
-    for r in range(opts.rounds):
+    for r in range(len(learned), opts.rounds):
         concept = opts.target.strip() if r == 0 else tokens[r - 1]
         known = torch.cat(learned) if learned else init
         with placeholder_embeddings(pipe.text_encoder, first_id, known):
@@ -203,6 +254,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
                               base_unet=identity["unet"], base_model=identity["name"], method="esd",
                               train_method=opts.train_method, target=concept, round=str(r),
                               provenance=provenance("invert", opts.params, model=identity))
+        erased_values = {k: v.detach().clone() for k, v in eraser.trained_values().items()}
         eraser.release()
         del eraser
         unet.eval()
@@ -223,6 +275,8 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
                     on_step("invert", s, loss)
         losses[f"round{r}_inversion"] = loss
         learned.append(trainer.vector().to(device))
+        if ckpt is not None and r + 1 < opts.rounds:
+            save_round(ckpt, digest, r + 1, learned, erased_values, generator)
 
     result = {t: v.cpu() for t, v in zip(tokens, learned, strict=True)}
     record = provenance("invert", opts.params, model=identity)
@@ -232,4 +286,6 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
                     hyperparameters={k: v for k, v in asdict(opts).items() if k not in ("params", "output",
                                                                                         "keep_erased", "device")},
                     provenance=record)
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
     return {"tokens": tokens, "images": len(used), "losses": losses}
