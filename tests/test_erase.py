@@ -324,3 +324,25 @@ def test_reference_pt_is_read_weights_only(tiny_sd_dir: Path, tmp_path: Path) ->
     torch.save({"x": Evil()}, bad)
     with pytest.raises(BadInputError, match="weights-only"):
         load_reference_unet(bad, bundle.pipe.unet)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_train(tiny_sd_dir: Path, precision: str) -> None:
+    """The GPU options run (here on CPU autocast): weights stay fp32, the teacher copy is kept in the
+    autocast dtype, and a checkpoint round-trips (fp16 carries its GradScaler state)."""
+    from recare_cli.core.diffusion import EraseSettings, EraseTrainer
+
+    bundle = _bundle(tiny_sd_dir)
+    base = _trainer(bundle, "xattn", iterations=2)
+    settings = EraseSettings(**{**base.settings.__dict__, "precision": precision})
+    base.release()
+    trainer = EraseTrainer(bundle.pipe.unet, base.names, base.prompts, base.schedule, settings,
+                           bundle.pipe.scheduler.config, torch.Generator().manual_seed(0))
+    out = trainer.step(0)
+    assert out["loss"] == out["loss"]  # not NaN
+    assert all(p.dtype == torch.float32 for p in trainer.params)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert all(v.dtype == dtype for v in trainer.teacher.values())
+    state = trainer.state_tensors()
+    trainer.load_state_tensors(state)
+    assert ("scaler" in state) == (precision == "fp16")
