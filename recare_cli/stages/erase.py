@@ -64,7 +64,8 @@ class EraseOptions:
         if self.method != "esd" and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
-            raise UsageError("--resume needs a checkpoint: give --checkpoint PATH when writing to stdout")
+            raise UsageError("--resume needs a checkpoint file: --checkpoint PATH, or --checkpoint-every N with "
+                             "a file output")
         if self.output != STDIO:
             check_output_dir(Path(self.output))
         if self.save_pipeline is not None:
