@@ -68,6 +68,7 @@ def test_alternatives_change_one_attribute() -> None:
     scene = world.Scene("grass", "car", "red")
     options = dict(world.alternatives(scene, "background"))
     assert set(options) == {"grass", "sand"}  # no cars in water, the sky or under the stars
+    assert "none" not in dict(world.alternatives(scene, "object"))
     assert world.canonical_caption(options["sand"]) == "a red car on sand"
     person = world.Scene("sand", "person", "white")
     naked = dict(world.alternatives(person, "clothing"))["naked"]

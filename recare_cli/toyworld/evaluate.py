@@ -2,8 +2,10 @@
 
 * ``clip_accuracy``: zero-shot accuracy of the toy CLIP per attribute. For each held-out image and
   each attribute it has, the candidates are the canonical captions of the same scene with only
-  that attribute changed ("a red car on grass" vs "a red car on sand", …); the prediction is
-  the most similar caption. Images go through the CLIP folder's own image processor.
+  that attribute changed ("a red car on grass" vs "a red car on sand", …; for style "a photo of
+  …" vs "a van gogh painting of …"); the prediction is the most similar caption. "No object" is
+  not judged: no caption in the world states an absence. Images go through the CLIP folder's
+  own image processor.
 * ``sd_accuracy``: Stable Diffusion samples for the canonical captions of held-out scenes,
   each judged by the toy CLIP the same way: a sample shows an attribute when the CLIP picks the
   prompted value among the alternatives. ``all`` is the share of samples with every prompted
@@ -68,10 +70,12 @@ class Judge:
         results: dict[str, list[bool]] = {}
         for feature, scene in zip(image_features, scenes, strict=True):
             for attribute, value in scene.attributes().items():
+                if value == "none":
+                    continue  # absence is never stated in a caption: nothing to judge
                 options = world.alternatives(scene, attribute)
                 if len(options) < 2:
                     continue  # nothing to tell apart
-                sims = self.texts([world.canonical_caption(s) for _, s in options]) @ feature
+                sims = self.texts([world.stated_caption(s, attribute) for _, s in options]) @ feature
                 results.setdefault(attribute, []).append(options[int(np.argmax(sims))][0] == value)
         return results
 
@@ -88,7 +92,21 @@ def clip_accuracy(clip: str | Path, *, n: int = 1000, seed: int = HELD_OUT_SEED)
     judge = Judge(load_clip(str(clip), device="cpu", dtype="fp32"))
     data = world.make_dataset(n, seed)
     features = judge.images([Image.fromarray(im) for im in data.images])
-    return {"held_out_seed": seed, "images": n, "attributes": _summary(judge.judge(features, data.scenes))}
+    return {"held_out_seed": seed, "images": n, "attributes": _summary(judge.judge(features, data.scenes)),
+            "bare_words": _summary(bare_words(judge, features, data.scenes))}
+
+
+def bare_words(judge: Judge, features: np.ndarray, scenes: list[world.Scene]) -> dict[str, list[bool]]:
+    """Zero-shot with single words as labels ("person" vs "tench" vs "boat" …; "water" vs "sand"
+    …), as the CARE score asks a CLIP; every object and background is a candidate."""
+    results: dict[str, list[bool]] = {}
+    for attribute, values in (("object", world.OBJECTS), ("background", world.BACKGROUNDS)):
+        sims = features @ judge.texts(list(values)).T
+        for row, scene in zip(sims, scenes, strict=True):
+            truth = scene.attributes()[attribute]
+            if truth != "none":
+                results.setdefault(attribute, []).append(values[int(np.argmax(row))] == truth)
+    return results
 
 
 def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HELD_OUT_SEED, steps: int = 50,

@@ -407,8 +407,8 @@ def save_sd_folder(text_encoder: Any, vae: Any, unet: Any, folder: Path,
 
 
 _STAGE_FIELDS = {
-    "clip": ("seed", "clip_steps", "clip_batch", "clip_lr", "text_width", "vision_width", "minutes"),
-    "vae": ("seed", "vae_steps", "vae_batch", "vae_lr", "n_images", "vae_channels", "minutes"),
+    "clip": ("seed", "clip_steps", "clip_batch", "clip_lr", "text_width", "vision_width"),
+    "vae": ("seed", "vae_steps", "vae_batch", "vae_lr", "n_images", "vae_channels"),
 }
 STAGE_FILE = "toyworld_stage.json"
 
@@ -424,8 +424,9 @@ def _finished_stage(folder: Path, config: TrainConfig, stage: str) -> dict[str, 
     if not path.is_file():
         return None
     record = json.loads(path.read_text("utf-8"))
-    same = record.get("key") == json.loads(json.dumps(_stage_key(config, stage)))
-    return dict(record["log"]) if same else None
+    key = json.loads(json.dumps(_stage_key(config, stage)))
+    same = all(record.get("key", {}).get(name, object()) == value for name, value in key.items())
+    return dict(record["log"]) if same and not record["log"].get("cut_short") else None
 
 
 def _mark_stage(folder: Path, config: TrainConfig, stage: str, log: dict[str, Any]) -> None:

@@ -320,10 +320,20 @@ def canonical_caption(scene: Scene) -> str:
     return f"{what} {where}"
 
 
+def stated_caption(scene: Scene, attribute: str) -> str:
+    """The canonical caption, made to state ``attribute``: a photo's style is only stated by
+    "a photo of …" (a caption that does not say "painting" is also true of a painting)."""
+    text = canonical_caption(scene)
+    if attribute == "style" and scene.style == "photo":
+        return f"a photo of {text}"
+    return text
+
+
 def alternatives(scene: Scene, attribute: str) -> list[tuple[str, Scene]]:
     """The values ``attribute`` may take while the rest of ``scene`` is kept (values that make an
-    impossible scene are left out), each with its changed scene."""
-    values: tuple[str, ...] = {"background": BACKGROUNDS, "object": (*OBJECTS, "none"), "colour": COLOURS,
+    impossible scene are left out), each with its changed scene. No caption ever states that
+    nothing is there ("water" is true of water with a tench in it), so "none" is no option."""
+    values: tuple[str, ...] = {"background": BACKGROUNDS, "object": OBJECTS, "colour": COLOURS,
                                "clothing": CLOTHING, "style": STYLES}[attribute]
     out = []
     for value in values:
