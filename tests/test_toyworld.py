@@ -129,6 +129,22 @@ def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
     assert {"clip", "vae", "unet"} <= set(log) and log["unet"]["steps"] == 3
 
 
+def test_training_is_reproducible(quick_world: Path, tmp_path: Path) -> None:
+    import torch
+
+    from recare_cli.toyworld.train import TrainConfig, train_all
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_all(tmp_path, TrainConfig.quick(seed=0), progress=lambda message: None)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("clip/model.safetensors", "sd/unet/diffusion_pytorch_model.safetensors",
+                 "sd/vae/diffusion_pytorch_model.safetensors"):
+        assert (tmp_path / name).read_bytes() == (quick_world / name).read_bytes(), name
+
+
 def test_export_and_materialise_round_trip(quick_world: Path, tmp_path: Path) -> None:
     from recare_cli.toyworld import assets
 
