@@ -9,6 +9,7 @@ The exit codes are part of the CLI contract (README, "Exit codes"):
 3     bad input data (unreadable file, malformed record, mismatched model)
 4     model not available (no such folder, hub unreachable)
 5     refused to write (binary to a terminal, output exists without --force)
+6     a quality gate failed (``recare score --fail-under`` / ``--fail-over``)
 130   interrupted (Ctrl-C); no partial output is left behind
 141   downstream pipe closed (e.g. ``| head``); ends quietly
 ====  ==========================================================
@@ -22,6 +23,7 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_MODEL_UNAVAILABLE = 4
 EXIT_REFUSED = 5
+EXIT_GATE_FAILED = 6
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
@@ -59,6 +61,12 @@ class ModelUnavailableError(RecareError):
 
 class RefusedError(RecareError):
     exit_code = EXIT_REFUSED
+
+
+class GateFailedError(RecareError):
+    """A score fell on the wrong side of a ``--fail-under``/``--fail-over`` gate."""
+
+    exit_code = EXIT_GATE_FAILED
 
 
 class PipeClosedError(RecareError):

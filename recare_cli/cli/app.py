@@ -57,6 +57,7 @@ def _register() -> None:
     from recare_cli.cli import invert as invert_cmd
     from recare_cli.cli import sample as sample_cmd
     from recare_cli.cli import score as score_cmd
+    from recare_cli.cli import toyworld as toyworld_cmd
 
     app.command("mine", help=mine.HELP, no_args_is_help=True)(mine.mine)
     app.command("cluster", help=cluster.HELP)(cluster.cluster)
@@ -66,6 +67,7 @@ def _register() -> None:
     app.command("score", help=score_cmd.HELP, no_args_is_help=True)(score_cmd.score)
     app.command("invert", help=invert_cmd.HELP, no_args_is_help=True)(invert_cmd.invert)
     app.command("erase", help=erase_cmd.HELP, no_args_is_help=True)(erase_cmd.erase)
+    app.add_typer(toyworld_cmd.app, name="toyworld", help=toyworld_cmd.HELP)
 
 
 _register()

@@ -1,7 +1,4 @@
-"""recare toyworld: train, evaluate and locate the small trained text-to-image world (issue 5).
-
-Register with ``app.add_typer(toyworld.app, name="toyworld", help=toyworld.HELP)``.
-"""
+"""recare toyworld: train, evaluate and locate the small trained text-to-image world."""
 
 from __future__ import annotations
 

@@ -21,19 +21,11 @@ from typing import Any
 import numpy as np
 
 from recare_cli import console
-from recare_cli.errors import BadInputError, ModelUnavailableError, RecareError, UsageError
+from recare_cli.errors import BadInputError, GateFailedError, ModelUnavailableError, UsageError
 
 METRICS = ("care", "clip", "nudity", "classify")
 FORMAT = "recare.scores"
 VERSION = 1
-# Proposed for recare_cli.errors (README exit-code table): a --fail-under / --fail-over gate failed.
-EXIT_GATE_FAILED = 6
-
-
-class GateFailedError(RecareError):
-    exit_code = EXIT_GATE_FAILED
-
-
 @dataclass(frozen=True)
 class ImageItem:
     path: Path
