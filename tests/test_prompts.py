@@ -1,4 +1,4 @@
-"""Prompt files as the field publishes them (shared/data/prompts), JSONL, text, and bad input."""
+"""Prompt files as the field publishes them (tests/data/prompts, copied from the field), JSONL, text, and bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from recare_cli.errors import BadInputError, UsageError
 from recare_cli.io.prompts import detect_format, read_prompts
 
-PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+PROMPTS = Path(__file__).resolve().parent / "data" / "prompts"
 
 
 def test_vangogh_csv_unnamed_index_and_quoted_commas() -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.helpers import invoke, recare_exe, shell
 
-PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+PROMPTS = Path(__file__).resolve().parent / "data" / "prompts"
 FAST = ["--steps", "2", "--height", "32", "--width", "32", "--device", "cpu", "--seed", "42"]
 
 
