@@ -43,6 +43,7 @@ def invert(
                                                                         "erasure.")] = 5e-6,
     negative_guidance: Annotated[float, typer.Option("--negative-guidance", help="ESD negative guidance "
                                                                                  "g.")] = 2.0,
+    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = 50,
     train_method: Annotated[str, typer.Option("--train-method", help="UNet parameters the erasure trains: "
                                                                      "noxattn, xattn, selfattn or "
                                                                      "full.")] = "noxattn",
@@ -76,7 +77,7 @@ def invert(
 
     console.set_quiet(quiet)
     opts = InvertOptions(target=target, initializer=initializer, property=prop, rounds=rounds,
-                         erase_iterations=erase_iterations, erase_lr=erase_lr, negative_guidance=negative_guidance,
+                         erase_iterations=erase_iterations, erase_lr=erase_lr, negative_guidance=negative_guidance, ddim_steps=ddim_steps,
                          train_method=train_method, steps=steps, lr=lr, resolution=resolution, flip=flip, seed=seed,
                          precision=precision, gradient_checkpointing=gradient_checkpointing, model=model,
                          device=device, output=output, keep_erased=keep_erased, resume=resume, params=params)

@@ -34,6 +34,7 @@ class EraseOptions:
     iterations: int = 200
     lr: float = 2e-5
     guidance: float = 2.0
+    ddim_steps: int = 50
     retain_weight: float = 1.0
     seed: int = 42
     resolution: int = 512
@@ -86,7 +87,7 @@ class EraseOptions:
 
     def hyperparameters(self) -> dict[str, Any]:
         keys = ("method", "train_method", "iterations", "lr", "guidance", "retain_weight", "seed", "resolution",
-                "precision", "num_adversarial")
+                "ddim_steps", "precision", "num_adversarial")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -236,7 +237,8 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     unet.train()
     latent = opts.resolution // pipe.vae_scale_factor
     settings = EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, guidance=opts.guidance,
-                             retain_weight=opts.retain_weight, latent_size=latent, precision=opts.precision)
+                             retain_weight=opts.retain_weight, latent_size=latent, sample_steps=opts.ddim_steps,
+                             precision=opts.precision)
     generator = torch.Generator().manual_seed(opts.seed)
     trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator)
     digest = config_digest(opts, identity, care_hash, adv_hash)

@@ -50,6 +50,7 @@ class InvertOptions:
     erase_iterations: int = 200
     erase_lr: float = 5e-6
     negative_guidance: float = 2.0
+    ddim_steps: int = 50
     train_method: str = "noxattn"
     steps: int = 3000
     lr: float = 5e-3
@@ -238,7 +239,8 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
             prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
                                    erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
         settings = EraseSettings(method="esd", iterations=opts.erase_iterations, lr=opts.erase_lr,
-                                 guidance=opts.negative_guidance, latent_size=latent_size, precision=opts.precision)
+                                 guidance=opts.negative_guidance, latent_size=latent_size,
+                                 sample_steps=opts.ddim_steps, precision=opts.precision)
         unet.train()
         eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
                               pipe.scheduler.config, generator)
