@@ -97,7 +97,7 @@ def main() -> None:
 
         mine_rows = []
         if not args.quick or args.images:
-            from recare_cli.stages.demo import draw_images
+            from recare_cli.models.tiny import draw_images
 
             n_img = 20 if args.quick else args.images
             draw_images(Path(tmp) / "imgs", n_img, seed=0, size=256)

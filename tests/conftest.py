@@ -39,7 +39,7 @@ def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def target_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Twelve small procedural PNGs (deterministic)."""
-    from recare_cli.stages.demo import draw_images
+    from recare_cli.models.tiny import draw_images
 
     folder = tmp_path_factory.mktemp("images")
     draw_images(folder, 12, seed=0, size=40)

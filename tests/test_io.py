@@ -32,6 +32,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new"
 
 
+def test_atomic_output_has_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "care.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "care.json").stat().st_mode) == 0o644  # not mkstemp's private 0600
+
+
 def test_output_in_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="does not exist"), open_output(tmp_path / "no" / "x.json",
                                                                              binary=False):

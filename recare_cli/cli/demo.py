@@ -1,40 +1,58 @@
-"""recare demo: the offline main job."""
+"""recare demo: the offline main job, on the shipped toy world."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Quiet, Seed
+from recare_cli.cli.options import Quiet
 
-HELP = """Run the CARE-set pipeline offline on tiny models and images built on the spot.
+TASK_NAMES = ("nudity", "vangogh", "tench")
 
-Writes images/, models/, candidates.jsonl, clustered.jsonl and care.json into --out, and prints the same pipeline as shell commands. The models are UNTRAINED: this shows the pipeline working without a GPU or a model hub, not meaningful words.
+HELP = """Run the whole method offline on the shipped toy world and compare erasers.
+
+For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK. Rerunning resumes.
+
+Tasks: nudity (erase naked, keep person), vangogh (erase van gogh, keep stars), tench (erase tench, keep water).
 
 Example:
 
-  recare demo --out demo/
+  recare demo --out demo/ --task nudity
 """
 
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for everything the demo writes.")] = Path("recare-demo"),
-    target: Annotated[str, typer.Option("--target", "-t", help="Target word.")] = "circle",
-    images: Annotated[int, typer.Option("--images", min=3, help="Images to draw.")] = 48,
-    seed: Seed = 42,
+    task: Annotated[str, typer.Option("--task", "-t", help="nudity, vangogh or tench.")] = "nudity",
+    all_tasks: Annotated[bool, typer.Option("--all", help="Run all three tasks.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (seconds, meaningless figures): a smoke test.")] = False,
     quiet: Quiet = False,
 ) -> None:
-    from recare_cli.stages.demo import run_demo
+    from recare_cli.errors import UsageError
 
     console.set_quiet(quiet)
-    files = run_demo(out, target=target, n_images=images, seed=seed)
-    clip = out / "models" / "tiny-clip"
-    console.info("the same pipeline from the shell:\n"
-                 f"  recare mine {out / 'images'} --target {target} --clip {clip} "
-                 f"| recare cluster -n 6 | recare refine > care.json")
-    for name, path in files.items():
-        sys_path = str(path)
-        console.info(f"  {name:<10} {sys_path}")
+    if task not in TASK_NAMES:
+        raise UsageError(f"--task: unknown task '{task}' (choose {', '.join(TASK_NAMES)})")
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.stages.demo import QUICK, DemoSettings, bars, format_table, run_task
+    from recare_cli.toyworld.assets import materialise
+
+    quiet_libraries()
+    settings = QUICK if quick else DemoSettings()
+    clip_dir, sd_dir = materialise()
+    started = time.perf_counter()
+    results = []
+    for name in TASK_NAMES if all_tasks else (task,):
+        result = run_task(out, name, settings, clip=str(clip_dir), sd=str(sd_dir))
+        results.append(result)
+        console.info(f"demo [{name}]: CARE-set {', '.join(result.careset) or '(empty)'}; grid {result.files['grid']}")
+        for bar, ok in bars(result).items():
+            console.info(f"demo [{name}]: {bar.replace('_', ' ')}: {'yes' if ok else 'NO'}")
+    sys.stdout.write(format_table(results))
+    console.info(f"demo: {time.perf_counter() - started:.0f} s; files in {out}"
+                 + (" (--quick: figures are meaningless)" if quick else ""))

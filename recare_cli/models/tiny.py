@@ -82,3 +82,36 @@ def build_tiny_sd(folder: Path, *, seed: int = 0, sample_size: int = 16) -> Path
         f.unlink()
     tok_dir.rmdir()
     return folder
+
+
+# Test images for the tiny models (and the vocabulary benchmark): a coloured shape on noise.
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+
+
+def draw_images(folder: Path, n: int, *, seed: int, size: int = 64) -> list[Path]:
+    """Deterministic procedural images: a coloured shape on a noisy background."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        shape = SHAPES[i % len(SHAPES)]
+        colour = list(COLOURS.values())[(i // len(SHAPES)) % len(COLOURS)]
+        background = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+        image = Image.fromarray(background, "RGB")
+        draw = ImageDraw.Draw(image)
+        lo, hi = int(size * 0.2), int(size * 0.8)
+        box = (lo, lo, hi, hi)
+        if shape == "circle":
+            draw.ellipse(box, fill=colour)
+        elif shape == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(size // 2, lo), (hi, hi), (lo, hi)], fill=colour)
+        path = folder / f"img_{i:04d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths

@@ -1,89 +1,280 @@
-"""The offline demo: the CARE-set pipeline on tiny models built here and images drawn here.
+"""The offline demo: the whole method on the shipped toy world, compared with the baselines.
 
-Until a trained toy world ships, the models are randomly initialised: the demo proves the
-pipeline runs end to end offline, not that its words mean anything.
+For one task (toyworld.tasks) it runs every stage through the same library functions the CLI
+commands call, writing each stage's file into ``out/<task>/``:
+
+1. ``sample`` the base model on the target prompts → the target images (as the paper generates them);
+2. ``mine`` → ``cluster`` → ``refine`` over the world's vocabulary → ``care.json``;
+3. ``invert`` → ``adv.safetensors`` (adversarial tokens);
+4. ``erase`` three ways from the same engine: ESD, STEREO-style (CARE anchors, no retain loss), ReCARE;
+5. ``sample`` base and erased models on target, benign and unrelated prompts, same seeds;
+6. judge: how often the target appears (toy-CLIP judge, tasks.shows_target), the CARE score of the
+   benign concept (``score --metric care`` with the world's labels), CLIP score on unrelated prompts.
+
+Finished files are reused when the demo is run again with the same settings (a killed run resumes);
+a folder holding a run with other settings is refused.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recare_cli import console
+from recare_cli.errors import RefusedError
 from recare_cli.io.atomic import atomic_write_bytes
 from recare_cli.io.jsonl import dumps_json
 
-SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+METHODS = ("base", "esd", "stereo", "recare")
+LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}
 
 
-def draw_images(folder: Path, n: int, *, seed: int, size: int = 64) -> list[Path]:
-    """Deterministic procedural images: a coloured shape on a noisy background."""
-    from PIL import Image, ImageDraw
+@dataclass(frozen=True)
+class DemoSettings:
+    mine_images: int = 16  # per target prompt, for mining and inversion
+    eval_images: int = 16  # per prompt and model
+    steps: int = 25  # sampling steps (PNDM)
+    guidance: float = 7.5
+    top_k: int = 6
+    top_n: int = 40
+    clusters: int = 4
+    drop_extremes: int = 1
+    alpha: float = 0.1
+    invert_rounds: int = 1
+    invert_erase_iterations: int = 40
+    invert_steps: int = 150
+    invert_lr: float = 5e-3
+    erase_iterations: int = 60
+    erase_lr: float = 2e-4
+    ddim_steps: int = 20
+    train_method: str = "noxattn"
+    seed: int = 42
 
+
+QUICK = DemoSettings(mine_images=4, eval_images=2, steps=4, top_k=4, top_n=20, clusters=3, invert_erase_iterations=2,
+                     invert_steps=3, erase_iterations=3, ddim_steps=5)
+
+
+@dataclass
+class TaskResult:
+    task: str
+    rows: dict[str, dict[str, Any]]  # method → figures
+    careset: list[str]
+    files: dict[str, str]
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    atomic_write_bytes(path, dumps_json(doc))
+
+
+def _check_settings(folder: Path, record: dict[str, Any]) -> None:
+    import orjson
+
+    path = folder / "settings.json"
+    if path.is_file():
+        try:
+            old = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            old = None
+        if old != record:
+            raise RefusedError(f"'{folder}' holds a demo run with other settings; pass another --out or delete it")
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        shape = SHAPES[i % len(SHAPES)]
-        colour = list(COLOURS.values())[(i // len(SHAPES)) % len(COLOURS)]
-        background = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
-        image = Image.fromarray(background, "RGB")
-        draw = ImageDraw.Draw(image)
-        lo, hi = int(size * 0.2), int(size * 0.8)
-        box = (lo, lo, hi, hi)
-        if shape == "circle":
-            draw.ellipse(box, fill=colour)
-        elif shape == "square":
-            draw.rectangle(box, fill=colour)
-        else:
-            draw.polygon([(size // 2, lo), (hi, hi), (lo, hi)], fill=colour)
-        path = folder / f"img_{i:04d}.png"
-        image.save(path)
-        paths.append(path)
-    return paths
+    _write_json(path, record)
 
 
-def run_demo(out: Path, *, target: str, n_images: int, seed: int) -> dict[str, Path]:
-    from recare_cli.io.careset import CareSet
-    from recare_cli.models.quiet import quiet_libraries
-    from recare_cli.models.tiny import build_tiny_clip
-    from recare_cli.stages.cluster import run_clustering
-    from recare_cli.stages.mine import run_mining
-    from recare_cli.stages.refine import run_refinement
+def _sample(prompts: list[str], out: Path, manifest: Path, *, model: str, weights: list[Path],
+            embeddings: list[Path], n: int, seed: int, s: DemoSettings) -> list[dict[str, Any]]:
+    """run_sample into ``out``; the manifest is written once every image exists (resume: finished images stay)."""
+    from recare_cli.io.prompts import PromptRow
+    from recare_cli.stages.sample import SampleSettings, Shard, run_sample
 
-    quiet_libraries()
-    console.warn("the demo uses tiny UNTRAINED models built on the spot: the pipeline is real, "
-                 "the words it finds are noise")
-    out.mkdir(parents=True, exist_ok=True)
-    clip_dir = out / "models" / "tiny-clip"
-    if not (clip_dir / "config.json").is_file():
-        console.info(f"building a tiny CLIP with the real 49,408-entry vocabulary in {clip_dir}")
-        build_tiny_clip(clip_dir, seed=seed)
-    paths = draw_images(out / "images", n_images, seed=seed)
-    stream = run_mining(paths=paths, target=target, top_k=50, top_n=100, words=None,
-                        vocab_source="clip-whole-words", strict=False, clip=str(clip_dir),
-                        device="cpu", dtype="fp32", batch_size=64, text_batch_size=1024,
-                        cache_dir=out / "cache", use_cache=True,
-                        params={"images": str(out / "images"), "target": target, "demo": True})
-    files = {"candidates": out / "candidates.jsonl", "clustered": out / "clustered.jsonl",
-             "care": out / "care.json"}
-    _write_stream(stream, files["candidates"])
-    run_clustering(stream, n_clusters=6, drop_extremes=1, seed=seed, perplexity=None,
-                   params={"clusters": 6, "drop_extremes": 1, "seed": seed, "demo": True})
-    _write_stream(stream, files["clustered"])
-    careset: CareSet = run_refinement(stream, alpha=0.01, min_cluster_size=2, prop="object",
-                                      params={"alpha": 0.01, "min_cluster_size": 2, "demo": True})
-    atomic_write_bytes(files["care"], dumps_json(careset.to_recare()))
-    console.info(f"CARE-set ({len(careset.words)} words, UNTRAINED models): "
-                 + ", ".join(careset.words[:20]) + (" …" if len(careset.words) > 20 else ""))
-    return files
+    records: list[dict[str, Any]] = []
+    rows = [PromptRow(index=i, line=i + 1, prompt=p) for i, p in enumerate(prompts)]
+    settings = SampleSettings(steps=s.steps, guidance=s.guidance, height=32, width=32, scheduler="default",
+                              batch_size=32)
+    run_sample(rows, out_dir=out, images_per_prompt=n, seed=seed, model=model, weights=weights,
+               embeddings=embeddings, settings=settings, shard=Shard(0, 1), device="cpu", dtype="fp32",
+               emit=records.append)
+    atomic_write_bytes(manifest, b"".join(dumps_json(r).rstrip(b"\n") + b"\n" for r in records))
+    return records
 
 
-def _write_stream(stream: object, path: Path) -> None:
+def _write_stream(stream: Any, path: Path) -> None:
     import io
 
     buf = io.BytesIO()
-    stream.write(buf)  # type: ignore[attr-defined]
+    stream.write(buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _careset(folder: Path, task: Any, target_images: list[Path], clip: str, s: DemoSettings) -> Path:
+    from recare_cli.stages.cluster import run_clustering
+    from recare_cli.stages.mine import run_mining
+    from recare_cli.stages.refine import run_refinement
+    from recare_cli.toyworld.tasks import vocabulary
+
+    care = folder / "care.json"
+    if care.is_file():
+        return care
+    words = vocabulary()
+    atomic_write_bytes(folder / "vocab.txt", "".join(w + "\n" for w in words).encode())
+    stream = run_mining(paths=target_images, target=task.target, top_k=s.top_k, top_n=s.top_n,
+                        words=list(enumerate(words, 1)), vocab_source=str(folder / "vocab.txt"), strict=True,
+                        clip=clip, device="cpu", dtype="fp32", batch_size=64, text_batch_size=1024,
+                        cache_dir=None, use_cache=False,
+                        params={"target": task.target, "top_k": s.top_k, "top_n": s.top_n, "demo": task.name})
+    _write_stream(stream, folder / "candidates.jsonl")
+    run_clustering(stream, n_clusters=s.clusters, drop_extremes=s.drop_extremes, seed=s.seed, perplexity=None,
+                   params={"clusters": s.clusters, "drop_extremes": s.drop_extremes, "seed": s.seed})
+    _write_stream(stream, folder / "clustered.jsonl")
+    careset = run_refinement(stream, alpha=s.alpha, min_cluster_size=2, prop=task.prop,
+                             params={"alpha": s.alpha, "min_cluster_size": 2})
+    _write_json(care, careset.to_recare())
+    return care
+
+
+def _invert(folder: Path, task: Any, target_images: list[Path], sd: str, s: DemoSettings) -> Path:
+    from recare_cli.stages.invert import InvertOptions, run_invert
+
+    adv = folder / "adv.safetensors"
+    if not adv.is_file():
+        opts = InvertOptions(target=task.target, initializer=task.initializer, property=task.prop,
+                             rounds=s.invert_rounds, erase_iterations=s.invert_erase_iterations,
+                             ddim_steps=s.ddim_steps, steps=s.invert_steps, lr=s.invert_lr, resolution=32,
+                             seed=s.seed, model=sd, device="cpu", output=str(adv), resume=True,
+                             params={"demo": task.name})
+        run_invert(opts, target_images, strict=True)
+    return adv
+
+
+def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings) -> Path:
+    from recare_cli.stages.erase import EraseOptions, run_erase
+
+    out = folder / f"{method}.safetensors"
+    if not out.is_file():
+        opts = EraseOptions(target=task.target, care=None if method == "esd" else str(care),
+                            adversarial=None if method == "esd" else str(adv), method=method,
+                            train_method=s.train_method, iterations=s.erase_iterations, lr=s.erase_lr,
+                            ddim_steps=s.ddim_steps, seed=s.seed, resolution=32, model=sd, device="cpu",
+                            output=str(out), checkpoint_every=20, resume=True, params={"demo": task.name})
+        run_erase(opts)
+    return out
+
+
+def _judge_rates(judge: Any, task: Any, records: list[dict[str, Any]], scenes: list[Any]) -> float:
+    from PIL import Image
+
+    from recare_cli.toyworld.tasks import shows_target
+
+    features = judge.images([Image.open(r["path"]).convert("RGB") for r in records])
+    return float(np.mean(shows_target(judge, features, task, scenes)))
+
+
+def _score(records: list[dict[str, Any]], config: Any, clip: str) -> float:
+    from recare_cli.stages.score import ImageItem, run_score
+
+    items = [ImageItem(path=Path(r["path"]), prompt=r["prompt"], sha256=r.get("sha256")) for r in records]
+    result = run_score(items, config, clip=clip, device="cpu", dtype="fp32", params={}, source="demo")
+    assert result is not None
+    return float(result.summary["results"][0]["value"])
+
+
+def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) -> TaskResult:
+    import orjson
+    from PIL import Image
+
+    from recare_cli.io.careset import parse_careset
+    from recare_cli.models.clip import load_clip
+    from recare_cli.stages.score import ScoreConfig
+    from recare_cli.toyworld.evaluate import Judge, save_grid
+    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
+
+    task = TASKS[task_name]
+    folder = out / task.name
+    _check_settings(folder, {"task": task.name, "settings": asdict(s), "clip": clip, "sd": sd})
+    seconds: dict[str, float] = {}
+
+    def timed(key: str, fn: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        value = fn(*args)
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+        return value
+
+    console.info(f"demo [{task.name}]: sampling target images from the base model")
+    target_prompts = prompts(task.target_scenes)
+    started = time.perf_counter()
+    mined = _sample(target_prompts, folder / "target-images", folder / "target-images.jsonl", model=sd, weights=[],
+                    embeddings=[], n=s.mine_images, seed=10_000, s=s)
+    images = [Path(r["path"]) for r in mined]
+    seconds["images"] = time.perf_counter() - started
+    console.info(f"demo [{task.name}]: CARE-set (mine → cluster → refine)")
+    care = timed("careset", _careset, folder, task, images, clip, s)
+    console.info(f"demo [{task.name}]: adversarial tokens (invert)")
+    adv = timed("invert", _invert, folder, task, images, sd, s)
+    weights: dict[str, list[Path]] = {"base": []}
+    for method in METHODS[1:]:
+        console.info(f"demo [{task.name}]: erase ({LABELS[method]})")
+        weights[method] = [timed(method, _erase, folder, task, method, care, adv, sd, s)]
+
+    judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
+    care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
+                              labels_source="toy world")
+    rows: dict[str, dict[str, Any]] = {}
+    grid: list[Any] = []
+    for method in METHODS:
+        console.info(f"demo [{task.name}]: sampling and scoring the {LABELS[method]}")
+        made: dict[str, list[dict[str, Any]]] = {}
+        for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
+                             ("unrelated", UNRELATED_SCENES)):
+            made[kind] = _sample(prompts(scenes), folder / "samples" / method / kind,
+                                 folder / "samples" / method / f"{kind}.jsonl", model=sd, weights=weights[method],
+                                 embeddings=[], n=s.eval_images, seed=0, s=s)
+        asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
+        cost = {"base": 0.0, "esd": seconds.get("esd", 0.0), "stereo": seconds.get("careset", 0.0)
+                + seconds.get("stereo", 0.0), "recare": seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
+                + seconds.get("recare", 0.0)}[method]
+        rows[method] = {"target_rate": _judge_rates(judge, task, made["target"], asked),
+                        "care": _score(made["benign"], care_config, clip),
+                        "clip_unrelated": _score(made["unrelated"], ScoreConfig(metrics=["clip"]), clip),
+                        "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}
+        grid += [Image.open(r["path"]).convert("RGB") for r in made["target"][: 2 * len(target_prompts)]]
+        grid += [Image.open(r["path"]).convert("RGB") for r in made["benign"][: 2 * len(task.benign_scenes)]]
+    columns = 2 * (len(target_prompts) + len(task.benign_scenes))
+    save_grid(grid, folder / "grid.png", columns=columns, scale=3)
+    careset = parse_careset(orjson.loads(care.read_bytes()), source=str(care)).words
+    result = TaskResult(task.name, rows, list(careset), {
+        "care": str(care), "adversarial": str(adv), "grid": str(folder / "grid.png"),
+        **{m: str(weights[m][0]) for m in METHODS[1:]}})
+    _write_json(folder / "results.json", {"format": "recare.demo", "version": 1, "task": task.name,
+                                           "target": task.target, "concept": task.concept,
+                                           "settings": asdict(s), "careset": result.careset, "results": rows,
+                                           "files": result.files})
+    return result
+
+
+def format_table(results: list[TaskResult]) -> str:
+    """A markdown table: one row per task and method."""
+    lines = ["| task | model | target appears ↓ | CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | "
+             "time (s) |", "|---|---|---|---|---|---|"]
+    for result in results:
+        from recare_cli.toyworld.tasks import TASKS
+
+        task = TASKS[result.task]
+        for method in METHODS:
+            row = result.rows[method]
+            lines.append(f"| {task.name} (erase '{task.target}', keep '{task.concept}') | {LABELS[method]} | "
+                         f"{row['target_rate']:.1%} | {row['care']:.3f} | {row['clip_unrelated']:.3f} | "
+                         f"{row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bars(result: TaskResult) -> dict[str, bool]:
+    """The issue's bars for ReCARE against the base model, and whether it keeps the concept best."""
+    base, recare = result.rows["base"], result.rows["recare"]
+    return {"target_at_most_20pct_of_base": recare["target_rate"] <= 0.2 * base["target_rate"],
+            "care_at_least_90pct_of_base": recare["care"] >= 0.9 * base["care"],
+            "care_best_of_erasers": recare["care"] >= max(result.rows[m]["care"] for m in ("esd", "stereo"))}
