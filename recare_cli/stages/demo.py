@@ -27,7 +27,7 @@ import numpy as np
 from recare_cli import console
 from recare_cli.errors import RefusedError
 from recare_cli.io.atomic import atomic_write_bytes
-from recare_cli.io.jsonl import dumps_json
+from recare_cli.io.jsonl import dumps_json, dumps_line
 
 METHODS = ("base", "esd", "stereo", "recare")
 LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}
@@ -37,7 +37,7 @@ LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare"
 class DemoSettings:
     mine_images: int = 16  # per target prompt, for mining and inversion
     eval_images: int = 16  # per prompt and model
-    steps: int = 25  # sampling steps (PNDM)
+    steps: int = 50  # sampling steps (PNDM, as SD v1.4 ships it; the toy model needs 50: 25 gives noise)
     guidance: float = 7.5
     top_k: int = 6
     top_n: int = 40
@@ -99,7 +99,7 @@ def _sample(prompts: list[str], out: Path, manifest: Path, *, model: str, weight
     run_sample(rows, out_dir=out, images_per_prompt=n, seed=seed, model=model, weights=weights,
                embeddings=embeddings, settings=settings, shard=Shard(0, 1), device="cpu", dtype="fp32",
                emit=records.append)
-    atomic_write_bytes(manifest, b"".join(dumps_json(r).rstrip(b"\n") + b"\n" for r in records))
+    atomic_write_bytes(manifest, b"".join(dumps_line(r) for r in records))
     return records
 
 
@@ -145,7 +145,7 @@ def _invert(folder: Path, task: Any, target_images: list[Path], sd: str, s: Demo
         opts = InvertOptions(target=task.target, initializer=task.initializer, property=task.prop,
                              rounds=s.invert_rounds, erase_iterations=s.invert_erase_iterations,
                              ddim_steps=s.ddim_steps, steps=s.invert_steps, lr=s.invert_lr, resolution=32,
-                             seed=s.seed, model=sd, device="cpu", output=str(adv), resume=True,
+                             seed=s.seed, model=sd, device="cpu", output=str(adv), resume=Path(f"{adv}.ckpt").is_file(),
                              params={"demo": task.name})
         run_invert(opts, target_images, strict=True)
     return adv
@@ -160,7 +160,8 @@ def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str,
                             adversarial=None if method == "esd" else str(adv), method=method,
                             train_method=s.train_method, iterations=s.erase_iterations, lr=s.erase_lr,
                             ddim_steps=s.ddim_steps, seed=s.seed, resolution=32, model=sd, device="cpu",
-                            output=str(out), checkpoint_every=20, resume=True, params={"demo": task.name})
+                            output=str(out), checkpoint_every=20, resume=Path(f"{out}.ckpt").is_file(),
+                            params={"demo": task.name})
         run_erase(opts)
     return out
 
@@ -196,21 +197,23 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     task = TASKS[task_name]
     folder = out / task.name
     _check_settings(folder, {"task": task.name, "settings": asdict(s), "clip": clip, "sd": sd})
-    seconds: dict[str, float] = {}
+    # Seconds each step took when it ran; a rerun that reuses a step's file reports its recorded time.
+    timings_path = folder / "timings.json"
+    seconds: dict[str, float] = orjson.loads(timings_path.read_bytes()) if timings_path.is_file() else {}
 
     def timed(key: str, fn: Any, *args: Any) -> Any:
         started = time.perf_counter()
         value = fn(*args)
-        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - started
+        if key not in seconds:
+            seconds[key] = round(time.perf_counter() - started, 1)
+            _write_json(timings_path, seconds)
         return value
 
     console.info(f"demo [{task.name}]: sampling target images from the base model")
     target_prompts = prompts(task.target_scenes)
-    started = time.perf_counter()
     mined = _sample(target_prompts, folder / "target-images", folder / "target-images.jsonl", model=sd, weights=[],
                     embeddings=[], n=s.mine_images, seed=10_000, s=s)
     images = [Path(r["path"]) for r in mined]
-    seconds["images"] = time.perf_counter() - started
     console.info(f"demo [{task.name}]: CARE-set (mine → cluster → refine)")
     care = timed("careset", _careset, folder, task, images, clip, s)
     console.info(f"demo [{task.name}]: adversarial tokens (invert)")

@@ -1,0 +1,76 @@
+"""`recare demo` end to end on the shipped toy world (quick settings), run as a real command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from PIL import Image
+
+from tests.helpers import invoke, shell
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    import os
+
+    os.environ.setdefault("RECARE_CACHE", str(tmp_path_factory.getbasetemp() / "recare-cache"))
+    out = tmp_path_factory.mktemp("demo")
+    run = shell("recare demo --quick --task tench --out demo", cwd=out, timeout=900)
+    assert run.returncode == 0, run.stderr
+    return out / "demo", run.stdout, run.stderr
+
+
+def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path, str, str]) -> None:
+    folder, table, _ = quick_demo
+    rows = [line for line in table.splitlines() if line.startswith("| tench")]
+    assert [row.split("|")[2].strip() for row in rows] == ["base model", "ESD", "STEREO-style", "ReCARE"]
+    task = folder / "tench"
+    for name in ("target-images.jsonl", "candidates.jsonl", "clustered.jsonl", "care.json", "adv.safetensors",
+                 "esd.safetensors", "stereo.safetensors", "recare.safetensors", "results.json", "grid.png"):
+        assert (task / name).is_file(), name
+    results = orjson.loads((task / "results.json").read_bytes())
+    assert results["format"] == "recare.demo" and results["concept"] == "water"
+    for method in ("base", "esd", "stereo", "recare"):
+        row = results["results"][method]
+        assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0
+        assert -1.0 <= row["clip_unrelated"] <= 1.0
+        # the rates in the table are the ones in results.json
+        assert f"{row['target_rate']:.1%}" in next(r for r in rows if r.split("|")[2].strip() == {
+            "base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}[method])
+    # the grid: one row per model, same seeds, target prompts then benign prompts, 32 px cells × 3
+    with Image.open(task / "grid.png") as grid:
+        assert grid.size[1] == 4 * 32 * 3
+    # every model was sampled for the same prompts and seeds
+    manifests = {m: [orjson.loads(line) for line in (task / "samples" / m / "target.jsonl").read_bytes().splitlines()]
+                 for m in ("base", "esd", "stereo", "recare")}
+    seeds = {m: [(r["prompt"], r["seed"]) for r in recs] for m, recs in manifests.items()}
+    assert seeds["base"] == seeds["esd"] == seeds["stereo"] == seeds["recare"]
+    assert manifests["recare"][0]["weights"], "erased models are sampled with their weights applied"
+
+
+def test_rerun_resumes_and_gives_the_same_table(quick_demo: tuple[Path, str, str]) -> None:
+    folder, table, _ = quick_demo
+    again = shell(f"recare demo --quick --task tench --out {folder}", cwd=folder, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert "0 to make" in again.stderr and "to make" in again.stderr
+    assert "erase:" not in again.stderr  # the trained weights were reused, not retrained
+    assert again.stdout == table
+
+
+def test_other_settings_in_the_same_folder_are_refused(quick_demo: tuple[Path, str, str]) -> None:
+    folder, _, _ = quick_demo
+    before = (folder / "tench" / "results.json").read_bytes()
+    result = invoke(["demo", "--task", "tench", "--out", str(folder)])
+    assert result.code == 5
+    assert "other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (folder / "tench" / "results.json").read_bytes() == before
+
+
+def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["demo", "--task", "unicorn", "--out", str(tmp_path / "d")])
+    assert result.code == 2 and "unknown task" in result.stderr
+    assert not (tmp_path / "d").exists()
