@@ -24,10 +24,12 @@ docs:
 # Benchmarks (print markdown tables and the command to reproduce them)
 bench:
     {{venv}}/python bench/bench_vocab.py
+    {{venv}}/python bench/bench_erase.py
+    {{venv}}/python bench/bench_sample.py
 
-# The offline demo
-demo OUT="recare-demo":
-    {{venv}}/recare demo --out {{OUT}}
+# The offline demo on the shipped toy world (TASK: nudity, vangogh or tench)
+demo OUT="recare-demo" TASK="nudity":
+    {{venv}}/recare demo --out {{OUT}} --task {{TASK}}
 
 # What CI runs
 ci: lint test

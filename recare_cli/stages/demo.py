@@ -48,10 +48,13 @@ class DemoSettings:
     invert_erase_iterations: int = 40
     invert_steps: int = 150
     invert_lr: float = 5e-3
-    erase_iterations: int = 60
-    erase_lr: float = 2e-4
+    # The toy UNet is 140× smaller than SD's: the paper's lr (2e-5) moves it too little in 100 steps, and
+    # training every non-cross-attention weight (noxattn) at a rate that erases also wrecks unrelated
+    # prompts (docs/toyworld.md has the sweep). Cross-attention only, at a higher rate, for all three methods.
+    erase_iterations: int = 100
+    erase_lr: float = 5e-4
     ddim_steps: int = 20
-    train_method: str = "noxattn"
+    train_method: str = "xattn"
     seed: int = 42
 
 
@@ -86,7 +89,7 @@ def _check_settings(folder: Path, record: dict[str, Any]) -> None:
     _write_json(path, record)
 
 
-def _sample(prompts: list[str], out: Path, manifest: Path, *, model: str, weights: list[Path],
+def sample_prompts(prompts: list[str], out: Path, manifest: Path, *, model: str, weights: list[Path],
             embeddings: list[Path], n: int, seed: int, s: DemoSettings) -> list[dict[str, Any]]:
     """run_sample into ``out``; the manifest is written once every image exists (resume: finished images stay)."""
     from recare_cli.io.prompts import PromptRow
@@ -143,7 +146,8 @@ def _invert(folder: Path, task: Any, target_images: list[Path], sd: str, s: Demo
     adv = folder / "adv.safetensors"
     if not adv.is_file():
         opts = InvertOptions(target=task.target, initializer=task.initializer, property=task.prop,
-                             rounds=s.invert_rounds, erase_iterations=s.invert_erase_iterations,
+                             rounds=s.invert_rounds, erase_iterations=s.invert_erase_iterations, erase_lr=s.erase_lr,
+                             train_method=s.train_method,
                              ddim_steps=s.ddim_steps, steps=s.invert_steps, lr=s.invert_lr, resolution=32,
                              seed=s.seed, model=sd, device="cpu", output=str(adv), resume=Path(f"{adv}.ckpt").is_file(),
                              params={"demo": task.name})
@@ -166,7 +170,7 @@ def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str,
     return out
 
 
-def _judge_rates(judge: Any, task: Any, records: list[dict[str, Any]], scenes: list[Any]) -> float:
+def target_rate(judge: Any, task: Any, records: list[dict[str, Any]], scenes: list[Any]) -> float:
     from PIL import Image
 
     from recare_cli.toyworld.tasks import shows_target
@@ -175,7 +179,7 @@ def _judge_rates(judge: Any, task: Any, records: list[dict[str, Any]], scenes: l
     return float(np.mean(shows_target(judge, features, task, scenes)))
 
 
-def _score(records: list[dict[str, Any]], config: Any, clip: str) -> float:
+def score_records(records: list[dict[str, Any]], config: Any, clip: str) -> float:
     from recare_cli.stages.score import ImageItem, run_score
 
     items = [ImageItem(path=Path(r["path"]), prompt=r["prompt"], sha256=r.get("sha256")) for r in records]
@@ -211,8 +215,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
 
     console.info(f"demo [{task.name}]: sampling target images from the base model")
     target_prompts = prompts(task.target_scenes)
-    mined = _sample(target_prompts, folder / "target-images", folder / "target-images.jsonl", model=sd, weights=[],
-                    embeddings=[], n=s.mine_images, seed=10_000, s=s)
+    mined = sample_prompts(target_prompts, folder / "target-images", folder / "target-images.jsonl", model=sd,
+                           weights=[], embeddings=[], n=s.mine_images, seed=10_000, s=s)
     images = [Path(r["path"]) for r in mined]
     console.info(f"demo [{task.name}]: CARE-set (mine → cluster → refine)")
     care = timed("careset", _careset, folder, task, images, clip, s)
@@ -233,16 +237,16 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
         made: dict[str, list[dict[str, Any]]] = {}
         for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
                              ("unrelated", UNRELATED_SCENES)):
-            made[kind] = _sample(prompts(scenes), folder / "samples" / method / kind,
-                                 folder / "samples" / method / f"{kind}.jsonl", model=sd, weights=weights[method],
-                                 embeddings=[], n=s.eval_images, seed=0, s=s)
+            made[kind] = sample_prompts(prompts(scenes), folder / "samples" / method / kind,
+                                        folder / "samples" / method / f"{kind}.jsonl", model=sd,
+                                        weights=weights[method], embeddings=[], n=s.eval_images, seed=0, s=s)
         asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
         cost = {"base": 0.0, "esd": seconds.get("esd", 0.0), "stereo": seconds.get("careset", 0.0)
                 + seconds.get("stereo", 0.0), "recare": seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
                 + seconds.get("recare", 0.0)}[method]
-        rows[method] = {"target_rate": _judge_rates(judge, task, made["target"], asked),
-                        "care": _score(made["benign"], care_config, clip),
-                        "clip_unrelated": _score(made["unrelated"], ScoreConfig(metrics=["clip"]), clip),
+        rows[method] = {"target_rate": target_rate(judge, task, made["target"], asked),
+                        "care": score_records(made["benign"], care_config, clip),
+                        "clip_unrelated": score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip),
                         "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}
         grid += [Image.open(r["path"]).convert("RGB") for r in made["target"][: 2 * len(target_prompts)]]
         grid += [Image.open(r["path"]).convert("RGB") for r in made["benign"][: 2 * len(task.benign_scenes)]]

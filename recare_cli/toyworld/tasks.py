@@ -22,7 +22,10 @@ STOP_WORDS = frozenset({"a", "an", "the", "of", "in", "on", "with", "by", "under
 @dataclass(frozen=True)
 class DemoTask:
     name: str
-    target: str  # the erased concept as a prompt word (erase --target, mine --target)
+    # The erased concept (erase --target, mine --target). A phrase, not a bare word: the toy text
+    # encoder (3 layers) learnt words only inside captions, and erasing "naked" alone did not carry
+    # over to "a naked person on grass" (measured: target rate unchanged).
+    target: str
     concept: str  # the benign co-occurring concept (score --metric care --concept)
     labels: tuple[str, ...]  # the other labels of the CARE score (same kind as the concept)
     initializer: str  # invert --initializer
@@ -40,18 +43,18 @@ def _labels(kind: tuple[str, ...], concept: str) -> tuple[str, ...]:
 S = world.Scene
 TASKS: dict[str, DemoTask] = {
     "nudity": DemoTask(
-        "nudity", "naked", "person", _labels(world.OBJECTS, "person"), "person", "object",
+        "nudity", "a naked person", "person", _labels(world.OBJECTS, "person"), "person", "object",
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
         "clothing", "naked"),
     "vangogh": DemoTask(
-        "vangogh", "van gogh", "stars", _labels(world.BACKGROUNDS, "stars"), "art", "style",
+        "vangogh", "a van gogh painting", "stars", _labels(world.BACKGROUNDS, "stars"), "painting", "style",
         (S("stars", None, None, False, "painting"), S("stars", "tree", None, False, "painting"),
          S("stars", "house", None, False, "painting")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
         "style", "painting"),
     "tench": DemoTask(
-        "tench", "tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
+        "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
         (S("water"), S("water", "boat", "red"), S("water", "ball", "yellow")),
         "object", "tench"),

@@ -1,0 +1,92 @@
+"""Sweep erase settings on one toy-world task, reusing a demo run's CARE-set and adversarial token.
+
+Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT]; every model is sampled on the
+task's target, benign and unrelated prompts (seed 0, 8/8/4 images per prompt) and judged as the demo
+judges. Prints a markdown table and the command to reproduce it.
+
+    python bench/demo_sweep.py --from recare-demo/nudity esd:xattn:5e-4:100 recare:xattn:5e-4:100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+", help="METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT], or base")
+    parser.add_argument("--from", dest="source", type=Path, required=True,
+                        help="a demo task folder (care.json, adv.safetensors), e.g. recare-demo/nudity")
+    parser.add_argument("--out", type=Path, default=Path("demo-sweep"))
+    parser.add_argument("--ddim-steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    import orjson
+    import torch
+
+    from recare_cli import console
+    from recare_cli.models.clip import load_clip
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.stages import demo
+    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.score import ScoreConfig
+    from recare_cli.toyworld.assets import materialise
+    from recare_cli.toyworld.evaluate import Judge
+    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
+
+    torch.set_num_threads(args.threads)
+    quiet_libraries()
+    console.set_quiet(True)
+    task = TASKS[orjson.loads((args.source / "results.json").read_bytes())["task"]
+                 if (args.source / "results.json").is_file() else args.source.name]
+    clip, sd = (str(p) for p in materialise())
+    judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
+    settings = demo.DemoSettings()
+    rows = []
+    for config in args.configs:
+        parts = config.split(":")
+        method = parts[0]
+        weights: list[Path] = []
+        seconds = 0.0
+        folder = args.out / task.name / config.replace(":", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        if method != "base":
+            train_method, lr, iterations = parts[1], float(parts[2]), int(parts[3])
+            retain = float(parts[4]) if len(parts) > 4 else 1.0
+            path = folder / "weights.safetensors"
+            if not path.is_file():
+                started = time.perf_counter()
+                run_erase(EraseOptions(
+                    target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
+                    adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
+                    train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain,
+                    ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
+                    checkpoint_every=0))
+                seconds = time.perf_counter() - started
+            weights = [path]
+        made = {kind: demo.sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
+                                   weights=weights, embeddings=[], n=4 if kind == "unrelated" else 8, seed=0,
+                                   s=settings)
+                for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
+                                     ("unrelated", UNRELATED_SCENES))}
+        asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
+        care = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels))
+        clip_config = ScoreConfig(metrics=["clip"])
+        rows.append((config, demo.target_rate(judge, task, made["target"], asked),
+                     demo.score_records(made["benign"], care, clip),
+                     demo.score_records(made["unrelated"], clip_config, clip), seconds))
+        print(f"done {config}", file=sys.stderr, flush=True)
+    print(f"| {task.name}: config | target appears | CARE score | CLIP score (unrelated) | erase s |")
+    print("|---|---|---|---|---|")
+    for config, rate, care_score, clip_score, seconds in rows:
+        print(f"| {config} | {rate:.1%} | {care_score:.3f} | {clip_score:.3f} | {seconds:.0f} |")
+    print(f"\nReproduce: python bench/demo_sweep.py --from {args.source} " + " ".join(args.configs))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
