@@ -248,8 +248,9 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
                         "care": score_records(made["benign"], care_config, clip),
                         "clip_unrelated": score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip),
                         "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}
-        grid += [Image.open(r["path"]).convert("RGB") for r in made["target"][: 2 * len(target_prompts)]]
-        grid += [Image.open(r["path"]).convert("RGB") for r in made["benign"][: 2 * len(task.benign_scenes)]]
+        # two samples (the same seeds in every row) of each target prompt, then of each benign prompt
+        grid += [Image.open(r["path"]).convert("RGB") for kind in ("target", "benign") for r in made[kind]
+                 if r["image_index"] < 2]
     columns = 2 * (len(target_prompts) + len(task.benign_scenes))
     save_grid(grid, folder / "grid.png", columns=columns, scale=3)
     careset = parse_careset(orjson.loads(care.read_bytes()), source=str(care)).words
