@@ -110,3 +110,32 @@ def test_ctrl_c_exits_130_and_leaves_no_file(target_images: Path, tmp_path: Path
     assert proc.returncode == 130, first + err
     assert "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["erase", "--target", "cat", "--method", "esd", "-o", "-"],
+    ["invert", "IMAGES", "--target", "cat", "-o", "-"],
+])
+def test_binary_to_a_real_terminal_is_refused_before_any_work(command: list[str], tiny_sd_dir: Path,
+                                                               target_images: Path, tmp_path: Path) -> None:
+    """stdout on a pseudo-terminal: refused at once (exit 5, one line), not after training."""
+    import os
+    import pty
+    import subprocess
+    import time
+
+    from tests.helpers import recare_exe
+
+    args = [str(target_images) if a == "IMAGES" else a for a in command]
+    controller, terminal = pty.openpty()
+    started = time.perf_counter()
+    try:
+        run = subprocess.run([recare_exe(), *args, "--model", str(tiny_sd_dir)], stdout=terminal,
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=300)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert run.returncode == 5, run.stderr
+    assert "terminal" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - started < 60  # no model was loaded, nothing was trained
+    assert list(tmp_path.iterdir()) == []
