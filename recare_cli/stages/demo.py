@@ -90,7 +90,7 @@ def _check_settings(folder: Path, record: dict[str, Any]) -> None:
 
 
 def sample_prompts(prompts: list[str], out: Path, manifest: Path, *, model: str, weights: list[Path],
-            embeddings: list[Path], n: int, seed: int, s: DemoSettings) -> list[dict[str, Any]]:
+                   embeddings: list[Path], n: int, seed: int, s: DemoSettings) -> list[dict[str, Any]]:
     """run_sample into ``out``; the manifest is written once every image exists (resume: finished images stay)."""
     from recare_cli.io.prompts import PromptRow
     from recare_cli.stages.sample import SampleSettings, Shard, run_sample
@@ -147,10 +147,9 @@ def _invert(folder: Path, task: Any, target_images: list[Path], sd: str, s: Demo
     if not adv.is_file():
         opts = InvertOptions(target=task.target, initializer=task.initializer, property=task.prop,
                              rounds=s.invert_rounds, erase_iterations=s.invert_erase_iterations, erase_lr=s.erase_lr,
-                             train_method=s.train_method,
-                             ddim_steps=s.ddim_steps, steps=s.invert_steps, lr=s.invert_lr, resolution=32,
-                             seed=s.seed, model=sd, device="cpu", output=str(adv), resume=Path(f"{adv}.ckpt").is_file(),
-                             params={"demo": task.name})
+                             train_method=s.train_method, ddim_steps=s.ddim_steps, steps=s.invert_steps,
+                             lr=s.invert_lr, resolution=32, seed=s.seed, model=sd, device="cpu", output=str(adv),
+                             resume=Path(f"{adv}.ckpt").is_file(), params={"demo": task.name})
         run_invert(opts, target_images, strict=True)
     return adv
 
