@@ -240,9 +240,11 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
                                         folder / "samples" / method / f"{kind}.jsonl", model=sd,
                                         weights=weights[method], embeddings=[], n=s.eval_images, seed=0, s=s)
         asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
-        cost = {"base": 0.0, "esd": seconds.get("esd", 0.0), "stereo": seconds.get("careset", 0.0)
-                + seconds.get("stereo", 0.0), "recare": seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
-                + seconds.get("recare", 0.0)}[method]
+        # what a method needs beyond the base model: STEREO-style and ReCARE both use the CARE-set and the
+        # adversarial token; ESD uses neither
+        shared = seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
+        cost = {"base": 0.0, "esd": seconds.get("esd", 0.0), "stereo": shared + seconds.get("stereo", 0.0),
+                "recare": shared + seconds.get("recare", 0.0)}[method]
         rows[method] = {"target_rate": target_rate(judge, task, made["target"], asked),
                         "care": score_records(made["benign"], care_config, clip),
                         "clip_unrelated": score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip),
