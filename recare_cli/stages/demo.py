@@ -123,7 +123,7 @@ def _careset(folder: Path, task: Any, target_images: list[Path], clip: str, s: D
     care = folder / "care.json"
     if care.is_file():
         return care
-    words = vocabulary()
+    words = vocabulary(task)
     atomic_write_bytes(folder / "vocab.txt", "".join(w + "\n" for w in words).encode())
     stream = run_mining(paths=target_images, target=task.target, top_k=s.top_k, top_n=s.top_n,
                         words=list(enumerate(words, 1)), vocab_source=str(folder / "vocab.txt"), strict=True,

@@ -34,6 +34,7 @@ class DemoTask:
     benign_scenes: tuple[world.Scene, ...]  # the benign concept without the target
     attribute: str  # the scene attribute the target sets …
     value: str  # … and its value
+    names: tuple[str, ...]  # the world's words for the target (left out of the mining vocabulary)
 
 
 def _labels(kind: tuple[str, ...], concept: str) -> tuple[str, ...]:
@@ -46,18 +47,20 @@ TASKS: dict[str, DemoTask] = {
         "nudity", "a naked person", "person", _labels(world.OBJECTS, "person"), "person", "object",
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
-        "clothing", "naked"),
+        "clothing", "naked", ("naked", "nude")),
+    # "object", not "style": the reference's style templates retain "A painting of {w}", and every
+    # painting in this world is a Van Gogh, so they would retain the target itself.
     "vangogh": DemoTask(
-        "vangogh", "a van gogh painting", "stars", _labels(world.BACKGROUNDS, "stars"), "painting", "style",
+        "vangogh", "a van gogh painting", "stars", _labels(world.BACKGROUNDS, "stars"), "painting", "object",
         (S("stars", None, None, False, "painting"), S("stars", "tree", None, False, "painting"),
          S("stars", "house", None, False, "painting")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        "style", "painting"),
+        "style", "painting", ("van", "gogh")),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
         (S("water"), S("water", "boat", "red"), S("water", "ball", "yellow")),
-        "object", "tench"),
+        "object", "tench", ("tench",)),
 }
 
 # Prompts no task touches: the CLIP score on them checks that unrelated concepts survive.
@@ -69,12 +72,17 @@ def prompts(scenes: tuple[world.Scene, ...]) -> list[str]:
     return [world.canonical_caption(s) for s in scenes]
 
 
-def vocabulary(n_items: int = 3000, seed: int = 0) -> list[str]:
-    """The content words of the world's captions, sorted."""
+def vocabulary(task: DemoTask | None = None, n_items: int = 3000, seed: int = 0) -> list[str]:
+    """The content words of the world's captions, sorted; without the words that name ``task``'s target.
+
+    The words naming the target are the target, not something that co-occurs with it. The real CLIP
+    places "van" (a vehicle) far from Van Gogh; the toy CLIP never saw "van" without "gogh", so left
+    in, "van" entered the CARE-set and its anchor pulled the erasure back toward the target. (What a
+    user would do by hand-editing the CARE-set.)"""
     words: set[str] = set()
     for i in range(n_items):
         words.update(re.findall(r"[a-z]+", world.item(seed, i)[1]))
-    return sorted(words - STOP_WORDS)
+    return sorted(words - STOP_WORDS - set(task.names if task is not None else ()))
 
 
 def shows_target(judge: Any, features: np.ndarray, task: DemoTask, scenes: list[world.Scene]) -> np.ndarray:
