@@ -58,8 +58,8 @@ def open_output(dest: str | os.PathLike[str], *, binary: bool) -> Iterator[IO[by
     ``with`` block completes.
     """
     if str(dest) == STDIO:
-        if binary and sys.stdout.isatty():
-            raise RefusedError("refusing to write binary data to a terminal: use -o FILE or a pipe")
+        if binary:
+            check_binary_destination(dest)
         out = sys.stdout.buffer
         try:
             yield out
@@ -72,6 +72,13 @@ def open_output(dest: str | os.PathLike[str], *, binary: bool) -> Iterator[IO[by
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def check_binary_destination(dest: str | os.PathLike[str]) -> None:
+    """Refuse (exit 5) binary output to stdout when stdout is a terminal. ``open_output`` checks this
+    itself; commands that train before they write call it first, so the refusal comes before the work."""
+    if str(dest) == STDIO and stdout_is_terminal():
+        raise RefusedError("refusing to write binary data to a terminal: use -o FILE or a pipe")
 
 
 def stdout_is_terminal() -> bool:

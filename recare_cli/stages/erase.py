@@ -17,7 +17,7 @@ from recare_cli import console
 from recare_cli.core.guidance import METHODS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, RefusedError, UsageError
 from recare_cli.io.atomic import check_output_dir
-from recare_cli.io.streams import STDIO, stdout_is_terminal
+from recare_cli.io.streams import STDIO, check_binary_destination
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
@@ -67,8 +67,7 @@ class EraseOptions:
         if self.resume and self.checkpoint_path() is None:
             raise UsageError("--resume needs a checkpoint file: --checkpoint PATH, or --checkpoint-every N with "
                              "a file output")
-        if self.output == STDIO and stdout_is_terminal():  # refuse now, not after the training
-            raise RefusedError("refusing to write binary data to a terminal: use -o FILE or a pipe")
+        check_binary_destination(self.output)  # refuse now, not after the training
         if self.output != STDIO:
             check_output_dir(Path(self.output))
         if self.save_pipeline is not None:

@@ -15,9 +15,9 @@ from typing import Any
 
 from recare_cli import console
 from recare_cli.core.guidance import TRAIN_METHODS
-from recare_cli.errors import BadInputError, RefusedError, UsageError
+from recare_cli.errors import BadInputError, UsageError
 from recare_cli.io.atomic import check_output_dir
-from recare_cli.io.streams import STDIO, stdout_is_terminal
+from recare_cli.io.streams import STDIO, check_binary_destination
 
 # Prompt templates of the textual-inversion reference (diffusers' textual_inversion example).
 OBJECT_TEMPLATES = (
@@ -76,8 +76,7 @@ class InvertOptions:
                              f"(choose {', '.join(TRAIN_METHODS)})")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise UsageError("--precision: choose fp32, bf16 or fp16")
-        if self.output == STDIO and stdout_is_terminal():  # refuse now, not after the training
-            raise RefusedError("refusing to write binary data to a terminal: use -o FILE or a pipe")
+        check_binary_destination(self.output)  # refuse now, not after the training
         if self.output != STDIO:
             check_output_dir(Path(self.output))
         if self.keep_erased is not None:
