@@ -65,6 +65,15 @@ class Judge:
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return np.concatenate(out)
 
+    def pick(self, feature: np.ndarray, scene: world.Scene, attribute: str) -> str | None:
+        """The value of ``attribute`` the CLIP picks for the image, among the captions of ``scene`` with
+        only that attribute changed; None when there is nothing to tell apart."""
+        options = world.alternatives(scene, attribute)
+        if len(options) < 2:
+            return None
+        sims = self.texts([world.stated_caption(s, attribute) for _, s in options]) @ feature
+        return options[int(np.argmax(sims))][0]
+
     def judge(self, image_features: np.ndarray, scenes: list[world.Scene]) -> dict[str, list[bool]]:
         """Per attribute: for each image, whether the CLIP picks the scene's value."""
         results: dict[str, list[bool]] = {}
@@ -72,11 +81,9 @@ class Judge:
             for attribute, value in scene.attributes().items():
                 if value == "none":
                     continue  # absence is never stated in a caption: nothing to judge
-                options = world.alternatives(scene, attribute)
-                if len(options) < 2:
-                    continue  # nothing to tell apart
-                sims = self.texts([world.stated_caption(s, attribute) for _, s in options]) @ feature
-                results.setdefault(attribute, []).append(options[int(np.argmax(sims))][0] == value)
+                picked = self.pick(feature, scene, attribute)
+                if picked is not None:
+                    results.setdefault(attribute, []).append(picked == value)
         return results
 
 

@@ -93,9 +93,5 @@ def shows_target(judge: Any, features: np.ndarray, task: DemoTask, scenes: list[
     No caption in the world states an absence, so a sample that shows only the background still
     gets the nearer of these captions: an erased model can be judged to show the target when it
     shows nothing, never the reverse. The rate errs against the eraser."""
-    out = np.zeros(len(scenes), dtype=bool)
-    for i, (feature, scene) in enumerate(zip(features, scenes, strict=True)):
-        options = world.alternatives(scene, task.attribute)
-        sims = judge.texts([world.stated_caption(s, task.attribute) for _, s in options]) @ feature
-        out[i] = options[int(np.argmax(sims))][0] == task.value
-    return out
+    return np.array([judge.pick(feature, scene, task.attribute) == task.value
+                     for feature, scene in zip(features, scenes, strict=True)], dtype=bool)
