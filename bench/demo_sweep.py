@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - started
             weights = [path]
         made = {kind: demo.sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
-                                   weights=weights, embeddings=[], n=4 if kind == "unrelated" else 8, seed=0,
-                                   s=settings)
+                                          weights=weights, embeddings=[], n=4 if kind == "unrelated" else 8,
+                                          seed=0, s=settings)
                 for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
                                      ("unrelated", UNRELATED_SCENES))}
         asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]

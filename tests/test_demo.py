@@ -14,12 +14,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    import os
+def offline_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """What the autouse _offline fixture sets, for subprocesses started from this module-scoped fixture
+    (module fixtures are set up before function-scoped autouse ones)."""
+    return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "RECARE_CACHE": str(tmp_path_factory.getbasetemp() / "recare-cache")}
 
-    os.environ.setdefault("RECARE_CACHE", str(tmp_path_factory.getbasetemp() / "recare-cache"))
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory, offline_env: dict[str, str]) -> tuple[Path, str, str]:
     out = tmp_path_factory.mktemp("demo")
-    run = shell("recare demo --quick --task tench --out demo", cwd=out, timeout=900)
+    run = shell("recare demo --quick --task tench --out demo", cwd=out, env=offline_env, timeout=900)
     assert run.returncode == 0, run.stderr
     return out / "demo", run.stdout, run.stderr
 
@@ -52,11 +57,13 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
     assert manifests["recare"][0]["weights"], "erased models are sampled with their weights applied"
 
 
-def test_rerun_resumes_and_gives_the_same_table(quick_demo: tuple[Path, str, str]) -> None:
+def test_rerun_resumes_and_gives_the_same_table(quick_demo: tuple[Path, str, str],
+                                                offline_env: dict[str, str]) -> None:
     folder, table, _ = quick_demo
-    again = shell(f"recare demo --quick --task tench --out {folder}", cwd=folder, timeout=900)
+    again = shell(f"recare demo --quick --task tench --out {folder}", cwd=folder, env=offline_env, timeout=900)
     assert again.returncode == 0, again.stderr
-    assert "0 to make" in again.stderr and "to make" in again.stderr
+    made = [line for line in again.stderr.splitlines() if "to make" in line]
+    assert len(made) == 13 and all(line.endswith(", 0 to make") for line in made), made  # 1 + 4 models × 3
     assert "erase:" not in again.stderr  # the trained weights were reused, not retrained
     assert again.stdout == table
 

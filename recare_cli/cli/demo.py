@@ -12,8 +12,6 @@ import typer
 from recare_cli import console
 from recare_cli.cli.options import Quiet
 
-TASK_NAMES = ("nudity", "vangogh", "tench")
-
 HELP = """Run the whole method offline on the shipped toy world and compare erasers.
 
 For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK. Rerunning resumes.
@@ -34,10 +32,11 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     from recare_cli.errors import UsageError
+    from recare_cli.toyworld.tasks import TASKS
 
     console.set_quiet(quiet)
-    if task not in TASK_NAMES:
-        raise UsageError(f"--task: unknown task '{task}' (choose {', '.join(TASK_NAMES)})")
+    if task not in TASKS:
+        raise UsageError(f"--task: unknown task '{task}' (choose {', '.join(TASKS)})")
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.stages.demo import QUICK, DemoSettings, bars, format_table, run_task
     from recare_cli.toyworld.assets import materialise
@@ -47,7 +46,7 @@ def demo(
     clip_dir, sd_dir = materialise()
     started = time.perf_counter()
     results = []
-    for name in TASK_NAMES if all_tasks else (task,):
+    for name in tuple(TASKS) if all_tasks else (task,):
         result = run_task(out, name, settings, clip=str(clip_dir), sd=str(sd_dir))
         results.append(result)
         console.info(f"demo [{name}]: CARE-set {', '.join(result.careset) or '(empty)'}; grid {result.files['grid']}")

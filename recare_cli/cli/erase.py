@@ -77,8 +77,8 @@ def erase(
 
     console.set_quiet(quiet)
     opts = EraseOptions(target=target, care=care, adversarial=adversarial, num_adversarial=num_adversarial,
-                        method=method, train_method=train_method, iterations=iterations, lr=lr, guidance=guidance, ddim_steps=ddim_steps,
-                        retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
+                        method=method, train_method=train_method, iterations=iterations, lr=lr, guidance=guidance,
+                        ddim_steps=ddim_steps, retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
                         gradient_checkpointing=gradient_checkpointing, save_dtype=save_dtype, model=model,
                         device=device, output=output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         resume=resume, save_pipeline=save_pipeline, params=params)

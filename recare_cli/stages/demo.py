@@ -27,7 +27,8 @@ import numpy as np
 from recare_cli import console
 from recare_cli.errors import RefusedError
 from recare_cli.io.atomic import atomic_write_bytes
-from recare_cli.io.jsonl import dumps_json, dumps_line
+from recare_cli.io.jsonl import dumps_json, write_jsonl
+from recare_cli.io.streams import open_output
 
 METHODS = ("base", "esd", "stereo", "recare")
 LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}
@@ -102,16 +103,9 @@ def sample_prompts(prompts: list[str], out: Path, manifest: Path, *, model: str,
     run_sample(rows, out_dir=out, images_per_prompt=n, seed=seed, model=model, weights=weights,
                embeddings=embeddings, settings=settings, shard=Shard(0, 1), device="cpu", dtype="fp32",
                emit=records.append)
-    atomic_write_bytes(manifest, b"".join(dumps_line(r) for r in records))
+    with open_output(manifest, binary=False) as fh:
+        write_jsonl(fh, records)
     return records
-
-
-def _write_stream(stream: Any, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    stream.write(buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _careset(folder: Path, task: Any, target_images: list[Path], clip: str, s: DemoSettings) -> Path:
@@ -130,10 +124,12 @@ def _careset(folder: Path, task: Any, target_images: list[Path], clip: str, s: D
                         clip=clip, device="cpu", dtype="fp32", batch_size=64, text_batch_size=1024,
                         cache_dir=None, use_cache=False,
                         params={"target": task.target, "top_k": s.top_k, "top_n": s.top_n, "demo": task.name})
-    _write_stream(stream, folder / "candidates.jsonl")
+    with open_output(folder / "candidates.jsonl", binary=False) as fh:
+        stream.write(fh)
     run_clustering(stream, n_clusters=s.clusters, drop_extremes=s.drop_extremes, seed=s.seed, perplexity=None,
                    params={"clusters": s.clusters, "drop_extremes": s.drop_extremes, "seed": s.seed})
-    _write_stream(stream, folder / "clustered.jsonl")
+    with open_output(folder / "clustered.jsonl", binary=False) as fh:
+        stream.write(fh)
     careset = run_refinement(stream, alpha=s.alpha, min_cluster_size=2, prop=task.prop,
                              params={"alpha": s.alpha, "min_cluster_size": 2})
     _write_json(care, careset.to_recare())
@@ -267,11 +263,11 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
 
 def format_table(results: list[TaskResult]) -> str:
     """A markdown table: one row per task and method."""
+    from recare_cli.toyworld.tasks import TASKS
+
     lines = ["| task | model | target appears ↓ | CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | "
              "time (s) |", "|---|---|---|---|---|---|"]
     for result in results:
-        from recare_cli.toyworld.tasks import TASKS
-
         task = TASKS[result.task]
         for method in METHODS:
             row = result.rows[method]

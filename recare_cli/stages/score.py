@@ -26,6 +26,8 @@ from recare_cli.errors import BadInputError, GateFailedError, ModelUnavailableEr
 METRICS = ("care", "clip", "nudity", "classify")
 FORMAT = "recare.scores"
 VERSION = 1
+
+
 @dataclass(frozen=True)
 class ImageItem:
     path: Path
