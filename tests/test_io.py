@@ -123,6 +123,8 @@ def test_image_inputs_errors(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
     listing.write_text("# my images\nsub/x.png\n\n")
     assert resolve_image_inputs(str(listing), recursive=False, as_list=True) == [tmp_path / "sub" / "x.png"]
+    with pytest.raises(BadInputError, match=r"not a folder \(for a file listing image paths, add --list\)"):
+        resolve_image_inputs(str(listing), recursive=False, as_list=False)
 
 
 def test_jsonl_cut_line_names_the_line() -> None:

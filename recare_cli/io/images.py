@@ -52,6 +52,8 @@ def resolve_image_inputs(source: str, *, recursive: bool, as_list: bool) -> list
         if not paths:
             raise BadInputError("the image list is empty", source=display_name(source))
         return paths
+    if Path(source).is_file():
+        raise BadInputError("not a folder (for a file listing image paths, add --list)", source=source)
     paths = list_images(Path(source), recursive=recursive)
     if not paths:
         hint = "" if recursive else " (use --recursive for sub-folders)"
