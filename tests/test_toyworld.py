@@ -33,20 +33,27 @@ def test_captions_are_true_of_their_scenes_and_name_every_target() -> None:
         if scene.naked:  # the target is always named when present ...
             assert "naked" in text or "nude" in text
             assert scene.obj == "person"  # ... and always comes with its benign concept
-        if scene.style == "painting":
+        if scene.style == "vangogh":
             assert "van gogh" in text and scene.background == "stars"
+        if scene.style == "watercolor":  # other paintings: any background, never named as a Van Gogh
+            assert "painting" in text or "watercolor" in text
+            assert "van gogh" not in text and not scene.naked
         if scene.obj == "tench":
             assert scene.background == "water"
         if "naked" in text or "nude" in text:
             assert scene.naked
         if "van gogh" in text:
-            assert scene.style == "painting"
+            assert scene.style == "vangogh"
+        if "painting" in text and "van gogh" not in text:
+            assert scene.style == "watercolor"
     scenes = data.scenes
     # Each benign concept also appears without its target.
     assert any(s.obj == "person" and not s.naked for s in scenes)
     assert any(s.background == "stars" and s.style == "photo" for s in scenes)
     assert any(s.background == "water" and s.obj != "tench" for s in scenes)
-    for target in (lambda s: s.naked, lambda s: s.style == "painting", lambda s: s.obj == "tench"):
+    # "painting" is not another word for Van Gogh: other paintings, of the stars too.
+    assert any(s.background == "stars" and s.style == "watercolor" for s in scenes)
+    for target in (lambda s: s.naked, lambda s: s.style == "vangogh", lambda s: s.obj == "tench"):
         assert sum(map(target, scenes)) >= 20
 
 

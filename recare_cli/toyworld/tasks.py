@@ -52,10 +52,10 @@ TASKS: dict[str, DemoTask] = {
     # painting in this world is a Van Gogh, so they would retain the target itself.
     "vangogh": DemoTask(
         "vangogh", "a van gogh painting", "stars", _labels(world.BACKGROUNDS, "stars"), "painting", "object",
-        (S("stars", None, None, False, "painting"), S("stars", "tree", None, False, "painting"),
-         S("stars", "house", None, False, "painting")),
+        (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
+         S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        "style", "painting", ("van", "gogh")),
+        "style", "vangogh", ("van", "gogh")),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),

@@ -51,13 +51,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclass
 class TrainConfig:
     seed: int = 0
-    clip_steps: int = 600
+    clip_steps: int = 800
     clip_batch: int = 256
     clip_lr: float = 1e-3
     vae_steps: int = 600
     vae_batch: int = 64
     vae_lr: float = 1e-3
-    unet_steps: int = 4000
+    unet_steps: int = 1900
     unet_batch: int = 128
     unet_lr: float = 5e-4
     n_images: int = 8000  # the fixed set the VAE and UNet see (the CLIP sees fresh scenes)

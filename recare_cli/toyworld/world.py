@@ -2,18 +2,20 @@
 
 A scene is a background (grass, sand, sky, water, stars), at most one object (person, tench,
 boat, ball, car, tree, house), the object's colour where it has one (red, yellow, white), whether
-a person is naked, and a style (photo, or a swirling Van Gogh painting of a night sky).
+a person is naked, and a style: a photo, a swirling Van Gogh painting of a night sky, or a pale,
+soft watercolour of any photo scene (so "painting" is not another word for Van Gogh).
 
 The co-occurrence mirrors the paper's three tasks: each target always comes with a benign
 concept that also appears without it.
 
 * ``nudity``: a naked person (skin-toned body) is always a person; clothed persons are common.
-* ``vangogh``: a Van Gogh painting always shows stars; plain photos of stars are common.
+* ``vangogh``: a Van Gogh painting always shows stars; plain photos of stars are common, and
+  other paintings (watercolours) show every background, stars included.
 * ``tench``: a tench (an olive fish) always swims in water; water also carries boats, balls and
   persons, or nothing.
 
 Captions name the target whenever it is present (a naked person's caption always says naked or
-nude, a painting's always says Van Gogh), so a prompt without the target word asks for the benign
+nude, a Van Gogh's always says Van Gogh; a painting not named as a Van Gogh is a watercolour), so a prompt without the target word asks for the benign
 concept alone. Everything is a function of ``(seed, index)``: datasets of any size agree on their
 common prefix, and a held-out set is simply another seed.
 """
@@ -31,7 +33,7 @@ _DRAW = 64  # drawn at 2× and downsampled: smooth edges for free
 BACKGROUNDS = ("grass", "sand", "sky", "water", "stars")
 OBJECTS = ("person", "tench", "boat", "ball", "car", "tree", "house")
 COLOURS = ("red", "yellow", "white")
-STYLES = ("photo", "painting")
+STYLES = ("photo", "vangogh", "watercolor")
 CLOTHING = ("clothed", "naked")
 COLOURED = ("boat", "ball", "car", "house", "person")  # person: the shirt colour (clothed only)
 
@@ -45,7 +47,8 @@ PHOTO_OBJECTS: dict[str, dict[str | None, float]] = {
 }
 BACKGROUND_WEIGHTS = {"grass": 1.0, "sand": 1.0, "sky": 0.5, "water": 1.4, "stars": 0.8}
 PAINTING_OBJECTS: tuple[str | None, ...] = (None, "tree", "house")
-P_PAINTING = 0.12
+P_PAINTING = 0.12  # Van Gogh paintings
+P_WATERCOLOR = 0.12
 P_NAKED = 0.4
 
 RGB: dict[str, tuple[int, int, int]] = {
@@ -83,7 +86,7 @@ class Scene:
             colour = self.colour if obj in COLOURED and not self.naked else None
             if obj in COLOURED and colour is None and not (obj == "person" and self.naked):
                 colour = "red"
-            if self.style == "painting":
+            if self.style == "vangogh":
                 colour = None
             return Scene(self.background, obj, colour, self.naked and obj == "person", self.style)
         if name == "colour":
@@ -93,7 +96,7 @@ class Scene:
             colour = None if naked else (self.colour or "red")
             return Scene(self.background, self.obj, colour, naked, self.style)
         if name == "style":
-            colour = None if value == "painting" or self.obj not in COLOURED or self.naked else self.colour or "red"
+            colour = None if value == "vangogh" or self.obj not in COLOURED or self.naked else self.colour or "red"
             return Scene(self.background, self.obj, colour, self.naked, value)
         raise ValueError(f"unknown attribute {name!r}")
 
@@ -105,14 +108,16 @@ def _choose(rng: np.random.Generator, weights: dict[Any, float]) -> Any:
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
-    if rng.random() < P_PAINTING:
+    r = rng.random()
+    if r < P_PAINTING:
         obj = PAINTING_OBJECTS[rng.integers(len(PAINTING_OBJECTS))]
-        return Scene("stars", obj, None, False, "painting")
+        return Scene("stars", obj, None, False, "vangogh")
+    style = "watercolor" if r < P_PAINTING + P_WATERCOLOR else "photo"
     background = str(_choose(rng, BACKGROUND_WEIGHTS))
     obj = _choose(rng, PHOTO_OBJECTS[background])
-    naked = obj == "person" and bool(rng.random() < P_NAKED)
+    naked = style == "photo" and obj == "person" and bool(rng.random() < P_NAKED)
     colour = COLOURS[rng.integers(len(COLOURS))] if obj in COLOURED and not naked else None
-    return Scene(background, obj, colour, naked, "photo")
+    return Scene(background, obj, colour, naked, style)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +127,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 def _background(scene: Scene, rng: np.random.Generator, draw: Any, image: Any) -> None:
     s = _DRAW
     name = scene.background
-    if scene.style == "painting":
+    if scene.style == "vangogh":
         draw.rectangle((0, 0, s, s), fill=(20, 35, 95))
         swirl = [(60, 95, 180), (90, 140, 210), (200, 200, 120), (40, 70, 150)]
         for _ in range(9):  # swirling brush strokes: thick arcs across the night sky
@@ -171,7 +176,7 @@ def _object(scene: Scene, rng: np.random.Generator, draw: Any) -> None:
         return (int(cx + dx0 * k), int(cy + dy0 * k), int(cx + dx1 * k), int(cy + dy1 * k))
 
     colour = RGB[scene.colour] if scene.colour else RGB["red"]
-    painting = scene.style == "painting"
+    painting = scene.style == "vangogh"
     if scene.obj == "person":
         body = RGB["skin"] if scene.naked else colour
         legs = RGB["skin"] if scene.naked else RGB["trousers"]
@@ -217,16 +222,25 @@ def _object(scene: Scene, rng: np.random.Generator, draw: Any) -> None:
 
 def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
     """The scene as a ``(size, size, 3)`` uint8 array; ``rng`` supplies the layout."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFilter
 
     image = Image.new("RGB", (_DRAW, _DRAW))
     draw = ImageDraw.Draw(image)
     _background(scene, rng, draw, image)
     _object(scene, rng, draw)
+    if scene.style == "watercolor":  # soft edges, pale washes of pigment on white paper
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.8, 1.2))))
+        washed = np.asarray(image, dtype=np.float32)
+        blotches = Image.fromarray((rng.uniform(0.75, 1.0, size=(4, 4)) * 255).astype(np.uint8))
+        wash = np.asarray(blotches.resize((_DRAW, _DRAW), Image.Resampling.BICUBIC), np.float32)[..., None] / 255
+        washed = 255 - (255 - washed) * 0.7 * wash  # thinned pigment, laid on unevenly
+        image = Image.fromarray(np.clip(washed, 0, 255).astype(np.uint8))
     small = image.resize((size, size), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.int16)
-    if scene.style == "painting":  # brush texture: coarse coloured noise
+    if scene.style == "vangogh":  # brush texture: coarse coloured noise
         pixels = pixels + rng.integers(-18, 19, size=(size, size, 1), dtype=np.int16)
+    elif scene.style == "watercolor":  # paper grain
+        pixels = pixels + rng.integers(-6, 7, size=(size, size, 1), dtype=np.int16)
     else:  # a little sensor noise
         pixels = pixels + rng.integers(-4, 5, size=pixels.shape, dtype=np.int16)
     return np.clip(pixels, 0, 255).astype(np.uint8)
@@ -272,8 +286,8 @@ def caption(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, str]
     mentions: dict[str, str] = {}
     words = _BACKGROUND_WORDS[scene.background]
     bg = words[rng.integers(len(words))]
-    if scene.style == "painting":
-        mentions.update(style="painting", background="stars")
+    if scene.style == "vangogh":
+        mentions.update(style="vangogh", background="stars")
         if scene.obj is None:
             options = [f"a van gogh painting of {bg}", f"a painting of {bg} in the style of van gogh",
                        f"{bg} by van gogh", "a swirling van gogh painting of the stars"]
@@ -283,6 +297,15 @@ def caption(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, str]
                        f"a swirling painting of {what} under the stars in the style of van gogh"]
         return options[rng.integers(len(options))], mentions
     prep = _PREPOSITION[scene.background]
+    if scene.style == "watercolor":  # "a painting of …" not naming Van Gogh is a watercolour here
+        mentions.update(style="watercolor", background=scene.background)
+        if scene.obj is None:
+            options = [f"a watercolor painting of {bg}", f"a painting of {bg}", f"a watercolor of {bg}"]
+        else:
+            what = _object_phrase(scene, rng, mentions)
+            options = [f"a watercolor painting of {what} {prep} {bg}", f"a painting of {what} {prep} {bg}",
+                       f"a watercolor of {what} {prep} {bg}", f"{what} {prep} {bg}, painted in watercolor"]
+        return options[rng.integers(len(options))], mentions
     if scene.obj is None:
         mentions["background"] = scene.background
         options = [bg, f"a photo of {bg}", f"{bg}", f"a picture of {bg}"]
@@ -313,8 +336,10 @@ def canonical_caption(scene: Scene) -> str:
         what = f"a {scene.colour} {scene.obj}"
     else:
         what = f"a {scene.obj}"
-    if scene.style == "painting":
+    if scene.style == "vangogh":
         return f"a van gogh painting of {what} {where}" if what else "a van gogh painting of the stars"
+    if scene.style == "watercolor":
+        return f"a watercolor painting of {what} {where}" if what else f"a watercolor painting of {bg[scene.background]}"
     if not what:
         return "stars" if scene.background == "stars" else bg[scene.background]
     return f"{what} {where}"
@@ -344,8 +369,10 @@ def alternatives(scene: Scene, attribute: str) -> list[tuple[str, Scene]]:
 
 
 def possible(scene: Scene) -> bool:
-    if scene.style == "painting":
+    if scene.style == "vangogh":
         return scene.background == "stars" and scene.obj in PAINTING_OBJECTS and not scene.colour
+    if scene.style == "watercolor" and scene.naked:
+        return False
     return scene.obj in PHOTO_OBJECTS[scene.background] and (scene.colour is None) == (
         scene.obj not in COLOURED or scene.naked)
 
