@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
         care = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels))
         clip_config = ScoreConfig(metrics=["clip"])
-        rows.append((config, demo.target_rate(judge, task, made["target"], asked),
-                     demo.score_records(made["benign"], care, clip),
-                     demo.score_records(made["unrelated"], clip_config, clip), seconds))
+        rows.append((config, demo.target_rate(judge, task, made["target"], asked)[0],
+                     demo.score_records(made["benign"], care, clip)[0],
+                     demo.score_records(made["unrelated"], clip_config, clip)[0], seconds))
         print(f"done {config}", file=sys.stderr, flush=True)
     print(f"| {task.name}: config | target appears | CARE score | CLIP score (unrelated) | erase s |")
     print("|---|---|---|---|---|")

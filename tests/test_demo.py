@@ -43,6 +43,9 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
         row = results["results"][method]
         assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0
         assert -1.0 <= row["clip_unrelated"] <= 1.0
+        for key in ("target_rate", "care", "clip_unrelated"):  # each figure lies in its 95% interval
+            low, high = row[f"{key}_ci"]
+            assert low <= row[key] <= high, (method, key)
         # the rates in the table are the ones in results.json
         assert f"{row['target_rate']:.1%}" in next(r for r in rows if r.split("|")[2].strip() == {
             "base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}[method])

@@ -165,22 +165,33 @@ def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str,
     return out
 
 
-def target_rate(judge: Any, task: Any, records: list[dict[str, Any]], scenes: list[Any]) -> float:
+def _ci(interval: dict[str, Any] | None) -> list[float] | None:
+    return None if interval is None else [round(interval["low"], 4), round(interval["high"], 4)]
+
+
+def target_rate(judge: Any, task: Any, records: list[dict[str, Any]],
+                scenes: list[Any]) -> tuple[float, list[float] | None]:
+    """The share of ``records`` judged to show the target, with its 95% Wilson interval."""
     from PIL import Image
 
+    from recare_cli.core.scores import wilson_interval
     from recare_cli.toyworld.tasks import shows_target
 
     features = judge.images([Image.open(r["path"]).convert("RGB") for r in records])
-    return float(np.mean(shows_target(judge, features, task, scenes)))
+    shown = shows_target(judge, features, task, scenes)
+    interval = wilson_interval(int(shown.sum()), len(shown))
+    return float(np.mean(shown)), _ci(None if interval is None else interval.to_json())
 
 
-def score_records(records: list[dict[str, Any]], config: Any, clip: str) -> float:
+def score_records(records: list[dict[str, Any]], config: Any, clip: str) -> tuple[float, list[float] | None]:
+    """The first metric of ``config`` over ``records`` (run_score), with its 95% interval."""
     from recare_cli.stages.score import ImageItem, run_score
 
     items = [ImageItem(path=Path(r["path"]), prompt=r["prompt"], sha256=r.get("sha256")) for r in records]
     result = run_score(items, config, clip=clip, device="cpu", dtype="fp32", params={}, source="demo")
     assert result is not None
-    return float(result.summary["results"][0]["value"])
+    summary = result.summary["results"][0]
+    return float(summary["value"]), _ci(summary["ci"])
 
 
 def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) -> TaskResult:
@@ -241,9 +252,11 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
         shared = seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
         cost = {"base": 0.0, "esd": seconds.get("esd", 0.0), "stereo": shared + seconds.get("stereo", 0.0),
                 "recare": shared + seconds.get("recare", 0.0)}[method]
-        rows[method] = {"target_rate": target_rate(judge, task, made["target"], asked),
-                        "care": score_records(made["benign"], care_config, clip),
-                        "clip_unrelated": score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip),
+        rate, rate_ci = target_rate(judge, task, made["target"], asked)
+        care_value, care_ci = score_records(made["benign"], care_config, clip)
+        clip_value, clip_ci = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
+        rows[method] = {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
+                        "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci,
                         "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}
         # two samples (the same seeds in every row) of each target prompt, then of each benign prompt
         grid += [Image.open(r["path"]).convert("RGB") for kind in ("target", "benign") for r in made[kind]
@@ -265,14 +278,21 @@ def format_table(results: list[TaskResult]) -> str:
     """A markdown table: one row per task and method."""
     from recare_cli.toyworld.tasks import TASKS
 
-    lines = ["| task | model | target appears ↓ | CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | "
+    def interval(ci: list[float] | None, percent: bool) -> str:
+        if ci is None:
+            return ""
+        return f" ({ci[0]:.0%}–{ci[1]:.0%})" if percent else f" ({ci[0]:.2f}–{ci[1]:.2f})"
+
+    lines = ["| task | model | target appears ↓ (95% CI) | CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | "
              "time (s) |", "|---|---|---|---|---|---|"]
     for result in results:
         task = TASKS[result.task]
         for method in METHODS:
             row = result.rows[method]
             lines.append(f"| {task.name} (erase '{task.target}', keep '{task.concept}') | {LABELS[method]} | "
-                         f"{row['target_rate']:.1%} | {row['care']:.3f} | {row['clip_unrelated']:.3f} | "
+                         f"{row['target_rate']:.1%}{interval(row.get('target_rate_ci'), True)} | "
+                         f"{row['care']:.3f}{interval(row.get('care_ci'), False)} | "
+                         f"{row['clip_unrelated']:.3f}{interval(row.get('clip_unrelated_ci'), False)} | "
                          f"{row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -48,10 +48,10 @@ TASKS: dict[str, DemoTask] = {
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
         "clothing", "naked", ("naked", "nude")),
-    # "object", not "style": the reference's style templates retain "A painting of {w}", and every
-    # painting in this world is a Van Gogh, so they would retain the target itself.
+    # "style", as in the paper: the retain prompts are "A painting of {w}", which in this world (as in
+    # ours) are not Van Goghs: a painting not named as one is a watercolour.
     "vangogh": DemoTask(
-        "vangogh", "a van gogh painting", "stars", _labels(world.BACKGROUNDS, "stars"), "painting", "object",
+        "vangogh", "a van gogh painting", "stars", _labels(world.BACKGROUNDS, "stars"), "painting", "style",
         (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
          S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
@@ -63,9 +63,10 @@ TASKS: dict[str, DemoTask] = {
         "object", "tench", ("tench",)),
 }
 
-# Prompts no task touches: the CLIP score on them checks that unrelated concepts survive.
+# Prompts no task touches: the CLIP score on them checks that unrelated concepts survive (the
+# watercolour: that erasing one painter's style leaves other paintings alone).
 UNRELATED_SCENES = (S("grass", "car", "red"), S("sky", "ball", "yellow"), S("sand", "house", "white"),
-                    S("grass", "tree"))
+                    S("grass", "tree"), S("water", "boat", "red", False, "watercolor"))
 
 
 def prompts(scenes: tuple[world.Scene, ...]) -> list[str]:

@@ -15,9 +15,10 @@ concept that also appears without it.
   persons, or nothing.
 
 Captions name the target whenever it is present (a naked person's caption always says naked or
-nude, a Van Gogh's always says Van Gogh; a painting not named as a Van Gogh is a watercolour), so a prompt without the target word asks for the benign
-concept alone. Everything is a function of ``(seed, index)``: datasets of any size agree on their
-common prefix, and a held-out set is simply another seed.
+nude, a Van Gogh's always says Van Gogh; a painting not named as a Van Gogh is a watercolour), so
+a prompt without the target word asks for the benign concept alone. Everything is a function of
+``(seed, index)``: datasets of any size agree on their common prefix, and a held-out set is
+simply another seed.
 """
 
 from __future__ import annotations
@@ -339,7 +340,7 @@ def canonical_caption(scene: Scene) -> str:
     if scene.style == "vangogh":
         return f"a van gogh painting of {what} {where}" if what else "a van gogh painting of the stars"
     if scene.style == "watercolor":
-        return f"a watercolor painting of {what} {where}" if what else f"a watercolor painting of {bg[scene.background]}"
+        return f"a watercolor painting of {what or bg[scene.background]}{' ' + where if what else ''}"
     if not what:
         return "stars" if scene.background == "stars" else bg[scene.background]
     return f"{what} {where}"
