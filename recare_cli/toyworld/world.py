@@ -234,8 +234,8 @@ def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE) -> np
         washed = np.asarray(image, dtype=np.float32)
         blotches = Image.fromarray((rng.uniform(0.75, 1.0, size=(4, 4)) * 255).astype(np.uint8))
         wash = np.asarray(blotches.resize((_DRAW, _DRAW), Image.Resampling.BICUBIC), np.float32)[..., None] / 255
-        washed = 255 - (255 - washed) * 0.7 * wash  # thinned pigment, laid on unevenly
-        image = Image.fromarray(np.clip(washed, 0, 255).astype(np.uint8))
+        pale = 255 - (255 - washed) * 0.7 * wash  # thinned pigment, laid on unevenly
+        image = Image.fromarray(np.clip(pale, 0, 255).astype(np.uint8))
     small = image.resize((size, size), Image.Resampling.BOX)
     pixels = np.asarray(small, dtype=np.int16)
     if scene.style == "vangogh":  # brush texture: coarse coloured noise
