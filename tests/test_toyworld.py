@@ -189,3 +189,28 @@ def test_shipped_clip_meets_the_accuracy_bar(tmp_path: Path) -> None:
     report = clip_accuracy(clip_dir, n=300)
     for attribute, result in report["attributes"].items():
         assert result["accuracy"] >= 0.95, (attribute, result)
+
+
+@shipped
+def test_demo_target_judge_on_rendered_scenes(tmp_path: Path) -> None:
+    """The demo's target judge (tasks.shows_target) on real scenes of the world: every target scene
+    shows the target; the target's attribute changed, the background alone or another background
+    does not (an empty erased sample must not count as the target)."""
+    from PIL import Image
+
+    from recare_cli.models.clip import load_clip
+    from recare_cli.toyworld import assets
+    from recare_cli.toyworld.evaluate import Judge
+    from recare_cli.toyworld.tasks import TASKS, shows_target
+
+    clip_dir, _ = assets.materialise(tmp_path)
+    judge = Judge(load_clip(str(clip_dir), device="cpu", dtype="fp32"))
+    for task in TASKS.values():
+        for asked in task.target_scenes:
+            others = [s for v, s in world.alternatives(asked, task.attribute) if v != task.value]
+            others += [world.Scene(b) for b in world.BACKGROUNDS]
+            for shown, scenes in ((True, [asked]), (False, others)):
+                for scene in scenes:
+                    images = [Image.fromarray(world.render(scene, np.random.default_rng([5, i]))) for i in range(4)]
+                    verdict = shows_target(judge, judge.images(images), task, [asked] * len(images))
+                    assert verdict.tolist() == [shown] * len(images), (task.name, asked, scene)
