@@ -3,9 +3,9 @@
 * ``clip_accuracy``: zero-shot accuracy of the toy CLIP per attribute. For each held-out image and
   each attribute it has, the candidates are the canonical captions of the same scene with only
   that attribute changed ("a red car on grass" vs "a red car on sand", …; for style "a photo of
-  …" vs "a van gogh painting of …"); the prediction is the most similar caption. "No object" is
-  not judged: no caption in the world states an absence. Images go through the CLIP folder's
-  own image processor.
+  …" vs "a van gogh painting of …" vs "a watercolor painting of …"); the prediction is the most
+  similar caption. "No object" is not judged: no caption in the world states an absence. Images
+  go through the CLIP folder's own image processor.
 * ``sd_accuracy``: Stable Diffusion samples for the canonical captions of held-out scenes,
   each judged by the toy CLIP the same way: a sample shows an attribute when the CLIP picks the
   prompted value among the alternatives. ``all`` is the share of samples with every prompted

@@ -88,9 +88,10 @@ def vocabulary(task: DemoTask | None = None, n_items: int = 3000, seed: int = 0)
 
 # How far below the best background-only caption ("grass", "water", "the stars", …; one of them is
 # true of any scene) the target caption's similarity may lie and still count as true of the image.
-# Measured on rendered scenes with the shipped toy CLIP (16 per scene, tests/test_toyworld.py): the
+# Measured on rendered scenes with the shipped toy CLIP (16 renders per scene, every task): the
 # target caption of a real target scene lies within 0.02 of it; of the nearest false scenes (the
 # target's attribute changed, the background alone, another background) at least 0.29 below.
+# tests/test_toyworld.py checks the verdicts on 4 renders of each.
 TRUE_MARGIN = 0.15
 
 

@@ -340,7 +340,9 @@ def canonical_caption(scene: Scene) -> str:
     if scene.style == "vangogh":
         return f"a van gogh painting of {what} {where}" if what else "a van gogh painting of the stars"
     if scene.style == "watercolor":
-        return f"a watercolor painting of {what or bg[scene.background]}{' ' + where if what else ''}"
+        if not what:
+            return f"a watercolor painting of {bg[scene.background]}"
+        return f"a watercolor painting of {what} {where}"
     if not what:
         return "stars" if scene.background == "stars" else bg[scene.background]
     return f"{what} {where}"
