@@ -145,6 +145,14 @@ def test_cluster_and_refine(mined: Result, tmp_path: Path) -> None:
     assert care["retain_prompts"] == [f"A photo of {w}" for w in care["words"]]
     assert [p["command"] for p in care["provenance"]] == ["mine", "cluster", "refine"]
 
+    # --space embedding: k-means on the unit embeddings; recorded in the header
+    by_embedding = invoke(["cluster", "-n", "4", "--space", "embedding"], stdin=mined.stdout)
+    assert by_embedding.code == 0, by_embedding.stderr
+    header = _lines(by_embedding)[0]
+    assert header["clustering"]["space"] == "embedding" and records[0]["clustering"]["space"] == "tsne"
+    assert header["provenance"][-1]["params"]["space"] == "embedding"
+    _one_line_error(invoke(["cluster", "--space", "umap"], stdin=mined.stdout), EXIT_USAGE, "--space")
+
     ref = invoke(["refine", str(out), "--format", "reference"])
     assert orjson.loads(ref.stdout) == {"circle_care_word": care["anchor_prompts"],
                                         "circle_care_word_photo": care["retain_prompts"]}

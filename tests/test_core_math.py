@@ -7,7 +7,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from recare_cli.core.clustering import adapted_perplexity, decide_clusters, embed_2d, kmeans_labels
+from recare_cli.core.clustering import (
+    adapted_perplexity,
+    cluster_space,
+    decide_clusters,
+    embed_2d,
+    kmeans_labels,
+)
 from recare_cli.core.mining import mine, top_k_indices
 from recare_cli.core.refine import refine_cluster
 from recare_cli.core.residual import residual, unit
@@ -116,6 +122,34 @@ def test_perplexity_adapts_to_few_words() -> None:
         assert 1.0 <= adapted_perplexity(n) < n
     points = embed_2d(np.random.default_rng(0).normal(size=(5, 8)), seed=42)  # would fail at 30
     assert points.shape == (5, 2) and np.isfinite(points).all()
+
+
+def test_cluster_space() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 8))
+    points = embed_2d(x, seed=42)
+    assert cluster_space(x, points, "tsne") is points
+    rows = cluster_space(x, points, "embedding")
+    np.testing.assert_allclose(rows, np.array([v / np.sqrt((v * v).sum()) for v in x]), rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown clustering space"):
+        cluster_space(x, points, "umap")
+    # three groups of directions, scaled arbitrarily: cosine geometry recovers them
+    centres = rng.normal(size=(3, 8))
+    members = np.repeat(np.arange(3), 6)
+    y = (centres[members] + 0.05 * rng.normal(size=(18, 8))) * rng.uniform(0.1, 10.0, size=(18, 1))
+    labels = kmeans_labels(cluster_space(y, embed_2d(y, seed=42), "embedding"), 3, seed=42)
+    assert len({(int(a), int(b)) for a, b in zip(members, labels, strict=True)}) == 3
+
+
+def test_embedding_space_ignores_float_noise() -> None:
+    """A change in the 7th digit (float32 rounding, another CPU) must not regroup the words."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(23, 64))  # no clear cluster structure, like ~20 mined words
+    base = kmeans_labels(cluster_space(x, np.zeros((23, 2)), "embedding"), 4, seed=42)
+    for _ in range(5):
+        noisy = x * (1 + 1e-6 * rng.standard_normal(x.shape))
+        labels = kmeans_labels(cluster_space(noisy, np.zeros((23, 2)), "embedding"), 4, seed=42)
+        np.testing.assert_array_equal(labels, base)
 
 
 def test_clustering_is_deterministic_for_a_seed() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,6 +13,11 @@ from recare_cli.cli.options import Output, Quiet, Seed
 if TYPE_CHECKING:
     from recare_cli.core.clustering import ClusterDecision
     from recare_cli.io.candidates import CandidateStream
+
+class Space(str, Enum):
+    tsne = "tsne"
+    embedding = "embedding"
+
 
 HELP = """Cluster candidate words and mark the extreme-residual clusters as dropped.
 
@@ -34,6 +40,10 @@ def cluster(
     perplexity: Annotated[float | None, typer.Option(
         "--perplexity", min=1.0, help="t-SNE perplexity [default: 30, lowered for few words].",
         show_default=False)] = None,
+    space: Annotated[Space, typer.Option(
+        "--space", help="What k-means clusters: the t-SNE points (the reference's method) or the unit "
+                        "embeddings, which a change in the last digits of the embeddings cannot regroup "
+                        "(t-SNE of a few dozen words can be; see docs/benchmarks.md).")] = Space.tsne,
     seed: Seed = 42,
     output: Output = "-",
     quiet: Quiet = False,
@@ -45,9 +55,9 @@ def cluster(
     console.set_quiet(quiet)
     stream = read_candidates(candidates)
     params = {"candidates": candidates, "clusters": clusters, "drop_extremes": drop_extremes,
-              "perplexity": perplexity, "seed": seed}
+              "perplexity": perplexity, "space": space.value, "seed": seed}
     decisions = run_clustering(stream, n_clusters=clusters, drop_extremes=drop_extremes, seed=seed,
-                               perplexity=perplexity, params=params)
+                               perplexity=perplexity, params=params, space=space.value)
     with open_output(output, binary=False) as out:
         stream.write(out)
     if not quiet:

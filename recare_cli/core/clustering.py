@@ -27,6 +27,23 @@ def embed_2d(embeddings: np.ndarray, *, seed: int, perplexity: float | None = No
     return np.asarray(tsne.fit_transform(np.asarray(embeddings, dtype=np.float64)), dtype=np.float64)
 
 
+SPACES = ("tsne", "embedding")
+
+
+def cluster_space(embeddings: np.ndarray, points: np.ndarray, space: str) -> np.ndarray:
+    """What k-means runs on: the t-SNE points (the reference) or the unit-length embeddings.
+
+    t-SNE of a few dozen words is chaotic: a relative change of 1e-6 in the embeddings (float32
+    rounding, another CPU's summation order) regroups the words (bench/cluster_stability.py). k-means
+    on the unit vectors (cosine geometry, as CLIP compares them) does not have that amplifier."""
+    if space == "tsne":
+        return points
+    if space == "embedding":
+        e = np.asarray(embeddings, dtype=np.float64)
+        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    raise ValueError(f"unknown clustering space {space!r}; expected one of {', '.join(SPACES)}")
+
+
 def kmeans_labels(points: np.ndarray, n_clusters: int, *, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 

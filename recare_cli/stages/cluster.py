@@ -13,9 +13,18 @@ from recare_cli.io.provenance import provenance
 
 
 def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: int, seed: int,
-                   perplexity: float | None, params: dict[str, Any]) -> list[ClusterDecision]:
-    """Annotate every word of ``stream`` in place with its 2-D point, cluster, residual and status."""
-    from recare_cli.core.clustering import adapted_perplexity, decide_clusters, embed_2d, kmeans_labels
+                   perplexity: float | None, params: dict[str, Any], space: str = "tsne") -> list[ClusterDecision]:
+    """Annotate every word of ``stream`` in place with its 2-D point, cluster, residual and status.
+
+    ``space``: k-means on the t-SNE points (``tsne``, the reference) or on the unit embeddings
+    (``embedding``); the 2-D points are written either way, for plots."""
+    from recare_cli.core.clustering import (
+        adapted_perplexity,
+        cluster_space,
+        decide_clusters,
+        embed_2d,
+        kmeans_labels,
+    )
     from recare_cli.core.residual import residual, unit
 
     n = len(stream.words)
@@ -32,7 +41,7 @@ def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: i
         raise BadInputError(f"--perplexity {perp} must be below the number of words ({n})",
                             source=stream.source)
     points = embed_2d(emb, seed=seed, perplexity=perp)
-    labels = kmeans_labels(points, n_clusters, seed=seed)
+    labels = kmeans_labels(cluster_space(emb, points, space), n_clusters, seed=seed)
     decisions = decide_clusters(labels, res, drop_extremes)
     by_id = {d.cluster: d for d in decisions}
     for record, point, label, r in zip(stream.words, points, labels, res, strict=True):
@@ -45,6 +54,6 @@ def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: i
          "rank": d.rank + 1, "status": "kept" if d.kept else "dropped", "reason": d.reason}
         for d in decisions]
     stream.header["clustering"] = {"n_clusters": n_clusters, "drop_extremes": drop_extremes,
-                                   "seed": seed, "perplexity": perp}
+                                   "seed": seed, "perplexity": perp, "space": space}
     stream.header["provenance"] = [*stream.header.get("provenance", []), provenance("cluster", params)]
     return decisions
