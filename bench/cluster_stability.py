@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         caresets[care] += 1
         kept.update(care)
     words = [w["word"] for w in original.words]
-    print(f"{args.candidates}: {len(words)} words, -n {args.clusters}, --space {args.space}, eps {args.eps:g}, {args.trials} trials")
+    print(f"{args.candidates}: {len(words)} words, -n {args.clusters}, --space {args.space}, eps {args.eps:g}, "
+          f"{args.trials} trials")
     print(f"unperturbed CARE-set: {', '.join(base_care)}")
     print(f"distinct partitions: {len(partitions)} (the unperturbed one {partitions[base_partition]} times)")
     print(f"distinct CARE-sets: {len(caresets)} (the unperturbed one {caresets[base_care]} times)\n")

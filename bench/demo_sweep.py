@@ -1,8 +1,12 @@
 """Sweep erase settings on one toy-world task, reusing a demo run's CARE-set and adversarial token.
 
-Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT]; every model is sampled on the
-task's target, benign and unrelated prompts (seed 0, 8/8/4 images per prompt) and judged as the demo
-judges. Prints a markdown table and the command to reproduce it.
+Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT]; it is trained once per erase
+seed (--erase-seeds) and every model is sampled on the task's target, benign and unrelated prompts
+(8/8/4 images per prompt) and judged as the demo judges. Prints a markdown table (one row per
+configuration and erase seed, then the mean over seeds) and the command to reproduce it.
+
+Tuning: the sampling seeds start at --sample-seed, 1000 by default, so a setting chosen here is not
+chosen on the images the demo reports (the demo samples seeds 0–15 per prompt and mines 10000+).
 
     python bench/demo_sweep.py --from recare-demo/nudity esd:xattn:5e-4:100 recare:xattn:5e-4:100
 """
@@ -13,6 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-sweep"))
     parser.add_argument("--ddim-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sample-seed", type=int, default=1000,
+                        help="first sampling seed per prompt (the demo reports seeds 0-15: keep clear of them)")
+    parser.add_argument("--erase-seeds", default="42", help="comma-separated erase seeds, e.g. 42,43,44")
     args = parser.parse_args(argv)
 
     import orjson
@@ -32,11 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.stages import demo
-    from recare_cli.stages.erase import EraseOptions, run_erase
-    from recare_cli.stages.score import ScoreConfig
     from recare_cli.toyworld.assets import materialise
     from recare_cli.toyworld.evaluate import Judge
-    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
+    from recare_cli.toyworld.tasks import TASKS
 
     torch.set_num_threads(args.threads)
     quiet_libraries()
@@ -46,46 +52,68 @@ def main(argv: list[str] | None = None) -> int:
     clip, sd = (str(p) for p in materialise())
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
     settings = demo.DemoSettings()
-    rows = []
+    erase_seeds = [int(x) for x in args.erase_seeds.split(",")]
+    rows: list[tuple[str, str, float, float, float, float]] = []
     for config in args.configs:
-        parts = config.split(":")
-        method = parts[0]
-        weights: list[Path] = []
-        seconds = 0.0
-        folder = args.out / task.name / config.replace(":", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        if method != "base":
-            train_method, lr, iterations = parts[1], float(parts[2]), int(parts[3])
-            retain = float(parts[4]) if len(parts) > 4 else 1.0
-            path = folder / "weights.safetensors"
-            if not path.is_file():
-                started = time.perf_counter()
-                run_erase(EraseOptions(
-                    target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
-                    adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
-                    train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain,
-                    ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
-                    checkpoint_every=0))
-                seconds = time.perf_counter() - started
-            weights = [path]
-        made = {kind: demo.sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
-                                          weights=weights, embeddings=[], n=4 if kind == "unrelated" else 8,
-                                          seed=0, s=settings)
-                for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
-                                     ("unrelated", UNRELATED_SCENES))}
-        asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
-        care = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels))
-        clip_config = ScoreConfig(metrics=["clip"])
-        rows.append((config, demo.target_rate(judge, task, made["target"], asked)[0],
-                     demo.score_records(made["benign"], care, clip)[0],
-                     demo.score_records(made["unrelated"], clip_config, clip)[0], seconds))
-        print(f"done {config}", file=sys.stderr, flush=True)
-    print(f"| {task.name}: config | target appears | CARE score | CLIP score (unrelated) | erase s |")
-    print("|---|---|---|---|---|")
-    for config, rate, care_score, clip_score, seconds in rows:
-        print(f"| {config} | {rate:.1%} | {care_score:.3f} | {clip_score:.3f} | {seconds:.0f} |")
-    print(f"\nReproduce: python bench/demo_sweep.py --from {args.source} " + " ".join(args.configs))
+        method = config.split(":")[0]
+        for erase_seed in [0] if method == "base" else erase_seeds:
+            rows.append((config, "-" if method == "base" else str(erase_seed),
+                         *_measure(config, erase_seed, args, task, sd, clip, judge, settings)))
+            print(f"done {config} seed {rows[-1][1]}", file=sys.stderr, flush=True)
+    print(f"| {task.name}: config | erase seed | target appears | CARE score | CLIP score (unrelated) | erase s |")
+    print("|---|---|---|---|---|---|")
+    for config, seed, rate, care_score, clip_score, seconds in rows:
+        print(f"| {config} | {seed} | {rate:.1%} | {care_score:.3f} | {clip_score:.3f} | {seconds:.0f} |")
+    for config in args.configs:
+        mine = [r for r in rows if r[0] == config]
+        if len(mine) > 1:
+            mean = [sum(float(r[i]) for r in mine) / len(mine) for i in (2, 3, 4, 5)]
+            print(f"| {config} | mean of {len(mine)} | {mean[0]:.1%} | {mean[1]:.3f} | {mean[2]:.3f} | {mean[3]:.0f} |")
+    print(f"\nReproduce: python bench/demo_sweep.py --from {args.source} --sample-seed {args.sample_seed} "
+          f"--erase-seeds {args.erase_seeds} --ddim-steps {args.ddim_steps} " + " ".join(args.configs))
     return 0
+
+
+def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, sd: str, clip: str, judge: Any,
+             settings: Any) -> tuple[float, float, float, float]:
+    """Train (unless already there), sample and judge one configuration: target rate, CARE, CLIP, seconds."""
+    from recare_cli.stages import demo
+    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.score import ScoreConfig
+    from recare_cli.toyworld.tasks import UNRELATED_SCENES, prompts
+
+    parts = config.split(":")
+    method = parts[0]
+    weights: list[Path] = []
+    seconds = 0.0
+    folder = args.out / task.name / config.replace(":", "_")
+    if method != "base":
+        train_method, lr, iterations = parts[1], float(parts[2]), int(parts[3])
+        retain = float(parts[4]) if len(parts) > 4 else 1.0
+        folder = folder / f"erase-seed-{erase_seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "weights.safetensors"
+        if not path.is_file():
+            started = time.perf_counter()
+            run_erase(EraseOptions(
+                target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
+                adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
+                train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain, seed=erase_seed,
+                ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
+                checkpoint_every=0))
+            seconds = time.perf_counter() - started
+        weights = [path]
+    folder = folder / f"sample-seed-{args.sample_seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {kind: demo.sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
+                                      weights=weights, embeddings=[], n=4 if kind == "unrelated" else 8,
+                                      seed=args.sample_seed, s=settings)
+            for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
+                                 ("unrelated", UNRELATED_SCENES))}
+    asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
+    care = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels))
+    return (demo.target_rate(judge, task, made["target"], asked)[0], demo.score_records(made["benign"], care, clip)[0],
+            demo.score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)[0], seconds)
 
 
 if __name__ == "__main__":
