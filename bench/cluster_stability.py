@@ -22,12 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recare_cli import console
-from recare_cli.io.candidates import read_candidates
+from recare_cli.io.candidates import CandidateStream, read_candidates
 from recare_cli.stages.cluster import run_clustering
 from recare_cli.stages.refine import run_refinement
 
 
-def careset_of(stream, args: argparse.Namespace) -> tuple[frozenset[frozenset[str]], tuple[str, ...]]:  # type: ignore[no-untyped-def]
+def careset_of(stream: CandidateStream, args: argparse.Namespace) -> tuple[frozenset[frozenset[str]], tuple[str, ...]]:
     run_clustering(stream, n_clusters=args.clusters, drop_extremes=args.drop_extremes, seed=args.seed,
                    perplexity=None, params={}, space=args.space)
     groups: dict[int, set[str]] = {}
