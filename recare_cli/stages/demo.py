@@ -55,7 +55,7 @@ class DemoSettings:
     # training every non-cross-attention weight (noxattn) at a rate that erases also wrecks unrelated
     # prompts (docs/toyworld.md has the sweep). Cross-attention only, at a higher rate, for all three methods.
     erase_iterations: int = 100
-    erase_lr: float = 5e-4
+    erase_lr: float = 4e-4
     ddim_steps: int = 20
     train_method: str = "xattn"
     seed: int = 42
