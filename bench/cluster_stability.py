@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recare_cli import console
+from recare_cli.core.clustering import SPACES
 from recare_cli.io.candidates import CandidateStream, read_candidates
 from recare_cli.stages.cluster import run_clustering
 from recare_cli.stages.refine import run_refinement
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--prop", default="object")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--space", choices=("tsne", "embedding"), default="tsne", help="as recare cluster --space")
+    parser.add_argument("--space", choices=SPACES, default="tsne", help="as recare cluster --space")
     parser.add_argument("--eps", type=float, default=1e-6, help="relative size of the perturbation")
     parser.add_argument("--trials", type=int, default=20)
     args = parser.parse_args(argv)
