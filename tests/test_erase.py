@@ -339,3 +339,29 @@ def test_autocast_precisions_train(tiny_sd_dir: Path, precision: str) -> None:
     state = trainer.state_tensors()
     trainer.load_state_tensors(state)
     assert ("scaler" in state) == (precision == "fp16")
+
+
+def test_erase_sampler_never_clips_x0(tiny_sd_dir: Path) -> None:
+    """x_t is drawn with DDIM as the reference's sampler does it: the predicted x0 is not clipped to [-1, 1]
+    even when the model's scheduler config does not say clip_sample (DDIMScheduler's default clips).
+    One step with ε = 0 from latents of 4 must give sqrt(ᾱ_prev / ᾱ_t) · 4, computed by hand."""
+    from recare_cli.core.diffusion import ddim_partial
+
+    bundle = _bundle(tiny_sd_dir)
+    assert "clip_sample" not in bundle.pipe.scheduler.config  # the case under test
+    trainer = _trainer(bundle, "xattn", iterations=1)
+    sampler = trainer.sampler
+
+    class ZeroEps(torch.nn.Module):
+        def forward(self, x: torch.Tensor, t: Any, encoder_hidden_states: torch.Tensor) -> Any:
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    latents = torch.full((1, 4, 2, 2), 4.0)
+    emb = torch.zeros(1, 77, 32)
+    out = ddim_partial(ZeroEps(), sampler, latents, emb, emb, steps=1, guidance=3.0)
+    t = int(sampler.timesteps[0])
+    prev = t - sampler.config.num_train_timesteps // sampler.num_inference_steps
+    ab = sampler.alphas_cumprod
+    expected = 4.0 * (float(ab[prev]) / float(ab[t])) ** 0.5
+    assert expected > 1.5  # clipping would bound it by sqrt(ᾱ_prev) < 1
+    torch.testing.assert_close(out, torch.full_like(latents, expected))

@@ -4,6 +4,7 @@ shipped) their fingerprints and the toy CLIP's accuracy bar."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,6 @@ def quick_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
-    import json
-
     import torch
 
     from recare_cli.models.clip import load_clip
@@ -134,6 +133,8 @@ def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
     assert image.size == (32, 32)
     log = json.loads((quick_world / "train_log.json").read_text())
     assert {"clip", "vae", "unet"} <= set(log) and log["unet"]["steps"] == 3
+    # a DDIM made from the shipped scheduler config must not clip latents to [-1, 1] (as SD v1.4's)
+    assert json.loads((quick_world / "sd/scheduler/scheduler_config.json").read_text())["clip_sample"] is False
 
 
 def test_training_is_reproducible(quick_world: Path, tmp_path: Path) -> None:
@@ -178,6 +179,8 @@ def test_shipped_weights_load_with_recorded_fingerprints(tmp_path: Path) -> None
     assert manifest["bytes"] <= 30 * 2**20
     clip_dir, sd_dir = assets.materialise(tmp_path)
     assert assets.fingerprints(clip_dir, sd_dir) == manifest["fingerprints"]
+    # DDIMScheduler clips x0 unless the config says otherwise: 20% of toy samples right instead of 97%
+    assert json.loads((sd_dir / "scheduler/scheduler_config.json").read_text())["clip_sample"] is False
 
 
 @shipped

@@ -212,9 +212,12 @@ class EraseTrainer:
                            else [torch.optim.AdamW(self.params, lr=settings.lr)])
         self.hooks = [p.register_post_accumulate_grad_hook(self._step_in_backward(opt))
                       for p, opt in zip(self.params, self.optimizers, strict=True)] if self.fused else []
-        self.sampler = DDIMScheduler.from_config(scheduler_config)
+        # clip_sample=False: the reference's DDIM sampler never clips the predicted x0, and latents are not
+        # bounded to [-1, 1]. DDIMScheduler clips by default, so a model config that does not say otherwise
+        # (SD v1.4's does) would draw x_t from a broken sampler (the toy world's: 20% of samples right vs 97%).
+        self.sampler = DDIMScheduler.from_config(scheduler_config, clip_sample=False)
         self.sampler.set_timesteps(settings.sample_steps, device=self.device)
-        full = DDIMScheduler.from_config(scheduler_config)
+        full = DDIMScheduler.from_config(scheduler_config, clip_sample=False)
         full.set_timesteps(full.config.num_train_timesteps, device=self.device)
         self.train_timesteps = full.timesteps
         self.channels = int(getattr(unet, "config").in_channels)  # noqa: B009 (diffusers config)

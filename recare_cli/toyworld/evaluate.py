@@ -117,14 +117,18 @@ def bare_words(judge: Judge, features: np.ndarray, scenes: list[world.Scene]) ->
 
 
 def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HELD_OUT_SEED, steps: int = 50,
-                guidance: float = 7.5, batch: int = 32, grid: Path | None = None) -> dict[str, Any]:
-    """Sample one image per held-out scene's canonical caption (seed ``seed + i``) and judge it."""
+                guidance: float = 7.5, batch: int = 32, grid: Path | None = None,
+                scheduler: str = "default") -> dict[str, Any]:
+    """Sample one image per held-out scene's canonical caption (seed ``seed + i``) and judge it;
+    ``scheduler`` is a ``recare sample --scheduler`` name."""
     import torch
 
     from recare_cli.models.clip import load_clip
     from recare_cli.models.sd import load_sd
+    from recare_cli.stages.sample import set_scheduler
 
     pipe = load_sd(str(sd), device="cpu", dtype="fp32").pipe
+    set_scheduler(pipe, scheduler)
     judge = Judge(load_clip(str(clip), device="cpu", dtype="fp32"))
     scenes = [world.item(seed, i)[3] for i in range(n)]
     prompts = [world.canonical_caption(s) for s in scenes]
@@ -144,8 +148,8 @@ def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HE
             results.setdefault(attribute, []).extend(oks)
     if grid is not None:
         save_grid(images, grid)
-    return {"held_out_seed": seed, "samples": n, "steps": steps, "guidance": guidance,
-            "seconds": round(seconds, 1), "attributes": _summary(results),
+    return {"held_out_seed": seed, "samples": n, "scheduler": type(pipe.scheduler).__name__, "steps": steps,
+            "guidance": guidance, "seconds": round(seconds, 1), "attributes": _summary(results),
             "all_attributes": round(float(np.mean(per_image)), 4)}
 
 
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-sd", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--scheduler", default="default", help="a `recare sample --scheduler` name")
+    parser.add_argument("--no-clip", action="store_true", help="skip the CLIP accuracy (SD samples only)")
     parser.add_argument("--grid", type=Path, default=None, help="write the SD samples as a PNG grid")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -179,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     from recare_cli.models.quiet import quiet_libraries
 
     quiet_libraries()
-    report: dict[str, Any] = {"clip": clip_accuracy(args.clip, n=args.n_clip)}
+    report: dict[str, Any] = {} if args.no_clip else {"clip": clip_accuracy(args.clip, n=args.n_clip)}
     if args.sd is not None:
         report["sd"] = sd_accuracy(args.sd, args.clip, n=args.n_sd, steps=args.steps, guidance=args.guidance,
-                                   grid=args.grid)
+                                   grid=args.grid, scheduler=args.scheduler)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 
