@@ -396,11 +396,10 @@ def save_sd_folder(text_encoder: Any, vae: Any, unet: Any, folder: Path,
     if scheduler_config is not None:
         scheduler = PNDMScheduler.from_config(scheduler_config)
     else:  # as Stable Diffusion v1.4 ships it
-        scheduler = PNDMScheduler(**noise_scheduler_config(), skip_prk_steps=True, steps_offset=1,
-                                  set_alpha_to_one=False)
-        # PNDM ignores it, but a DDIM made from this config (recare sample --scheduler ddim) would clip
-        # the latent x0 to [-1, 1] by default; SD v1.4's config says false too
-        scheduler.register_to_config(clip_sample=False)
+        # clip_sample: PNDM ignores it, but a DDIM made from this config (recare sample --scheduler ddim)
+        # would clip the latent x0 to [-1, 1] by default; SD v1.4's config says false too
+        scheduler = PNDMScheduler.from_config({**noise_scheduler_config(), "skip_prk_steps": True, "steps_offset": 1,
+                                               "set_alpha_to_one": False, "clip_sample": False})
     pipe: Any = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer_from_bpe(),
                                         unet=unet, scheduler=scheduler, safety_checker=None,
                                         feature_extractor=None, requires_safety_checker=False)
