@@ -39,6 +39,9 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
         assert (task / name).is_file(), name
     results = orjson.loads((task / "results.json").read_bytes())
     assert results["format"] == "recare.demo" and results["concept"] == "water"
+    from recare_cli.toyworld.tasks import TASKS
+
+    assert results["settings"]["erase_lr"] == TASKS["tench"].erase_lr  # the task's own rate, recorded
     for method in ("base", "esd", "stereo", "recare"):
         row = results["results"][method]
         assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0
@@ -57,6 +60,10 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
                  for m in ("base", "esd", "stereo", "recare")}
     seeds = {m: [(r["prompt"], r["seed"]) for r in recs] for m, recs in manifests.items()}
     assert seeds["base"] == seeds["esd"] == seeds["stereo"] == seeds["recare"]
+    # target images with the model's own sampler (as a user makes them), evaluation samples with the demo's
+    mined = orjson.loads((task / "target-images.jsonl").read_bytes().splitlines()[0])
+    assert mined["sampling"]["scheduler"] == "default"
+    assert {r["sampling"]["scheduler"] for recs in manifests.values() for r in recs} == {"dpm++"}
     assert manifests["recare"][0]["weights"], "erased models are sampled with their weights applied"
 
 

@@ -58,11 +58,10 @@ class DemoSettings:
     invert_erase_lr: float = 5e-4  # the erase half of invert: its own knob, as in the reference
     invert_steps: int = 150
     invert_lr: float = 5e-3
-    # The toy UNet is 140× smaller than SD's: the paper's lr (2e-5) moves it too little in 100 steps, and
-    # training every non-cross-attention weight (noxattn) at a rate that erases also wrecks unrelated
-    # prompts (docs/toyworld.md has the sweep). Cross-attention only, at a higher rate, for all three methods.
+    # Cross-attention only, for all three methods: training every non-cross-attention weight (noxattn) of
+    # the toy UNet at a rate that erased also wrecked unrelated prompts (docs/toyworld.md, "History").
     erase_iterations: int = 100
-    erase_lr: float = 4e-4
+    erase_lr: float | None = None  # None: each task's own rate (DemoTask.erase_lr)
     ddim_steps: int = 20
     train_method: str = "xattn"
     seed: int = 42
@@ -166,6 +165,10 @@ def _invert(folder: Path, task: Any, target_images: list[Path], sd: str, s: Demo
     return adv
 
 
+def erase_lr(task: Any, s: DemoSettings) -> float:
+    return float(task.erase_lr if s.erase_lr is None else s.erase_lr)
+
+
 def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings) -> Path:
     from recare_cli.stages.erase import EraseOptions, run_erase
 
@@ -173,7 +176,7 @@ def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str,
     if not out.is_file():
         opts = EraseOptions(target=task.target, care=None if method == "esd" else str(care),
                             adversarial=None if method == "esd" else str(adv), method=method,
-                            train_method=s.train_method, iterations=s.erase_iterations, lr=s.erase_lr,
+                            train_method=s.train_method, iterations=s.erase_iterations, lr=erase_lr(task, s),
                             ddim_steps=s.ddim_steps, seed=s.seed, resolution=32, model=sd, device="cpu",
                             output=str(out), checkpoint_every=20, resume=Path(f"{out}.ckpt").is_file(),
                             params={"demo": task.name})
@@ -222,7 +225,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
 
     task = TASKS[task_name]
     folder = out / task.name
-    _check_settings(folder, {"task": task.name, "settings": asdict(s), "clip": clip, "sd": sd})
+    _check_settings(folder, {"task": task.name, "settings": asdict(s), "erase_lr": erase_lr(task, s), "clip": clip,
+                             "sd": sd})
     # Seconds each step took when it ran; a rerun that reuses a step's file reports its recorded time.
     timings_path = folder / "timings.json"
     seconds: dict[str, float] = orjson.loads(timings_path.read_bytes()) if timings_path.is_file() else {}
@@ -285,7 +289,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
         **{m: str(weights[m][0]) for m in METHODS[1:]}})
     _write_json(folder / "results.json", {"format": "recare.demo", "version": 1, "task": task.name,
                                            "target": task.target, "concept": task.concept,
-                                           "settings": asdict(s), "careset": result.careset, "results": rows,
+                                           "settings": {**asdict(s), "erase_lr": erase_lr(task, s)},
+                                           "careset": result.careset, "results": rows,
                                            "files": result.files})
     return result
 

@@ -35,6 +35,10 @@ class DemoTask:
     attribute: str  # the scene attribute the target sets …
     value: str  # … and its value
     names: tuple[str, ...]  # the world's words for the target (left out of the mining vocabulary)
+    # erase lr of all three methods for this task (xattn, 100 iterations), chosen per task on held-out
+    # seeds by a rule fixed beforehand (docs/toyworld.md, "Tuning the erase rate"): a nudity rate that
+    # erases the style loses the person; a Van Gogh rate that keeps the person does not touch the style
+    erase_lr: float
 
 
 def _labels(kind: tuple[str, ...], concept: str) -> tuple[str, ...]:
@@ -47,7 +51,7 @@ TASKS: dict[str, DemoTask] = {
         "nudity", "a naked person", "person", _labels(world.OBJECTS, "person"), "person", "object",
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
-        "clothing", "naked", ("naked", "nude")),
+        "clothing", "naked", ("naked", "nude"), erase_lr=5e-5),
     # "style", as in the paper: the retain prompts are "A painting of {w}", which in this world (as in
     # ours) are not Van Goghs: a painting not named as one is a watercolour.
     "vangogh": DemoTask(
@@ -55,12 +59,12 @@ TASKS: dict[str, DemoTask] = {
         (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
          S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        "style", "vangogh", ("van", "gogh")),
+        "style", "vangogh", ("van", "gogh"), erase_lr=4e-4),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
         (S("water"), S("water", "boat", "red"), S("water", "ball", "yellow")),
-        "object", "tench", ("tench",)),
+        "object", "tench", ("tench",), erase_lr=1e-4),
 }
 
 # Prompts no task touches: the CLIP score on them checks that unrelated concepts survive (the
