@@ -16,7 +16,7 @@ HELP = """Run the whole method offline on the shipped toy world and compare eras
 
 For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK. Rerunning resumes.
 
-Tasks: nudity (erase "a naked person", keep person), vangogh (erase "a van gogh painting", keep stars), tench (erase "a tench", keep water). About 6 to 13 minutes per task on 2 CPU cores (measured on two days of this machine kind). The measured table, and where ReCARE does and does not beat the baselines in this world, are in docs/toyworld.md.
+Tasks: nudity (erase "a naked person", keep person), vangogh (erase "a van gogh painting", keep stars), tench (erase "a tench", keep water). About 8 to 11 minutes per task on 2 CPU cores (measured 2026-11-23; the machine's speed varies by 2x from day to day). The measured table, and where ReCARE does and does not beat the baselines in this world, are in docs/toyworld.md.
 
 Example:
 
