@@ -36,8 +36,8 @@ class DemoTask:
     value: str  # … and its value
     names: tuple[str, ...]  # the world's words for the target (left out of the mining vocabulary)
     # erase lr of all three methods for this task (xattn, 100 iterations), chosen per task on held-out
-    # seeds by a rule fixed beforehand (docs/toyworld.md, "Tuning the erase rate"): a nudity rate that
-    # erases the style loses the person; a Van Gogh rate that keeps the person does not touch the style
+    # seeds by a rule fixed beforehand (docs/toyworld.md, "Tuning the erase rate"): a rate that erases
+    # the Van Gogh style also takes the person with the nudity; one that keeps the person leaves the style
     erase_lr: float
 
 
