@@ -279,3 +279,19 @@ def test_sample_into_score_as_a_shell_pipeline(tiny_sd_dir: Path, tiny_clip_dir:
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "scores.json").read_text())
     assert summary["images"] == 4 and [r["metric"] for r in summary["results"]] == ["clip", "care"]
+
+
+@pytest.mark.parametrize("config_says", [None, True])
+def test_ddim_from_a_silent_config_does_not_clip(tiny_sd_dir: Path, config_says: bool | None) -> None:
+    """--scheduler ddim: a model config without clip_sample gets a DDIM that does not clip the latent x0
+    (diffusers' default would); a config that states it keeps its value."""
+    from recare_cli.models.sd import load_sd
+    from recare_cli.stages.sample import set_scheduler
+
+    pipe = load_sd(str(tiny_sd_dir), device="cpu", dtype="fp32").pipe
+    assert "clip_sample" not in pipe.scheduler.config
+    if config_says is not None:
+        pipe.scheduler.register_to_config(clip_sample=config_says)
+    set_scheduler(pipe, "ddim")
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.clip_sample is (False if config_says is None else config_says)

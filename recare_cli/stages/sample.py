@@ -173,7 +173,11 @@ def set_scheduler(pipe: Any, name: str) -> None:
         return
     import diffusers
 
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config)
+    # Latents are not bounded to [-1, 1]: DDIM/DDPM clip the predicted x0 there unless the config says
+    # otherwise (SD's configs do; a folder whose config is silent would get a broken sampler)
+    silent = "clip_sample" not in pipe.scheduler.config
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config,
+                                                              **({"clip_sample": False} if silent else {}))
 
 
 def load_weights(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
