@@ -26,6 +26,7 @@ bench:
     {{venv}}/python bench/bench_vocab.py
     {{venv}}/python bench/bench_erase.py
     {{venv}}/python bench/bench_sample.py
+    {{venv}}/python bench/bench_layout.py
 
 # The offline demo on the shipped toy world (TASK: nudity, vangogh or tench)
 demo OUT="recare-demo" TASK="nudity":
