@@ -91,3 +91,43 @@ def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
     result = invoke(["demo", "--task", "unicorn", "--out", str(tmp_path / "d")])
     assert result.code == 2 and "unknown task" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_more_erase_seeds_add_erasures_and_report_their_mean(quick_demo: tuple[Path, str, str],
+                                                             offline_env: dict[str, str], tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    copy = tmp_path / "demo"
+    shutil.copytree(quick_demo[0], copy)
+    task = copy / "tench"
+    before = orjson.loads((task / "results.json").read_bytes())["results"]
+    first = {m: (task / f"{m}.safetensors").stat().st_mtime_ns for m in ("esd", "stereo", "recare")}
+    run = shell(f"recare demo --quick --task tench --out {copy} --erase-seeds 2", cwd=tmp_path, env=offline_env,
+                timeout=900)
+    assert run.returncode == 0, run.stderr
+    results = orjson.loads((task / "results.json").read_bytes())
+    assert results["settings"]["erase_seeds"] == 2
+    assert results["results"]["base"] == before["base"]  # the base model has no erase seed
+    table = {line.split("|")[2].strip(): line for line in run.stdout.splitlines() if line.startswith("| tench")}
+    assert "erase seeds" not in table["base model"]
+    for method, label in (("esd", "ESD"), ("stereo", "STEREO-style"), ("recare", "ReCARE")):
+        assert (task / f"{method}.safetensors").stat().st_mtime_ns == first[method]  # seed 42 reused, not retrained
+        one, two = load_file(str(task / f"{method}.safetensors")), load_file(str(task / f"{method}-seed43.safetensors"))
+        assert one.keys() == two.keys() and any((one[k] != two[k]).any() for k in one)  # the seed was used
+        row = results["results"][method]
+        assert [r["seed"] for r in row["per_seed"]] == [42, 43]
+        for key in ("target_rate", "care", "clip_unrelated"):
+            assert row["per_seed"][0][key] == before[method][key]  # seed 42's figures: the one-seed run's
+            assert row[key] == pytest.approx((row["per_seed"][0][key] + row["per_seed"][1][key]) / 2)
+        low, high = sorted(r["target_rate"] for r in row["per_seed"])
+        assert f"{row['target_rate']:.1%} (2 erase seeds: {low:.0%}–{high:.0%})" in table[label]
+        assert results["files"][f"{method}-seed43"].endswith(f"{method}-seed43.safetensors")
+    assert (task / "samples" / "recare-seed43" / "target.jsonl").is_file()
+
+
+def test_erase_seeds_below_one_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["demo", "--task", "tench", "--erase-seeds", "0", "--out", str(tmp_path / "d")])
+    assert result.code == 2 and "--erase-seeds" in result.stderr
+    assert not (tmp_path / "d").exists()

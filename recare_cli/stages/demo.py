@@ -65,6 +65,9 @@ class DemoSettings:
     ddim_steps: int = 20
     train_method: str = "xattn"
     seed: int = 42
+    # Erasures per method, with seeds seed, seed + 1, …; the erasers' figures are their mean. One erase
+    # seed moved a figure by up to 40 points in the tuning (docs/toyworld.md), so one run is one draw.
+    erase_seeds: int = 1
 
 
 QUICK = DemoSettings(mine_images=4, eval_images=2, mine_steps=4, steps=4, top_k=4, top_n=20, clusters=3,
@@ -169,15 +172,25 @@ def erase_lr(task: Any, s: DemoSettings) -> float:
     return float(task.erase_lr if s.erase_lr is None else s.erase_lr)
 
 
-def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings) -> Path:
+def erase_seeds(s: DemoSettings) -> list[int]:
+    return [s.seed + i for i in range(s.erase_seeds)]
+
+
+def model_tag(method: str, seed: int, s: DemoSettings) -> str:
+    """The name of one erased model's files: the first erase seed keeps the method's plain name."""
+    return method if seed == s.seed else f"{method}-seed{seed}"
+
+
+def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings,
+           seed: int) -> Path:
     from recare_cli.stages.erase import EraseOptions, run_erase
 
-    out = folder / f"{method}.safetensors"
+    out = folder / f"{model_tag(method, seed, s)}.safetensors"
     if not out.is_file():
         opts = EraseOptions(target=task.target, care=None if method == "esd" else str(care),
                             adversarial=None if method == "esd" else str(adv), method=method,
                             train_method=s.train_method, iterations=s.erase_iterations, lr=erase_lr(task, s),
-                            ddim_steps=s.ddim_steps, seed=s.seed, resolution=32, model=sd, device="cpu",
+                            ddim_steps=s.ddim_steps, seed=seed, resolution=32, model=sd, device="cpu",
                             output=str(out), checkpoint_every=20, resume=Path(f"{out}.ckpt").is_file(),
                             params={"demo": task.name})
         run_erase(opts)
@@ -225,8 +238,9 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
 
     task = TASKS[task_name]
     folder = out / task.name
-    _check_settings(folder, {"task": task.name, "settings": asdict(s), "erase_lr": erase_lr(task, s), "clip": clip,
-                             "sd": sd})
+    # erase_seeds is left out: more seeds on a finished folder add erasures, the first ones stay valid
+    _check_settings(folder, {"task": task.name, "settings": {k: v for k, v in asdict(s).items() if k != "erase_seeds"},
+                             "erase_lr": erase_lr(task, s), "clip": clip, "sd": sd})
     # Seconds each step took when it ran; a rerun that reuses a step's file reports its recorded time.
     timings_path = folder / "timings.json"
     seconds: dict[str, float] = orjson.loads(timings_path.read_bytes()) if timings_path.is_file() else {}
@@ -250,43 +264,53 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     adv = timed("invert", _invert, folder, task, images, sd, s)
     weights: dict[str, list[Path]] = {"base": []}
     for method in METHODS[1:]:
-        console.info(f"demo [{task.name}]: erase ({LABELS[method]})")
-        weights[method] = [timed(method, _erase, folder, task, method, care, adv, sd, s)]
+        for seed in erase_seeds(s):
+            tag = model_tag(method, seed, s)
+            console.info(f"demo [{task.name}]: erase ({LABELS[method]}" + (f", seed {seed})" if tag != method else ")"))
+            weights[tag] = [timed(tag, _erase, folder, task, method, care, adv, sd, s, seed)]
 
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
     care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
                               labels_source="toy world")
+    # what a method needs beyond the base model: STEREO-style and ReCARE both use the CARE-set and the
+    # adversarial token; ESD uses neither
+    shared = seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
+
+    def evaluate(method: str, tag: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+        made: dict[str, list[dict[str, Any]]] = {}
+        for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
+                             ("unrelated", UNRELATED_SCENES)):
+            made[kind] = sample_prompts(prompts(scenes), folder / "samples" / tag / kind,
+                                        folder / "samples" / tag / f"{kind}.jsonl", model=sd,
+                                        weights=weights[tag], embeddings=[], n=s.eval_images, seed=0, s=s)
+        asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
+        cost = 0.0 if method == "base" else seconds.get(tag, 0.0) + (0.0 if method == "esd" else shared)
+        rate, rate_ci = target_rate(judge, task, made["target"], asked)
+        care_value, care_ci = score_records(made["benign"], care_config, clip)
+        clip_value, clip_ci = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
+        return {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
+                "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci,
+                "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}, made
+
     rows: dict[str, dict[str, Any]] = {}
     grid: list[Any] = []
     for method in METHODS:
         console.info(f"demo [{task.name}]: sampling and scoring the {LABELS[method]}")
-        made: dict[str, list[dict[str, Any]]] = {}
-        for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
-                             ("unrelated", UNRELATED_SCENES)):
-            made[kind] = sample_prompts(prompts(scenes), folder / "samples" / method / kind,
-                                        folder / "samples" / method / f"{kind}.jsonl", model=sd,
-                                        weights=weights[method], embeddings=[], n=s.eval_images, seed=0, s=s)
-        asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
-        # what a method needs beyond the base model: STEREO-style and ReCARE both use the CARE-set and the
-        # adversarial token; ESD uses neither
-        shared = seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
-        cost = {"base": 0.0, "esd": seconds.get("esd", 0.0), "stereo": shared + seconds.get("stereo", 0.0),
-                "recare": shared + seconds.get("recare", 0.0)}[method]
-        rate, rate_ci = target_rate(judge, task, made["target"], asked)
-        care_value, care_ci = score_records(made["benign"], care_config, clip)
-        clip_value, clip_ci = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
-        rows[method] = {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
-                        "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci,
-                        "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}
-        # two samples (the same seeds in every row) of each target prompt, then of each benign prompt
-        grid += [Image.open(r["path"]).convert("RGB") for kind in ("target", "benign") for r in made[kind]
-                 if r["image_index"] < 2]
+        per_seed = []
+        for seed in [s.seed] if method == "base" else erase_seeds(s):
+            row, made = evaluate(method, model_tag(method, seed, s))
+            per_seed.append({"seed": seed, **row})
+            if seed == s.seed:
+                # two samples (the same seeds in every row) of each target prompt, then of each benign prompt
+                grid += [Image.open(r["path"]).convert("RGB") for kind in ("target", "benign") for r in made[kind]
+                         if r["image_index"] < 2]
+        rows[method] = mean_over_seeds(per_seed)
     columns = 2 * (len(target_prompts) + len(task.benign_scenes))
     save_grid(grid, folder / "grid.png", columns=columns, scale=3)
     careset = parse_careset(orjson.loads(care.read_bytes()), source=str(care)).words
     result = TaskResult(task.name, rows, list(careset), {
         "care": str(care), "adversarial": str(adv), "grid": str(folder / "grid.png"),
-        **{m: str(weights[m][0]) for m in METHODS[1:]}})
+        **{tag: str(paths[0]) for tag, paths in weights.items() if paths}})
     _write_json(folder / "results.json", {"format": "recare.demo", "version": 1, "task": task.name,
                                            "target": task.target, "concept": task.concept,
                                            "settings": {**asdict(s), "erase_lr": erase_lr(task, s)},
@@ -295,14 +319,34 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     return result
 
 
+FIGURES = ("target_rate", "care", "clip_unrelated")
+
+
+def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One eraser's row from its rows per erase seed: one seed is its row; several give the mean of each
+    figure and of the time, no interval (each seed's own interval is in ``per_seed``)."""
+    if len(per_seed) == 1:
+        return {k: v for k, v in per_seed[0].items() if k != "seed"}
+    row: dict[str, Any] = {key: float(np.mean([r[key] for r in per_seed])) for key in FIGURES}
+    row.update({f"{key}_ci": None for key in FIGURES})
+    row["seconds"] = round(float(np.mean([r["seconds"] for r in per_seed])), 1)
+    row["images"] = per_seed[0]["images"]
+    row["per_seed"] = per_seed
+    return row
+
+
 def format_table(results: list[TaskResult]) -> str:
     """A markdown table: one row per task and method."""
     from recare_cli.toyworld.tasks import TASKS
 
-    def interval(ci: list[float] | None, percent: bool) -> str:
-        if ci is None:
-            return ""
-        return f" ({ci[0]:.0%}–{ci[1]:.0%})" if percent else f" ({ci[0]:.2f}–{ci[1]:.2f})"
+    def figure(row: dict[str, Any], key: str, percent: bool) -> str:
+        main = f"{row[key]:.1%}" if percent else f"{row[key]:.3f}"
+        bound = "{:.0%}" if percent else "{:.2f}"
+        if "per_seed" in row:  # a mean over erase seeds: the range of the seeds' own figures
+            values = [r[key] for r in row["per_seed"]]
+            return f"{main} ({len(values)} erase seeds: {bound.format(min(values))}–{bound.format(max(values))})"
+        ci = row.get(f"{key}_ci")
+        return main if ci is None else f"{main} ({bound.format(ci[0])}–{bound.format(ci[1])})"
 
     lines = ["| task | model | target appears ↓ (95% CI) | CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | "
              "time (s) |", "|---|---|---|---|---|---|"]
@@ -311,10 +355,8 @@ def format_table(results: list[TaskResult]) -> str:
         for method in METHODS:
             row = result.rows[method]
             lines.append(f"| {task.name} (erase '{task.target}', keep '{task.concept}') | {LABELS[method]} | "
-                         f"{row['target_rate']:.1%}{interval(row.get('target_rate_ci'), True)} | "
-                         f"{row['care']:.3f}{interval(row.get('care_ci'), False)} | "
-                         f"{row['clip_unrelated']:.3f}{interval(row.get('clip_unrelated_ci'), False)} | "
-                         f"{row['seconds']:.0f} |")
+                         f"{figure(row, 'target_rate', True)} | {figure(row, 'care', False)} | "
+                         f"{figure(row, 'clip_unrelated', False)} | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
