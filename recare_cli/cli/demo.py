@@ -32,9 +32,10 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny settings (seconds, meaningless figures): a smoke test.")] = False,
     erase_seeds: Annotated[int, typer.Option(
         "--erase-seeds", min=1,
-        help="Erasures per method (seeds 42, 43, …); the erasers' figures are their mean, with the seeds' range. "
-             "One erase seed can move a figure by 40 points; each extra seed repeats the three erasures and their sampling (about 70% of a one-seed run). "
-             "Raising it on a finished folder adds the new erasures only.")] = 1,
+        help="Erasures per method (seeds 42, 43, …); the erasers' figures are their mean, with the seeds' "
+             "range. One erase seed can move a figure by 40 points; each extra seed repeats the three erasures "
+             "and their sampling (about 70% of a one-seed run). Raising it on a finished folder adds the new "
+             "erasures only.")] = 1,
     quiet: Quiet = False,
 ) -> None:
     from recare_cli.errors import UsageError
