@@ -66,16 +66,17 @@ def measure(unet: Any, latent: int, batch: int, backward: bool, calls: int, repe
     # The erase engine trains the cross-attention projections (2-D weights): the layout does not touch them.
     for name, p in unet.named_parameters():
         p.requires_grad_(backward and "attn2" in name)
-    times: dict[str, list[float]] = {"default": [], "channels_last": []}
+    formats = {"default": torch.contiguous_format, "channels_last": torch.channels_last}
+    times: dict[str, list[float]] = {layout: [] for layout in formats}
     outputs = {}
-    for layout in times:  # warm-up, and the numerical difference between the layouts
-        unet.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    for layout in formats:  # warm-up, and the numerical difference between the layouts
+        unet.to(memory_format=formats[layout])
         call(unet, x, emb, backward)()
         with torch.no_grad():
             outputs[layout] = unet(x, 500, encoder_hidden_states=emb).sample
     for _ in range(repeat):
-        for layout in times:
-            unet.to(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+        for layout in formats:
+            unet.to(memory_format=formats[layout])
             run = call(unet, x, emb, backward)
             start = time.perf_counter()
             for _ in range(calls):

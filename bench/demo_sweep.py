@@ -79,8 +79,6 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
     """Train (unless already there), sample and judge one configuration: target rate, CARE, CLIP, seconds."""
     from recare_cli.stages import demo
     from recare_cli.stages.erase import EraseOptions, run_erase
-    from recare_cli.stages.score import ScoreConfig
-    from recare_cli.toyworld.tasks import UNRELATED_SCENES, prompts
 
     parts = config.split(":")
     method = parts[0]
@@ -103,17 +101,10 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
                 checkpoint_every=0))
             seconds = time.perf_counter() - started
         weights = [path]
-    folder = folder / f"sample-seed-{args.sample_seed}"
-    folder.mkdir(parents=True, exist_ok=True)
-    made = {kind: demo.sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
-                                      weights=weights, embeddings=[], n=4 if kind == "unrelated" else 8,
-                                      seed=args.sample_seed, s=settings)
-            for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
-                                 ("unrelated", UNRELATED_SCENES))}
-    asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
-    care = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels))
-    return (demo.target_rate(judge, task, made["target"], asked)[0], demo.score_records(made["benign"], care, clip)[0],
-            demo.score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)[0], seconds)
+    figures, _ = demo.measure_model(task, folder / f"sample-seed-{args.sample_seed}", sd=sd, weights=weights,
+                                    clip=clip, judge=judge, images={"target": 8, "benign": 8, "unrelated": 4},
+                                    seed=args.sample_seed, s=settings)
+    return figures["target_rate"], figures["care"], figures["clip_unrelated"], seconds
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from recare_cli.io.jsonl import dumps_json, write_jsonl
 from recare_cli.io.streams import open_output
 
 METHODS = ("base", "esd", "stereo", "recare")
+KINDS = ("target", "benign", "unrelated")  # the prompts every model is sampled on
 LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}
 
 
@@ -226,15 +227,36 @@ def score_records(records: list[dict[str, Any]], config: Any, clip: str) -> tupl
     return float(summary["value"]), _ci(summary["ci"])
 
 
+def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip: str, judge: Any,
+                  images: dict[str, int], seed: int, s: DemoSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample one model (``weights`` on the base ``sd``) on the task's target, benign and unrelated prompts
+    (``images[kind]`` per prompt, seeds from ``seed``) into ``folder/KIND`` and judge them as the demo does.
+    Returns the figures with their 95% intervals, and the sample records per kind."""
+    from recare_cli.stages.score import ScoreConfig
+    from recare_cli.toyworld.tasks import UNRELATED_SCENES, prompts
+
+    made: dict[str, list[dict[str, Any]]] = {}
+    for kind, scenes in zip(KINDS, (task.target_scenes, task.benign_scenes, UNRELATED_SCENES), strict=True):
+        made[kind] = sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
+                                    weights=weights, embeddings=[], n=images[kind], seed=seed, s=s)
+    asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
+    care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
+                              labels_source="toy world")
+    rate, rate_ci = target_rate(judge, task, made["target"], asked)
+    care_value, care_ci = score_records(made["benign"], care_config, clip)
+    clip_value, clip_ci = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
+    return {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
+            "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci}, made
+
+
 def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) -> TaskResult:
     import orjson
     from PIL import Image
 
     from recare_cli.io.careset import parse_careset
     from recare_cli.models.clip import load_clip
-    from recare_cli.stages.score import ScoreConfig
     from recare_cli.toyworld.evaluate import Judge, save_grid
-    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
+    from recare_cli.toyworld.tasks import TASKS, prompts
 
     task = TASKS[task_name]
     folder = out / task.name
@@ -270,27 +292,15 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
             weights[tag] = [timed(tag, _erase, folder, task, method, care, adv, sd, s, seed)]
 
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
-    care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
-                              labels_source="toy world")
     # what a method needs beyond the base model: STEREO-style and ReCARE both use the CARE-set and the
     # adversarial token; ESD uses neither
     shared = seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
 
     def evaluate(method: str, tag: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-        made: dict[str, list[dict[str, Any]]] = {}
-        for kind, scenes in (("target", task.target_scenes), ("benign", task.benign_scenes),
-                             ("unrelated", UNRELATED_SCENES)):
-            made[kind] = sample_prompts(prompts(scenes), folder / "samples" / tag / kind,
-                                        folder / "samples" / tag / f"{kind}.jsonl", model=sd,
-                                        weights=weights[tag], embeddings=[], n=s.eval_images, seed=0, s=s)
-        asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
+        figures, made = measure_model(task, folder / "samples" / tag, sd=sd, weights=weights[tag], clip=clip,
+                                      judge=judge, images=dict.fromkeys(KINDS, s.eval_images), seed=0, s=s)
         cost = 0.0 if method == "base" else seconds.get(tag, 0.0) + (0.0 if method == "esd" else shared)
-        rate, rate_ci = target_rate(judge, task, made["target"], asked)
-        care_value, care_ci = score_records(made["benign"], care_config, clip)
-        clip_value, clip_ci = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
-        return {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
-                "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci,
-                "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}, made
+        return {**figures, "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}, made
 
     rows: dict[str, dict[str, Any]] = {}
     grid: list[Any] = []
