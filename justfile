@@ -27,6 +27,7 @@ bench:
     {{venv}}/python bench/bench_erase.py
     {{venv}}/python bench/bench_sample.py
     {{venv}}/python bench/bench_layout.py
+    {{venv}}/python bench/bench_toy_unet.py
 
 # The offline demo on the shipped toy world (TASK: nudity, vangogh or tench)
 demo OUT="recare-demo" TASK="nudity":

@@ -137,6 +137,18 @@ def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
     assert json.loads((quick_world / "sd/scheduler/scheduler_config.json").read_text())["clip_sample"] is False
 
 
+def test_unet_depth_option_reaches_the_model() -> None:
+    from recare_cli.toyworld.train import build_unet, config_from_args, parse_args
+
+    shipped = config_from_args(parse_args(["--out", "x"]))
+    shallow = config_from_args(parse_args(["--out", "x", "--unet-layers", "1"]))
+    assert shipped.unet_layers == 2 and shallow.unet_layers == 1
+    deep, thin = build_unet(shipped, 0, 64), build_unet(shallow, 0, 64)
+    assert deep.config.layers_per_block == 2 and thin.config.layers_per_block == 1
+    assert [len(b.resnets) for b in thin.down_blocks] == [1, 1] and [len(b.resnets) for b in thin.up_blocks] == [2, 2]
+    assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in deep.parameters())
+
+
 def test_training_is_reproducible(quick_world: Path, tmp_path: Path) -> None:
     import torch
 

@@ -67,6 +67,7 @@ class TrainConfig:
     text_width: int = 64
     vision_width: int = 96
     unet_channels: tuple[int, ...] = (64, 128)
+    unet_layers: int = 2  # resnet + attention layers per down block (up blocks have one more)
     vae_channels: tuple[int, ...] = (32, 64, 64)
     log: dict[str, Any] = field(default_factory=dict)
 
@@ -289,7 +290,7 @@ def build_unet(config: TrainConfig, seed: int, cross_attention_dim: int) -> Any:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=world.IMAGE_SIZE // 2 ** (len(config.vae_channels) - 1), in_channels=4, out_channels=4,
-        block_out_channels=config.unet_channels, layers_per_block=2,
+        block_out_channels=config.unet_channels, layers_per_block=config.unet_layers,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32)
 
@@ -510,7 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop after this stage (a later run with the same settings resumes from it); "
                         "vae-only: the VAE alone, so that it can train beside a --until clip run")
     parser.add_argument("--minutes", type=float, default=None, help="time cap per model (cuts steps short)")
-    for name in ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images"):
+    for name in ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images",
+                 "unet_layers"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                             help=f"default {getattr(defaults, name)}")
     return parser.parse_args(argv)
@@ -519,7 +521,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
     config.minutes = args.minutes
-    for name in ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images"):
+    for name in ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images",
+                 "unet_layers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     return config

@@ -1,0 +1,88 @@
+"""Benchmark: the toy world's UNet with two layers per block (the world shipped until session 9) against one.
+
+Both are built by ``recare_cli.toyworld.train.build_unet`` from the training defaults, differing only in
+``unet_layers`` (random weights: speed depends on shape, not weights). Timed: the training step (batch
+128, forward + backward + AdamW, every weight trained) and the calls the demo makes: an erase iteration's
+x_t draw (batch 2, classifier-free-guidance pair), its batched teacher (4), the erase student with a
+backward pass through the cross-attention weights (2), and sampling 8 images with guidance (16). Each cell
+is the median of --repeat timings of --calls calls, the two depths interleaved so that both see the same
+machine (this machine's speed moves 1.5-2x within a day).
+
+    python bench/bench_toy_unet.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from recare_cli.models.quiet import quiet_libraries
+from recare_cli.toyworld.train import TrainConfig, build_unet
+
+# label, batch, what runs
+CASES = (("training step", 128, "train"), ("x_t draw (CFG pair)", 2, "infer"), ("erase teacher", 4, "infer"),
+         ("erase student + backward", 2, "xattn"), ("sample 8 (CFG)", 16, "infer"))
+
+
+def call(unet: Any, optimizer: Any, batch: int, kind: str) -> Callable[[], None]:
+    torch.manual_seed(0)
+    x = torch.randn(batch, 4, 8, 8)
+    emb = torch.randn(batch, 77, int(unet.config.cross_attention_dim))
+    t = torch.randint(0, 1000, (batch,))
+    for name, p in unet.named_parameters():
+        p.requires_grad_(kind == "train" or (kind == "xattn" and "attn2" in name))
+
+    def run() -> None:
+        if kind == "infer":
+            with torch.no_grad():
+                unet(x, t, encoder_hidden_states=emb)
+            return
+        loss = unet(x, t, encoder_hidden_states=emb).sample.square().mean()
+        loss.backward()
+        if kind == "train":
+            optimizer.step()
+        unet.zero_grad(set_to_none=True)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    unets = {layers: build_unet(TrainConfig(unet_layers=layers), 3, 64).train() for layers in (2, 1)}
+    optimizers = {layers: torch.optim.AdamW(u.parameters(), lr=1e-6) for layers, u in unets.items()}
+    sizes = {layers: sum(p.numel() for p in u.parameters()) / 1e6 for layers, u in unets.items()}
+    print(f"parameters: 2 layers {sizes[2]:.2f} M, 1 layer {sizes[1]:.2f} M\n")
+    print("| call | batch | 2 layers ms | 1 layer ms | 1 / 2 |\n|---|---|---|---|---|")
+    for label, batch, kind in CASES:
+        runs = {layers: call(u, optimizers[layers], batch, kind) for layers, u in unets.items()}
+        times: dict[int, list[float]] = {layers: [] for layers in runs}
+        for run in runs.values():  # warm-up
+            run()
+        for _ in range(args.repeat):
+            for layers, run in runs.items():
+                start = time.perf_counter()
+                for _ in range(args.calls):
+                    run()
+                times[layers].append((time.perf_counter() - start) / args.calls)
+        two, one = statistics.median(times[2]) * 1e3, statistics.median(times[1]) * 1e3
+        print(f"| {label} | {batch} | {two:.1f} | {one:.1f} | {one / two:.2f} |", flush=True)
+    print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, depths interleaved; "
+          f"reproduce: python bench/bench_toy_unet.py --threads {args.threads}")
+
+
+if __name__ == "__main__":
+    main()
