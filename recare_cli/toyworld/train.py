@@ -499,6 +499,10 @@ def train_all(out: Path, config: TrainConfig, *, progress: Callable[[str], None]
     return log
 
 
+# TrainConfig fields that are also command-line options (--clip-steps, …); default: the config's
+_OPTIONS = ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images", "unet_layers")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.train", description=__doc__,
@@ -511,8 +515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop after this stage (a later run with the same settings resumes from it); "
                         "vae-only: the VAE alone, so that it can train beside a --until clip run")
     parser.add_argument("--minutes", type=float, default=None, help="time cap per model (cuts steps short)")
-    for name in ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images",
-                 "unet_layers"):
+    for name in _OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                             help=f"default {getattr(defaults, name)}")
     return parser.parse_args(argv)
@@ -521,8 +524,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
     config.minutes = args.minutes
-    for name in ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images",
-                 "unet_layers"):
+    for name in _OPTIONS:
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     return config
