@@ -15,9 +15,7 @@ interleaved so that both see the same machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from interleave import interleaved_medians
 
 from recare_cli.models.quiet import quiet_libraries
 
@@ -67,24 +66,18 @@ def measure(unet: Any, latent: int, batch: int, backward: bool, calls: int, repe
     for name, p in unet.named_parameters():
         p.requires_grad_(backward and "attn2" in name)
     formats = {"default": torch.contiguous_format, "channels_last": torch.channels_last}
-    times: dict[str, list[float]] = {layout: [] for layout in formats}
+    run = call(unet, x, emb, backward)
     outputs = {}
     for layout in formats:  # warm-up, and the numerical difference between the layouts
         unet.to(memory_format=formats[layout])
-        call(unet, x, emb, backward)()
+        run()
         with torch.no_grad():
             outputs[layout] = unet(x, 500, encoder_hidden_states=emb).sample
-    for _ in range(repeat):
-        for layout in formats:
-            unet.to(memory_format=formats[layout])
-            run = call(unet, x, emb, backward)
-            start = time.perf_counter()
-            for _ in range(calls):
-                run()
-            times[layout].append((time.perf_counter() - start) / calls)
+    medians = interleaved_medians(dict.fromkeys(formats, run), calls, repeat,
+                                  before=lambda layout: unet.to(memory_format=formats[layout]))
     unet.zero_grad(set_to_none=True)
     unet.to(memory_format=torch.contiguous_format)
-    default, last = statistics.median(times["default"]), statistics.median(times["channels_last"])
+    default, last = medians["default"], medians["channels_last"]
     diff = float((outputs["default"] - outputs["channels_last"]).abs().max())
     return {"default_ms": default * 1e3, "channels_last_ms": last * 1e3, "ratio": last / default, "max_diff": diff}
 

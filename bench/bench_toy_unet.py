@@ -14,16 +14,16 @@ machine (this machine's speed moves 1.5-2x within a day).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from interleave import interleaved_medians
 
 from recare_cli.models.quiet import quiet_libraries
 from recare_cli.toyworld.train import TrainConfig, build_unet
@@ -69,16 +69,10 @@ def main() -> None:
     print("| call | batch | 2 layers ms | 1 layer ms | 1 / 2 |\n|---|---|---|---|---|")
     for label, batch, kind in CASES:
         runs = {layers: call(u, optimizers[layers], batch, kind) for layers, u in unets.items()}
-        times: dict[int, list[float]] = {layers: [] for layers in runs}
         for run in runs.values():  # warm-up
             run()
-        for _ in range(args.repeat):
-            for layers, run in runs.items():
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    run()
-                times[layers].append((time.perf_counter() - start) / args.calls)
-        two, one = statistics.median(times[2]) * 1e3, statistics.median(times[1]) * 1e3
+        medians = interleaved_medians(runs, args.calls, args.repeat)
+        two, one = medians[2] * 1e3, medians[1] * 1e3
         print(f"| {label} | {batch} | {two:.1f} | {one:.1f} | {one / two:.2f} |", flush=True)
     print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, depths interleaved; "
           f"reproduce: python bench/bench_toy_unet.py --threads {args.threads}")
