@@ -110,7 +110,7 @@ def erase_ours(m: dict[str, Any], k: int) -> Any:
         i = 0
 
         def step(self) -> float:
-            trainer._draw = lambda: fixed_draw(m, k, trainer.sampler.init_noise_sigma)  # type: ignore[method-assign]
+            trainer._draw = lambda i: fixed_draw(m, k, trainer.sampler.init_noise_sigma)  # type: ignore[method-assign]
             out = trainer.step(self.i)
             self.i += 1
             return out["loss"]

@@ -110,6 +110,23 @@ def test_prediction_moves_to_erase_target_and_retain_stays(tiny_sd_dir: Path) ->
     assert drift < results[0.0][2]  # and less than without the retain loss
 
 
+def test_timestep_draws(tiny_sd_dir: Path) -> None:
+    """Uniform: each iteration's depth k is the reference's torch.randint(1, ddim_steps - 1) from the run's
+    generator, then x_t's noise (a naive replay of the generator); stratified: the schedule's k, in order."""
+    bundle = _bundle(tiny_sd_dir)
+    trainer = _trainer(bundle, "xattn", iterations=4)
+    replay = torch.Generator().manual_seed(0)
+    expected = []
+    for _ in range(4):
+        expected.append(int(torch.randint(1, 8 - 1, (1,), generator=replay).item()))
+        torch.randn((1, 4, 16, 16), generator=replay)
+    assert [trainer.step(i)["k"] for i in range(4)] == expected
+
+    stratified = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=4)
+    stratified.schedule.steps = [6, 1, 3, 6]
+    assert [stratified.step(i)["k"] for i in range(4)] == [6, 1, 3, 6]
+
+
 def test_teacher_is_the_original_model(tiny_sd_dir: Path) -> None:
     """The teacher forward (original values swapped in) equals a forward of the untouched UNet."""
     from recare_cli.core.diffusion import unet_eps
@@ -224,6 +241,15 @@ def test_checkpoint_with_other_settings_is_refused(tiny_sd_dir: Path, care_file:
     assert res.code == 3 and "other settings" in res.stderr and not out.exists()
 
 
+def test_stratified_timesteps_through_the_cli(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.safetensors"
+    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--iterations", "3", "--timesteps", "stratified",
+                             "--train-method", "xattn"))
+    assert res.code == 0, res.stderr
+    _, meta = _tensors(out)
+    assert json.loads(meta["hyperparameters"])["timesteps"] == "stratified"
+
+
 @pytest.mark.parametrize("method", ["esd", "stereo"])
 def test_baselines_run(tiny_sd_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / f"{method}.safetensors"
@@ -284,6 +310,11 @@ def test_embeddings_for_another_text_encoder(tiny_sd_dir: Path, care_file: Path,
 def test_unknown_train_method_is_a_usage_error(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
     res = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "e.safetensors", "--train-method", "attn"))
     assert res.code == 2 and "unknown train method 'attn'" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_unknown_timestep_draw_is_a_usage_error(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    res = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "e.safetensors", "--timesteps", "sorted"))
+    assert res.code == 2 and "--timesteps: choose uniform, stratified" in res.stderr and res.stderr.count("\n") == 1
 
 
 def test_output_in_missing_directory(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:

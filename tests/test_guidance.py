@@ -9,10 +9,12 @@ import torch
 from recare_cli.core.guidance import (
     balanced_schedule,
     compositional_target,
+    ddim_step_choices,
     erase_loss,
     esd_target,
     mse,
     select_parameters,
+    stratified_steps,
     training_timestep_index,
 )
 
@@ -92,6 +94,26 @@ def test_balanced_schedule(n_items: int, length: int) -> None:
     counts = [sched.count(w) for w in items]
     assert max(counts) - min(counts) <= 1  # balanced
     assert sched == balanced_schedule(items, length, np.random.default_rng(42))  # seeded
+
+
+def test_ddim_step_choices_match_the_reference_draw() -> None:
+    # reference: torch.randint(1, ddim_steps - 1): every value it can return, and no other
+    g = torch.Generator().manual_seed(0)
+    drawn = {int(torch.randint(1, 20 - 1, (1,), generator=g).item()) for _ in range(2000)}
+    assert drawn == set(ddim_step_choices(20)) == set(range(1, 19))
+
+
+@pytest.mark.parametrize(("sample_steps", "length"), [(20, 100), (20, 18), (50, 200), (8, 5)])
+def test_stratified_steps_cover_every_depth_equally(sample_steps: int, length: int) -> None:
+    steps = stratified_steps(sample_steps, length, np.random.default_rng(7))
+    choices = list(range(1, sample_steps - 1))
+    assert len(steps) == length and set(steps) <= set(choices)
+    counts = [steps.count(k) for k in choices]
+    base = length // len(choices)
+    # each depth base times, the remainder on distinct depths
+    assert all(c in (base, base + 1) for c in counts) and counts.count(base + 1) == length % len(choices)
+    assert steps == stratified_steps(sample_steps, length, np.random.default_rng(7))  # seeded
+    assert steps != sorted(steps) or length < 3  # shuffled, not in depth order
 
 
 def test_training_timestep_index() -> None:

@@ -46,6 +46,10 @@ def erase(
                                                                "intended scale + 1); for esd the negative "
                                                                "guidance.")] = 2.0,
     ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = 50,
+    timesteps: Annotated[str, typer.Option("--timesteps", help="How each iteration's x_t depth (DDIM step) is "
+                                                               "drawn: uniform (reference: independently) or "
+                                                               "stratified (every depth equally often, shuffled: "
+                                                               "the same distribution; docs/erase.md).")] = "uniform",
     retain_weight: Annotated[float, typer.Option("--retain-weight", min=0.0, help="Weight λ of the retain "
                                                                                   "loss.")] = 1.0,
     seed: Seed = 42,
@@ -78,7 +82,7 @@ def erase(
     console.set_quiet(quiet)
     opts = EraseOptions(target=target, care=care, adversarial=adversarial, num_adversarial=num_adversarial,
                         method=method, train_method=train_method, iterations=iterations, lr=lr, guidance=guidance,
-                        ddim_steps=ddim_steps, retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
+                        ddim_steps=ddim_steps, timesteps=timesteps, retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
                         gradient_checkpointing=gradient_checkpointing, save_dtype=save_dtype, model=model,
                         device=device, output=output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         resume=resume, save_pipeline=save_pipeline, params=params)

@@ -31,6 +31,7 @@ from torch import nn
 
 from recare_cli.core.guidance import (
     compositional_target,
+    ddim_step_choices,
     erase_loss,
     esd_target,
     mse,
@@ -172,11 +173,16 @@ class EraseSettings:
 
 @dataclass
 class EraseSchedule:
-    """Per-iteration indices into ``ErasePrompts`` (balanced, shuffled; drawn once from the seed)."""
+    """Per-iteration indices into ``ErasePrompts`` (balanced, shuffled; drawn once from the seed).
+
+    ``steps``: the DDIM step count ``k`` (x_t's depth) of each iteration, when the timesteps are
+    stratified; ``None`` draws ``k`` uniformly at each iteration, as the reference does.
+    """
 
     erase: list[int]
     anchor: list[int] | None = None
     retain: list[int] | None = None
+    steps: list[int] | None = None
 
 
 class EraseTrainer:
@@ -234,8 +240,12 @@ class EraseTrainer:
         opt = self.optimizers[idx] if self.fused else self.optimizers[0]
         return opt.state.get(self.params[idx], {})
 
-    def _draw(self) -> tuple[int, torch.Tensor]:
-        k = int(torch.randint(1, self.settings.sample_steps - 1, (1,), generator=self.generator).item())
+    def _draw(self, i: int) -> tuple[int, torch.Tensor]:
+        if self.schedule.steps is not None:
+            k = self.schedule.steps[i]
+        else:
+            choices = ddim_step_choices(self.settings.sample_steps)
+            k = int(torch.randint(choices.start, choices.stop, (1,), generator=self.generator).item())
         shape = (1, self.channels, self.settings.latent_size, self.settings.latent_size)
         z = torch.randn(shape, generator=self.generator).to(self.device)
         return k, z * self.sampler.init_noise_sigma
@@ -243,7 +253,7 @@ class EraseTrainer:
     def step(self, i: int) -> dict[str, float]:
         s, p = self.settings, self.prompts
         h = self.schedule.erase[i]
-        k, z = self._draw()
+        k, z = self._draw(i)
         cond_h = p.erase[h:h + 1]
         with autocast(self.device, s.precision):
             x_t = ddim_partial(self.unet, self.sampler, z, cond_h, p.uncond, steps=k,

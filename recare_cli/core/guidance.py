@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full")
 METHODS = ("recare", "esd", "stereo")
+TIMESTEP_DRAWS = ("uniform", "stratified")
 
 
 def esd_target(eps_concept: torch.Tensor, eps_uncond: torch.Tensor, negative_guidance: float) -> torch.Tensor:
@@ -74,6 +75,19 @@ def balanced_schedule(items: Sequence[T], length: int, rng: np.random.Generator)
     if rest > 0:
         order = np.concatenate([order, rng.choice(n, size=rest, replace=False)])
     return [items[int(i)] for i in order]
+
+
+def ddim_step_choices(sample_steps: int) -> range:
+    """The DDIM step counts ``k`` an erase iteration draws x_t at: 1 … ``sample_steps`` − 2 (reference:
+    ``torch.randint(1, ddim_steps - 1)``)."""
+    return range(1, sample_steps - 1)
+
+
+def stratified_steps(sample_steps: int, length: int, rng: np.random.Generator) -> list[int]:
+    """A stratified draw of ``k`` for ``length`` iterations: every choice equally often, shuffled (the
+    remainder without replacement). Same marginal distribution as the uniform draw, but 100 iterations
+    can no longer cluster on a few depths."""
+    return balanced_schedule(list(ddim_step_choices(sample_steps)), length, rng)
 
 
 def training_timestep_index(k: int, sample_steps: int = 50, train_steps: int = 1000) -> int:

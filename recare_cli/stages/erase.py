@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recare_cli import console
-from recare_cli.core.guidance import METHODS, TRAIN_METHODS
+from recare_cli.core.guidance import METHODS, TIMESTEP_DRAWS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, RefusedError, UsageError
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
@@ -35,6 +35,7 @@ class EraseOptions:
     lr: float = 2e-5
     guidance: float = 2.0
     ddim_steps: int = 50
+    timesteps: str = "uniform"  # how x_t's DDIM depth is drawn: uniform (reference) | stratified
     retain_weight: float = 1.0
     seed: int = 42
     resolution: int = 512
@@ -58,6 +59,8 @@ class EraseOptions:
         if self.train_method not in TRAIN_METHODS:
             raise UsageError(f"--train-method: unknown train method '{self.train_method}' "
                              f"(choose {', '.join(TRAIN_METHODS)})")
+        if self.timesteps not in TIMESTEP_DRAWS:
+            raise UsageError(f"--timesteps: choose {', '.join(TIMESTEP_DRAWS)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision: choose {', '.join(PRECISIONS)}")
         if self.save_dtype not in SAVE_DTYPES:
@@ -88,7 +91,7 @@ class EraseOptions:
 
     def hyperparameters(self) -> dict[str, Any]:
         keys = ("method", "train_method", "iterations", "lr", "guidance", "retain_weight", "seed", "resolution",
-                "ddim_steps", "precision", "num_adversarial")
+                "ddim_steps", "timesteps", "precision", "num_adversarial")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -129,7 +132,7 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
         extend_tokenizer,
         placeholder_embeddings,
     )
-    from recare_cli.core.guidance import balanced_schedule
+    from recare_cli.core.guidance import balanced_schedule, stratified_steps
 
     pipe = bundle.pipe
     tokens = list(adversarial)
@@ -161,7 +164,9 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
     anchor_idx = balanced_schedule(list(range(len(anchors))), opts.iterations, rng) if anchors else None
     retain_idx = balanced_schedule(list(range(len(retains))), opts.iterations, rng) if retains else None
     erase_idx = balanced_schedule(list(range(len(erase_set))), opts.iterations, rng)
-    return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx), erase_set
+    # drawn last: the prompt schedules of a seed are the same whichever timestep draw is chosen
+    steps = stratified_steps(opts.ddim_steps, opts.iterations, rng) if opts.timesteps == "stratified" else None
+    return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx, steps=steps), erase_set
 
 
 def config_digest(opts: EraseOptions, identity: dict[str, str], care_hash: str | None, adv_hash: str | None) -> str:
