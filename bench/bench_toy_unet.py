@@ -1,14 +1,16 @@
-"""Benchmark: the toy world's UNet with two layers per block (the world shipped until session 9) against one.
+"""Benchmark: the toy world's UNet with two layers per block (as shipped) against one, or (``--vary tokens``)
+the shipped UNet cross-attending to 77 text states (as shipped) against 24.
 
-Both are built by ``recare_cli.toyworld.train.build_unet`` from the training defaults, differing only in
-``unet_layers`` (random weights: speed depends on shape, not weights). Timed: the training step (batch
+The UNets are built by ``recare_cli.toyworld.train.build_unet`` from the training defaults, differing only
+in ``unet_layers`` (random weights: speed depends on shape, not weights). Timed: the training step (batch
 128, forward + backward + AdamW, every weight trained) and the calls the demo makes: an erase iteration's
 x_t draw (batch 2, classifier-free-guidance pair), its batched teacher (4), the erase student with a
 backward pass through the cross-attention weights (2), and sampling 8 images with guidance (16). Each cell
-is the median of --repeat timings of --calls calls, the two depths interleaved so that both see the same
+is the median of --repeat timings of --calls calls, the two variants interleaved so that both see the same
 machine (this machine's speed moves 1.5-2x within a day).
 
     python bench/bench_toy_unet.py
+    python bench/bench_toy_unet.py --vary tokens
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ CASES = (("training step", 128, "train"), ("x_t draw (CFG pair)", 2, "infer"), (
          ("erase student + backward", 2, "xattn"), ("sample 8 (CFG)", 16, "infer"))
 
 
-def call(unet: Any, optimizer: Any, batch: int, kind: str) -> Callable[[], None]:
+def call(unet: Any, optimizer: Any, batch: int, kind: str, tokens: int = 77) -> Callable[[], None]:
     torch.manual_seed(0)
     x = torch.randn(batch, 4, 8, 8)
-    emb = torch.randn(batch, 77, int(unet.config.cross_attention_dim))
+    emb = torch.randn(batch, tokens, int(unet.config.cross_attention_dim))
     t = torch.randint(0, 1000, (batch,))
     for name, p in unet.named_parameters():
         p.requires_grad_(kind == "train" or (kind == "xattn" and "attn2" in name))
@@ -56,27 +58,35 @@ def call(unet: Any, optimizer: Any, batch: int, kind: str) -> Callable[[], None]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vary", choices=("layers", "tokens"), default="layers",
+                        help="layers: 2 vs 1 per block; tokens: 77 vs 24 text states (2 layers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    unets = {layers: build_unet(TrainConfig(unet_layers=layers), 3, 64).train() for layers in (2, 1)}
-    optimizers = {layers: torch.optim.AdamW(u.parameters(), lr=1e-6) for layers, u in unets.items()}
-    sizes = {layers: sum(p.numel() for p in u.parameters()) / 1e6 for layers, u in unets.items()}
-    print(f"parameters: 2 layers {sizes[2]:.2f} M, 1 layer {sizes[1]:.2f} M\n")
-    print("| call | batch | 2 layers ms | 1 layer ms | 1 / 2 |\n|---|---|---|---|---|")
+    # variant -> (layers per block, text states); the first is the shipped world's
+    variants = {"2 layers": (2, 77), "1 layer": (1, 77)} if args.vary == "layers" else \
+        {"77 tokens": (2, 77), "24 tokens": (2, 24)}
+    built = {layers: build_unet(TrainConfig(unet_layers=layers), 3, 64).train()
+             for layers in {layers for layers, _ in variants.values()}}
+    unets = {name: built[layers] for name, (layers, _) in variants.items()}
+    optimizers = {layers: torch.optim.AdamW(u.parameters(), lr=1e-6) for layers, u in built.items()}
+    sizes = {layers: sum(p.numel() for p in u.parameters()) / 1e6 for layers, u in built.items()}
+    print("parameters: " + ", ".join(f"{layers} layer(s) {size:.2f} M" for layers, size in sorted(sizes.items())))
+    first, second = variants
+    print(f"\n| call | batch | {first} ms | {second} ms | ratio |\n|---|---|---|---|---|")
     for label, batch, kind in CASES:
-        runs = {layers: call(u, optimizers[layers], batch, kind) for layers, u in unets.items()}
+        runs = {name: call(unets[name], optimizers[layers], batch, kind, tokens)
+                for name, (layers, tokens) in variants.items()}
         for run in runs.values():  # warm-up
             run()
         medians = interleaved_medians(runs, args.calls, args.repeat)
-        two, one = medians[2] * 1e3, medians[1] * 1e3
-        print(f"| {label} | {batch} | {two:.1f} | {one:.1f} | {one / two:.2f} |", flush=True)
-    print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, depths interleaved; "
-          f"reproduce: python bench/bench_toy_unet.py --threads {args.threads}")
-
+        a, b = medians[first] * 1e3, medians[second] * 1e3
+        print(f"| {label} | {batch} | {a:.1f} | {b:.1f} | {b / a:.2f} |", flush=True)
+    print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, variants interleaved; "
+          f"reproduce: python bench/bench_toy_unet.py --vary {args.vary} --threads {args.threads}")
 
 if __name__ == "__main__":
     main()
