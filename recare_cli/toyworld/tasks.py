@@ -59,7 +59,7 @@ TASKS: dict[str, DemoTask] = {
         (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
          S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        "style", "vangogh", ("van", "gogh"), erase_lr=4e-4),
+        "style", "vangogh", ("van", "gogh"), erase_lr=5e-4),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
