@@ -34,7 +34,7 @@ def _bundle(tiny_sd_dir: Path) -> Any:
 
 
 def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: float = 1e-3,
-             retain_weight: float = 1.0, iterations: int = 4) -> Any:
+             retain_weight: float = 1.0, iterations: int = 4, lr_schedule: str = "constant") -> Any:
     from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, encode_prompts
     from recare_cli.core.guidance import select_parameters
 
@@ -47,7 +47,7 @@ def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: floa
                            retains=enc(["A photo of person"]))
     schedule = EraseSchedule(erase=[0] * iterations, anchor=[0] * iterations, retain=[0] * iterations)
     settings = EraseSettings(method=method, iterations=iterations, lr=lr, retain_weight=retain_weight,
-                             latent_size=16, sample_steps=8)
+                             latent_size=16, sample_steps=8, lr_schedule=lr_schedule)
     names = select_parameters(pipe.unet, train_method)
     return EraseTrainer(pipe.unet, names, prompts, schedule, settings, pipe.scheduler.config,
                         torch.Generator().manual_seed(0))
@@ -125,6 +125,30 @@ def test_timestep_draws(tiny_sd_dir: Path) -> None:
     stratified = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=4)
     stratified.schedule.steps = [6, 1, 3, 6]
     assert [stratified.step(i)["k"] for i in range(4)] == [6, 1, 3, 6]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_lr_schedule_sets_each_step_rate(tiny_sd_dir: Path, schedule: str) -> None:
+    """Iteration i moves a trained tensor by AdamW's update at lr × factor(i) (naive AdamW formula on the
+    optimizer's moments after the step)."""
+    trainer = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=4, lr_schedule=schedule)
+    param, group = trainer.params[0], trainer.optimizers[0].param_groups[0]
+    beta1, beta2 = group["betas"]
+    for i in range(3):
+        before = param.detach().clone()
+        trainer.step(i)
+        lr = 1e-3 * (1.0 if schedule == "constant" else 1.0 - i / 4)
+        state = trainer._optimizer_state(0)
+        t = int(state["step"])
+        m_hat, v_hat = state["exp_avg"] / (1 - beta1 ** t), state["exp_avg_sq"] / (1 - beta2 ** t)
+        update = m_hat / (v_hat.sqrt() + group["eps"])
+        naive = before * (1 - lr * group["weight_decay"]) - lr * update
+        assert group["lr"] == pytest.approx(lr)
+        assert torch.allclose(param.detach(), naive, atol=1e-7), i
+        # the rate matters: the update at the constant rate would differ from the decayed one
+        if schedule == "linear" and i > 0:
+            assert not torch.allclose(param.detach(), before * (1 - 1e-3 * group["weight_decay"]) - 1e-3 * update,
+                                      atol=1e-7)
 
 
 def test_teacher_is_the_original_model(tiny_sd_dir: Path) -> None:
@@ -315,6 +339,12 @@ def test_unknown_train_method_is_a_usage_error(tiny_sd_dir: Path, care_file: Pat
 def test_unknown_timestep_draw_is_a_usage_error(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
     res = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "e.safetensors", "--timesteps", "sorted"))
     assert res.code == 2 and "--timesteps: choose uniform, stratified" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_unknown_lr_schedule_is_a_usage_error(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    res = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "e.safetensors", "--lr-schedule", "step"))
+    assert res.code == 2 and "--lr-schedule: choose constant, linear, cosine" in res.stderr
+    assert res.stderr.count("\n") == 1
 
 
 def test_output_in_missing_directory(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from recare_cli.core.guidance import (
     ddim_step_choices,
     erase_loss,
     esd_target,
+    lr_factor,
     mse,
     select_parameters,
     stratified_steps,
@@ -114,6 +115,16 @@ def test_stratified_steps_cover_every_depth_equally(sample_steps: int, length: i
     assert all(c in (base, base + 1) for c in counts) and counts.count(base + 1) == length % len(choices)
     assert steps == stratified_steps(sample_steps, length, np.random.default_rng(7))  # seeded
     assert steps != sorted(steps) or length < 3  # shuffled, not in depth order
+
+
+def test_lr_factor_hand_values() -> None:
+    assert [lr_factor("constant", i, 4) for i in range(4)] == [1.0, 1.0, 1.0, 1.0]
+    assert [lr_factor("linear", i, 4) for i in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    # cos(0) = 1, cos(pi/2) = 0: half a cosine from 1 through 0.5 at the middle
+    assert [round(lr_factor("cosine", i, 4), 12) for i in (0, 2)] == [1.0, 0.5]
+    assert lr_factor("cosine", 1, 4) == pytest.approx((1 + 2 ** -0.5) / 2)
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        lr_factor("step", 0, 4)
 
 
 def test_training_timestep_index() -> None:

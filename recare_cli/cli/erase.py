@@ -42,6 +42,8 @@ def erase(
                                                                      "selfattn or full.")] = "noxattn",
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Training iterations.")] = 200,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 2e-5,
+    lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant (reference), or linear / cosine "
+                                                                   "decay from --lr over the iterations.")] = "constant",
     guidance: Annotated[float, typer.Option("--guidance", help="Compositional guidance s (reference convention: "
                                                                "intended scale + 1); for esd the negative "
                                                                "guidance.")] = 2.0,
@@ -81,7 +83,8 @@ def erase(
 
     console.set_quiet(quiet)
     opts = EraseOptions(target=target, care=care, adversarial=adversarial, num_adversarial=num_adversarial,
-                        method=method, train_method=train_method, iterations=iterations, lr=lr, guidance=guidance,
+                        method=method, train_method=train_method, iterations=iterations, lr=lr,
+                        lr_schedule=lr_schedule, guidance=guidance,
                         ddim_steps=ddim_steps, timesteps=timesteps, retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
                         gradient_checkpointing=gradient_checkpointing, save_dtype=save_dtype, model=model,
                         device=device, output=output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,

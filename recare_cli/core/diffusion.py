@@ -34,6 +34,7 @@ from recare_cli.core.guidance import (
     ddim_step_choices,
     erase_loss,
     esd_target,
+    lr_factor,
     mse,
     training_timestep_index,
 )
@@ -163,6 +164,7 @@ class EraseSettings:
     method: str = "recare"  # recare | esd | stereo
     iterations: int = 200
     lr: float = 2e-5
+    lr_schedule: str = "constant"  # constant (reference) | linear | cosine, over ``iterations``
     guidance: float = 2.0  # compositional scale s (recare, stereo) or negative guidance g (esd)
     retain_weight: float = 1.0
     latent_size: int = 64
@@ -280,6 +282,11 @@ class EraseTrainer:
         else:
             target = compositional_target(eps[0:1], eps[1:1 + n_e].unsqueeze(1), eps[1 + n_e:2 + n_e], s.guidance)
 
+        if s.lr_schedule != "constant":
+            lr = s.lr * lr_factor(s.lr_schedule, i, s.iterations)
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
         student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
         with autocast(self.device, s.precision):
             pred = unet_eps(self.unet, x_t, t, student_emb)

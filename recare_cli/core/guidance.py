@@ -6,6 +6,7 @@ Pure functions on tensors and modules: no paths, no printing. Notation: ``eps_*`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,6 +20,7 @@ T = TypeVar("T")
 TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full")
 METHODS = ("recare", "esd", "stereo")
 TIMESTEP_DRAWS = ("uniform", "stratified")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def esd_target(eps_concept: torch.Tensor, eps_uncond: torch.Tensor, negative_guidance: float) -> torch.Tensor:
@@ -88,6 +90,18 @@ def stratified_steps(sample_steps: int, length: int, rng: np.random.Generator) -
     remainder without replacement). Same marginal distribution as the uniform draw, but 100 iterations
     can no longer cluster on a few depths."""
     return balanced_schedule(list(ddim_step_choices(sample_steps)), length, rng)
+
+
+def lr_factor(schedule: str, i: int, total: int) -> float:
+    """Multiplier of the base learning rate at iteration ``i`` of ``total`` (0-based): ``constant`` 1 (the
+    reference), ``linear`` from 1 down to 1/total, ``cosine`` half a cosine from 1 down to near 0."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - i / total
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * i / total))
+    raise ValueError(f"unknown lr schedule '{schedule}' (choose {', '.join(LR_SCHEDULES)})")
 
 
 def training_timestep_index(k: int, sample_steps: int = 50, train_steps: int = 1000) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recare_cli import console
-from recare_cli.core.guidance import METHODS, TIMESTEP_DRAWS, TRAIN_METHODS
+from recare_cli.core.guidance import LR_SCHEDULES, METHODS, TIMESTEP_DRAWS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, RefusedError, UsageError
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
@@ -33,6 +33,7 @@ class EraseOptions:
     train_method: str = "noxattn"
     iterations: int = 200
     lr: float = 2e-5
+    lr_schedule: str = "constant"  # constant (reference) | linear | cosine decay over the iterations
     guidance: float = 2.0
     ddim_steps: int = 50
     timesteps: str = "uniform"  # how x_t's DDIM depth is drawn: uniform (reference) | stratified
@@ -59,6 +60,8 @@ class EraseOptions:
         if self.train_method not in TRAIN_METHODS:
             raise UsageError(f"--train-method: unknown train method '{self.train_method}' "
                              f"(choose {', '.join(TRAIN_METHODS)})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"--lr-schedule: choose {', '.join(LR_SCHEDULES)}")
         if self.timesteps not in TIMESTEP_DRAWS:
             raise UsageError(f"--timesteps: choose {', '.join(TIMESTEP_DRAWS)}")
         if self.precision not in PRECISIONS:
@@ -90,8 +93,8 @@ class EraseOptions:
         return Path(f"{self.output}.ckpt")
 
     def hyperparameters(self) -> dict[str, Any]:
-        keys = ("method", "train_method", "iterations", "lr", "guidance", "retain_weight", "seed", "resolution",
-                "ddim_steps", "timesteps", "precision", "num_adversarial")
+        keys = ("method", "train_method", "iterations", "lr", "lr_schedule", "guidance", "retain_weight", "seed",
+                "resolution", "ddim_steps", "timesteps", "precision", "num_adversarial")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -242,7 +245,8 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
         unet.enable_gradient_checkpointing()
     unet.train()
     latent = opts.resolution // pipe.vae_scale_factor
-    settings = EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, guidance=opts.guidance,
+    settings = EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr,
+                             lr_schedule=opts.lr_schedule, guidance=opts.guidance,
                              retain_weight=opts.retain_weight, latent_size=latent, sample_steps=opts.ddim_steps,
                              precision=opts.precision)
     generator = torch.Generator().manual_seed(opts.seed)
