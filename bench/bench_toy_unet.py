@@ -88,5 +88,6 @@ def main() -> None:
     print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, variants interleaved; "
           f"reproduce: python bench/bench_toy_unet.py --vary {args.vary} --threads {args.threads}")
 
+
 if __name__ == "__main__":
     main()
