@@ -1,11 +1,11 @@
 """Sweep erase settings on one toy-world task, reusing a demo run's CARE-set and adversarial token.
 
-Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE]]]
+Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH]]]]
 (TIMESTEPS: uniform, the default, or stratified; LR_SCHEDULE: constant, the default, linear or
-cosine); it is trained once per erase seed (--erase-seeds) and every model is sampled on the task's
-target, benign and unrelated prompts (8/8/4 images per prompt) and judged as the demo judges. Prints a
-markdown table (one row per configuration and erase seed, then the mean over seeds) and the command to
-reproduce it.
+cosine; XT_BATCH: x_t samples per iteration, 1 by default); it is trained once per erase seed
+(--erase-seeds) and every model is sampled on the task's target, benign and unrelated prompts (8/8/4
+images per prompt) and judged as the demo judges. Prints a markdown table (one row per configuration
+and erase seed, then the mean over seeds) and the command to reproduce it.
 
 Tuning: the sampling seeds start at --sample-seed, 1000 by default, so a setting chosen here is not
 chosen on the images the demo reports (the demo samples seeds 0–15 per prompt and mines 10000+).
@@ -25,7 +25,8 @@ from typing import Any
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+",
-                        help="METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE]]], or base")
+                        help="METHOD:TRAIN_METHOD:LR:ITERATIONS"
+                             "[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH]]]], or base")
     parser.add_argument("--from", dest="source", type=Path, required=True,
                         help="a demo task folder (care.json, adv.safetensors), e.g. recare-demo/nudity")
     parser.add_argument("--out", type=Path, default=Path("demo-sweep"))
@@ -93,6 +94,7 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
         retain = float(parts[4]) if len(parts) > 4 else 1.0
         timesteps = parts[5] if len(parts) > 5 else "uniform"
         lr_schedule = parts[6] if len(parts) > 6 else "constant"
+        xt_batch = int(parts[7]) if len(parts) > 7 else 1
         folder = folder / f"erase-seed-{erase_seed}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.safetensors"
@@ -102,7 +104,7 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
                 target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
                 adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
                 train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain, timesteps=timesteps,
-                lr_schedule=lr_schedule, seed=erase_seed,
+                lr_schedule=lr_schedule, xt_batch=xt_batch, seed=erase_seed,
                 ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
                 checkpoint_every=0))
             seconds = time.perf_counter() - started

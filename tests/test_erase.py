@@ -34,7 +34,8 @@ def _bundle(tiny_sd_dir: Path) -> Any:
 
 
 def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: float = 1e-3,
-             retain_weight: float = 1.0, iterations: int = 4, lr_schedule: str = "constant") -> Any:
+             retain_weight: float = 1.0, iterations: int = 4, lr_schedule: str = "constant",
+             xt_batch: int = 1) -> Any:
     from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, encode_prompts
     from recare_cli.core.guidance import select_parameters
 
@@ -47,7 +48,7 @@ def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: floa
                            retains=enc(["A photo of person"]))
     schedule = EraseSchedule(erase=[0] * iterations, anchor=[0] * iterations, retain=[0] * iterations)
     settings = EraseSettings(method=method, iterations=iterations, lr=lr, retain_weight=retain_weight,
-                             latent_size=16, sample_steps=8, lr_schedule=lr_schedule)
+                             latent_size=16, sample_steps=8, lr_schedule=lr_schedule, xt_batch=xt_batch)
     names = select_parameters(pipe.unet, train_method)
     return EraseTrainer(pipe.unet, names, prompts, schedule, settings, pipe.scheduler.config,
                         torch.Generator().manual_seed(0))
@@ -125,6 +126,58 @@ def test_timestep_draws(tiny_sd_dir: Path) -> None:
     stratified = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=4)
     stratified.schedule.steps = [6, 1, 3, 6]
     assert [stratified.step(i)["k"] for i in range(4)] == [6, 1, 3, 6]
+
+
+def test_each_sample_pairs_every_condition_with_every_sample(tiny_sd_dir: Path) -> None:
+    """The batched call's [m, b] is the one-sample, one-condition prediction (naive double loop)."""
+    from recare_cli.core.diffusion import each_sample, unet_eps
+
+    unet = _bundle(tiny_sd_dir).pipe.unet
+    g = torch.Generator().manual_seed(3)
+    x, emb = torch.randn(2, 4, 16, 16, generator=g), torch.randn(3, 77, 32, generator=g)
+    with torch.no_grad():
+        batched = each_sample(unet_eps, unet, x, 400, emb)
+        naive = torch.stack([torch.stack([unet_eps(unet, x[b:b + 1], 400, emb[m:m + 1])[0] for b in range(2)])
+                             for m in range(3)])
+    assert batched.shape == (3, 2, 4, 16, 16)
+    assert torch.allclose(batched, naive, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["recare", "esd"])
+def test_xt_batch_loss_is_the_mean_of_one_sample_losses(tiny_sd_dir: Path, method: str) -> None:
+    """With --xt-batch 2 an iteration draws k, then two noises, and its loss is the mean of the two
+    one-sample losses, each computed naively: its own DDIM trajectory, teacher and student at batch 1."""
+    from recare_cli.core.diffusion import ddim_partial, unet_eps
+    from recare_cli.core.guidance import compositional_target, esd_target, training_timestep_index
+
+    trainer = _trainer(_bundle(tiny_sd_dir), "xattn", method=method, xt_batch=2, lr=0.0)
+    p, s = trainer.prompts, trainer.settings
+    replay = torch.Generator().set_state(trainer.generator.get_state())
+    k = int(torch.randint(1, 8 - 1, (1,), generator=replay).item())
+    z = torch.randn((2, 4, 16, 16), generator=replay) * trainer.sampler.init_noise_sigma
+    t = trainer.train_timesteps[training_timestep_index(k, 8, len(trainer.train_timesteps))]
+    losses = []
+    with torch.no_grad():
+        for b in range(2):
+            x_t = ddim_partial(trainer.unet, trainer.sampler, z[b:b + 1], p.erase, p.uncond, steps=k,
+                               guidance=s.sample_guidance)
+
+            def teacher(emb: torch.Tensor, x_t: torch.Tensor = x_t) -> torch.Tensor:
+                return unet_eps(trainer.unet, x_t, t, emb, params=trainer.teacher)
+
+            u, e = teacher(p.uncond), teacher(p.erase)
+            if method == "esd":
+                loss = ((unet_eps(trainer.unet, x_t, t, p.erase) - esd_target(e, u, s.guidance)) ** 2).mean()
+            else:
+                target = compositional_target(u, e.unsqueeze(0), teacher(p.anchors), s.guidance)
+                loss = ((unet_eps(trainer.unet, x_t, t, p.erase) - target) ** 2).mean() \
+                    + ((unet_eps(trainer.unet, x_t, t, p.retains) - teacher(p.retains)) ** 2).mean()
+            losses.append(float(loss))
+    out = trainer.step(0)
+    assert out["k"] == k
+    assert out["loss"] == pytest.approx(sum(losses) / 2, rel=1e-4)
+    # not the loss of either sample alone: the pairing of targets and samples matters
+    assert all(out["loss"] != pytest.approx(one, rel=1e-3) for one in losses)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
@@ -272,6 +325,17 @@ def test_stratified_timesteps_through_the_cli(tiny_sd_dir: Path, care_file: Path
     assert res.code == 0, res.stderr
     _, meta = _tensors(out)
     assert json.loads(meta["hyperparameters"])["timesteps"] == "stratified"
+
+
+def test_xt_batch_through_the_cli(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.safetensors"
+    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--iterations", "2", "--xt-batch", "3",
+                             "--train-method", "xattn"))
+    assert res.code == 0, res.stderr
+    _, meta = _tensors(out)
+    assert json.loads(meta["hyperparameters"])["xt_batch"] == 3
+    bad = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "f.safetensors", "--xt-batch", "0"))
+    assert bad.code == 2 and "--xt-batch" in bad.stderr and not (tmp_path / "f.safetensors").exists()
 
 
 @pytest.mark.parametrize("method", ["esd", "stereo"])

@@ -52,6 +52,9 @@ def erase(
                                                                "drawn: uniform (reference: independently) or "
                                                                "stratified (every depth equally often, shuffled: "
                                                                "the same distribution; docs/erase.md).")] = "uniform",
+    xt_batch: Annotated[int, typer.Option("--xt-batch", min=1, help="x_t samples per iteration (reference: 1): "
+                                                                    "independent noises at the iteration's depth, "
+                                                                    "losses averaged (docs/erase.md).")] = 1,
     retain_weight: Annotated[float, typer.Option("--retain-weight", min=0.0, help="Weight λ of the retain "
                                                                                   "loss.")] = 1.0,
     seed: Seed = 42,
@@ -85,7 +88,8 @@ def erase(
     opts = EraseOptions(target=target, care=care, adversarial=adversarial, num_adversarial=num_adversarial,
                         method=method, train_method=train_method, iterations=iterations, lr=lr,
                         lr_schedule=lr_schedule, guidance=guidance,
-                        ddim_steps=ddim_steps, timesteps=timesteps, retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
+                        ddim_steps=ddim_steps, timesteps=timesteps, xt_batch=xt_batch,
+                        retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
                         gradient_checkpointing=gradient_checkpointing, save_dtype=save_dtype, model=model,
                         device=device, output=output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                         resume=resume, save_pipeline=save_pipeline, params=params)

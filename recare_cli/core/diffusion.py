@@ -124,12 +124,25 @@ def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch
     return out.sample
 
 
+def each_sample(eps_fn: Any, unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+                **kwargs: Any) -> torch.Tensor:
+    """``eps_fn`` for every pair of ``emb``'s M conditions and ``x``'s B samples, one batched call;
+    returns (M, B, C, H, W). With B = 1 the call is exactly ``eps_fn(unet, x, t, emb)``."""
+    m, b = emb.shape[0], x.shape[0]
+    if b > 1:  # condition-major: [c0·x0, c0·x1, …, c1·x0, …]
+        x, emb = x.repeat(m, 1, 1, 1), emb.repeat_interleave(b, dim=0)
+    out: torch.Tensor = eps_fn(unet, x, t, emb, **kwargs)
+    return out.view(m, b, *out.shape[1:])
+
+
 @torch.no_grad()
 def ddim_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
                  uncond: torch.Tensor, *, steps: int, guidance: float) -> torch.Tensor:
     """Run the first ``steps`` DDIM steps (η = 0) with classifier-free guidance; ``scheduler`` has
-    ``set_timesteps`` already called with the full step count."""
-    emb = torch.cat([uncond, cond])
+    ``set_timesteps`` already called with the full step count. ``cond``/``uncond`` (batch 1) serve
+    every one of ``latents``' samples."""
+    n = latents.shape[0]
+    emb = torch.cat([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
     x = latents
     for t in scheduler.timesteps[:steps]:
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
@@ -171,6 +184,7 @@ class EraseSettings:
     sample_steps: int = 50  # DDIM steps of the schedule x_t is drawn from
     sample_guidance: float = 3.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    xt_batch: int = 1  # x_t samples per iteration (reference: 1), one depth k, losses averaged
 
 
 @dataclass
@@ -248,7 +262,7 @@ class EraseTrainer:
         else:
             choices = ddim_step_choices(self.settings.sample_steps)
             k = int(torch.randint(choices.start, choices.stop, (1,), generator=self.generator).item())
-        shape = (1, self.channels, self.settings.latent_size, self.settings.latent_size)
+        shape = (self.settings.xt_batch, self.channels, self.settings.latent_size, self.settings.latent_size)
         z = torch.randn(shape, generator=self.generator).to(self.device)
         return k, z * self.sampler.init_noise_sigma
 
@@ -275,12 +289,13 @@ class EraseTrainer:
             retain_emb = p.retains[r:r + 1]
             teacher_emb.append(retain_emb)
         with torch.no_grad(), autocast(self.device, s.precision):
-            eps = unet_eps(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+            eps = each_sample(unet_eps, self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+        # eps: (conditions, samples, C, H, W)
         n_e = p.erase.shape[0]
         if s.method == "esd":
-            target = esd_target(eps[1:2], eps[0:1], s.guidance)
+            target = esd_target(eps[1], eps[0], s.guidance)
         else:
-            target = compositional_target(eps[0:1], eps[1:1 + n_e].unsqueeze(1), eps[1 + n_e:2 + n_e], s.guidance)
+            target = compositional_target(eps[0], eps[1:1 + n_e], eps[1 + n_e], s.guidance)
 
         if s.lr_schedule != "constant":
             lr = s.lr * lr_factor(s.lr_schedule, i, s.iterations)
@@ -289,9 +304,9 @@ class EraseTrainer:
                     group["lr"] = lr
         student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
         with autocast(self.device, s.precision):
-            pred = unet_eps(self.unet, x_t, t, student_emb)
-        loss, e_loss, r_loss = erase_loss(pred[0:1], target, pred[1:2] if use_retain else None,
-                                          eps[-1:] if use_retain else None, s.retain_weight)
+            pred = each_sample(unet_eps, self.unet, x_t, t, student_emb)
+        loss, e_loss, r_loss = erase_loss(pred[0], target, pred[1] if use_retain else None,
+                                          eps[-1] if use_retain else None, s.retain_weight)
         if self.scaler is not None:
             optimizer = self.optimizers[0]
             optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,7 @@ class EraseOptions:
     guidance: float = 2.0
     ddim_steps: int = 50
     timesteps: str = "uniform"  # how x_t's DDIM depth is drawn: uniform (reference) | stratified
+    xt_batch: int = 1  # x_t samples per iteration (reference: 1)
     retain_weight: float = 1.0
     seed: int = 42
     resolution: int = 512
@@ -64,6 +65,8 @@ class EraseOptions:
             raise UsageError(f"--lr-schedule: choose {', '.join(LR_SCHEDULES)}")
         if self.timesteps not in TIMESTEP_DRAWS:
             raise UsageError(f"--timesteps: choose {', '.join(TIMESTEP_DRAWS)}")
+        if self.xt_batch < 1:
+            raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision: choose {', '.join(PRECISIONS)}")
         if self.save_dtype not in SAVE_DTYPES:
@@ -94,7 +97,7 @@ class EraseOptions:
 
     def hyperparameters(self) -> dict[str, Any]:
         keys = ("method", "train_method", "iterations", "lr", "lr_schedule", "guidance", "retain_weight", "seed",
-                "resolution", "ddim_steps", "timesteps", "precision", "num_adversarial")
+                "resolution", "ddim_steps", "timesteps", "xt_batch", "precision", "num_adversarial")
         return {k: asdict(self)[k] for k in keys}
 
 
@@ -248,7 +251,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     settings = EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr,
                              lr_schedule=opts.lr_schedule, guidance=opts.guidance,
                              retain_weight=opts.retain_weight, latent_size=latent, sample_steps=opts.ddim_steps,
-                             precision=opts.precision)
+                             precision=opts.precision, xt_batch=opts.xt_batch)
     generator = torch.Generator().manual_seed(opts.seed)
     trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator)
     digest = config_digest(opts, identity, care_hash, adv_hash)
