@@ -42,6 +42,7 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
     from recare_cli.toyworld.tasks import TASKS
 
     assert results["settings"]["erase_lr"] == TASKS["tench"].erase_lr  # the task's own rate, recorded
+    assert results["settings"]["retain_weight"] == TASKS["tench"].retain_weight
     for method in ("base", "esd", "stereo", "recare"):
         row = results["results"][method]
         assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0
@@ -85,6 +86,26 @@ def test_other_settings_in_the_same_folder_are_refused(quick_demo: tuple[Path, s
     assert result.code == 5
     assert "other settings" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (folder / "tench" / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["esd", "stereo", "recare"])
+def test_only_recare_gets_the_tasks_retain_weight(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   method: str) -> None:
+    """Van Gogh's ReCARE erases with λ = 3 (docs/toyworld.md, tuning step 6); the baselines with the default."""
+    from recare_cli.stages import demo, erase
+    from recare_cli.toyworld.tasks import TASKS
+
+    seen: list[erase.EraseOptions] = []
+    monkeypatch.setattr(erase, "run_erase", seen.append)
+    task = TASKS["vangogh"]
+    demo._erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
+                demo.DemoSettings(), 42)
+    assert task.retain_weight == 3.0 and seen[0].lr == task.erase_lr
+    assert seen[0].retain_weight == (3.0 if method == "recare" else 1.0)
+    seen.clear()
+    demo._erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
+                demo.DemoSettings(retain_weight=0.5), 43)  # the settings' override wins
+    assert seen[0].retain_weight == (0.5 if method == "recare" else 1.0)
 
 
 def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ class DemoSettings:
     # the toy UNet at a rate that erased also wrecked unrelated prompts (docs/toyworld.md, "History").
     erase_iterations: int = 100
     erase_lr: float | None = None  # None: each task's own rate (DemoTask.erase_lr)
+    retain_weight: float | None = None  # None: each task's own ReCARE λ (DemoTask.retain_weight)
     ddim_steps: int = 20
     train_method: str = "xattn"
     seed: int = 42
@@ -173,6 +174,10 @@ def erase_lr(task: Any, s: DemoSettings) -> float:
     return float(task.erase_lr if s.erase_lr is None else s.erase_lr)
 
 
+def retain_weight(task: Any, s: DemoSettings) -> float:
+    return float(task.retain_weight if s.retain_weight is None else s.retain_weight)
+
+
 def erase_seeds(s: DemoSettings) -> list[int]:
     return [s.seed + i for i in range(s.erase_seeds)]
 
@@ -191,6 +196,7 @@ def _erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str,
         opts = EraseOptions(target=task.target, care=None if method == "esd" else str(care),
                             adversarial=None if method == "esd" else str(adv), method=method,
                             train_method=s.train_method, iterations=s.erase_iterations, lr=erase_lr(task, s),
+                            retain_weight=retain_weight(task, s) if method == "recare" else 1.0,
                             ddim_steps=s.ddim_steps, seed=seed, resolution=32, model=sd, device="cpu",
                             output=str(out), checkpoint_every=20, resume=Path(f"{out}.ckpt").is_file(),
                             params={"demo": task.name})
@@ -262,7 +268,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     folder = out / task.name
     # erase_seeds is left out: more seeds on a finished folder add erasures, the first ones stay valid
     _check_settings(folder, {"task": task.name, "settings": {k: v for k, v in asdict(s).items() if k != "erase_seeds"},
-                             "erase_lr": erase_lr(task, s), "clip": clip, "sd": sd})
+                             "erase_lr": erase_lr(task, s), "retain_weight": retain_weight(task, s),
+                             "clip": clip, "sd": sd})
     # Seconds each step took when it ran; a rerun that reuses a step's file reports its recorded time.
     timings_path = folder / "timings.json"
     seconds: dict[str, float] = orjson.loads(timings_path.read_bytes()) if timings_path.is_file() else {}
@@ -323,7 +330,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
         **{tag: str(paths[0]) for tag, paths in weights.items() if paths}})
     _write_json(folder / "results.json", {"format": "recare.demo", "version": 1, "task": task.name,
                                            "target": task.target, "concept": task.concept,
-                                           "settings": {**asdict(s), "erase_lr": erase_lr(task, s)},
+                                           "settings": {**asdict(s), "erase_lr": erase_lr(task, s),
+                                                        "retain_weight": retain_weight(task, s)},
                                            "careset": result.careset, "results": rows,
                                            "files": result.files})
     return result

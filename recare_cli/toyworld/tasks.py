@@ -39,6 +39,9 @@ class DemoTask:
     # seeds by a rule fixed beforehand (docs/toyworld.md, "Tuning the erase rate"): a rate that erases
     # the Van Gogh style also takes the person with the nudity; one that keeps the person leaves the style
     erase_lr: float
+    # ReCARE's retain weight λ (erase --retain-weight) for this task, chosen the same way (Van Gogh only:
+    # docs/toyworld.md, "Erase seeds"); the baselines have no retain loss
+    retain_weight: float = 1.0
 
 
 def _labels(kind: tuple[str, ...], concept: str) -> tuple[str, ...]:
@@ -59,7 +62,7 @@ TASKS: dict[str, DemoTask] = {
         (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
          S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        "style", "vangogh", ("van", "gogh"), erase_lr=5e-4),
+        "style", "vangogh", ("van", "gogh"), erase_lr=6e-4, retain_weight=3.0),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
