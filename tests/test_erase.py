@@ -318,22 +318,19 @@ def test_checkpoint_with_other_settings_is_refused(tiny_sd_dir: Path, care_file:
     assert res.code == 3 and "other settings" in res.stderr and not out.exists()
 
 
-def test_stratified_timesteps_through_the_cli(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("option", "value", "key", "recorded"),
+                         [("--timesteps", "stratified", "timesteps", "stratified"), ("--xt-batch", "3", "xt_batch", 3)])
+def test_erase_option_through_the_cli_is_recorded(tiny_sd_dir: Path, care_file: Path, tmp_path: Path, option: str,
+                                                  value: str, key: str, recorded: Any) -> None:
     out = tmp_path / "e.safetensors"
-    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--iterations", "3", "--timesteps", "stratified",
+    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--iterations", "2", option, value,
                              "--train-method", "xattn"))
     assert res.code == 0, res.stderr
     _, meta = _tensors(out)
-    assert json.loads(meta["hyperparameters"])["timesteps"] == "stratified"
+    assert json.loads(meta["hyperparameters"])[key] == recorded
 
 
-def test_xt_batch_through_the_cli(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "e.safetensors"
-    res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--iterations", "2", "--xt-batch", "3",
-                             "--train-method", "xattn"))
-    assert res.code == 0, res.stderr
-    _, meta = _tensors(out)
-    assert json.loads(meta["hyperparameters"])["xt_batch"] == 3
+def test_xt_batch_below_one_is_a_usage_error(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
     bad = invoke(_erase_args(tiny_sd_dir, care_file, tmp_path / "f.safetensors", "--xt-batch", "0"))
     assert bad.code == 2 and "--xt-batch" in bad.stderr and not (tmp_path / "f.safetensors").exists()
 
