@@ -136,7 +136,7 @@ def test_each_sample_pairs_every_condition_with_every_sample(tiny_sd_dir: Path) 
     g = torch.Generator().manual_seed(3)
     x, emb = torch.randn(2, 4, 16, 16, generator=g), torch.randn(3, 77, 32, generator=g)
     with torch.no_grad():
-        batched = each_sample(unet_eps, unet, x, 400, emb)
+        batched = each_sample(unet, x, 400, emb)
         naive = torch.stack([torch.stack([unet_eps(unet, x[b:b + 1], 400, emb[m:m + 1])[0] for b in range(2)])
                              for m in range(3)])
     assert batched.shape == (3, 2, 4, 16, 16)

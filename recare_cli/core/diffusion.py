@@ -124,14 +124,14 @@ def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch
     return out.sample
 
 
-def each_sample(eps_fn: Any, unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
-                **kwargs: Any) -> torch.Tensor:
-    """``eps_fn`` for every pair of ``emb``'s M conditions and ``x``'s B samples, one batched call;
-    returns (M, B, C, H, W). With B = 1 the call is exactly ``eps_fn(unet, x, t, emb)``."""
+def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``unet_eps`` for every pair of ``emb``'s M conditions and ``x``'s B samples, one batched call;
+    returns (M, B, C, H, W). With B = 1 the call is exactly ``unet_eps(unet, x, t, emb, params)``."""
     m, b = emb.shape[0], x.shape[0]
     if b > 1:  # condition-major: [c0·x0, c0·x1, …, c1·x0, …]
         x, emb = x.repeat(m, 1, 1, 1), emb.repeat_interleave(b, dim=0)
-    out: torch.Tensor = eps_fn(unet, x, t, emb, **kwargs)
+    out = unet_eps(unet, x, t, emb, params=params)
     return out.view(m, b, *out.shape[1:])
 
 
@@ -289,7 +289,7 @@ class EraseTrainer:
             retain_emb = p.retains[r:r + 1]
             teacher_emb.append(retain_emb)
         with torch.no_grad(), autocast(self.device, s.precision):
-            eps = each_sample(unet_eps, self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
         # eps: (conditions, samples, C, H, W)
         n_e = p.erase.shape[0]
         if s.method == "esd":
@@ -304,7 +304,7 @@ class EraseTrainer:
                     group["lr"] = lr
         student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
         with autocast(self.device, s.precision):
-            pred = each_sample(unet_eps, self.unet, x_t, t, student_emb)
+            pred = each_sample(self.unet, x_t, t, student_emb)
         loss, e_loss, r_loss = erase_loss(pred[0], target, pred[1] if use_retain else None,
                                           eps[-1] if use_retain else None, s.retain_weight)
         if self.scaler is not None:
