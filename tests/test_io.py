@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -192,3 +193,17 @@ def test_vocab_cache_rejects_corruption(tmp_path: Path) -> None:
     assert cache.load_cached(tmp_path, key, digest, 5) is None
     path.write_bytes(b"garbage")
     assert cache.load_cached(tmp_path, key, digest, 5) is None
+
+
+def test_sha256_file_matches_hashlib_across_read_blocks(tmp_path: Path) -> None:
+    from recare_cli.io.digest import sha256_bytes, sha256_file
+
+    # 2.5 blocks of the reader's 1 MiB: the last, short block and the block boundary both count
+    data = bytes(range(256)) * (10 * 1024) + b"tail"
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    naive = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert sha256_file(path) == naive == sha256_bytes(data)
+    assert sha256_file(str(path)) == naive
+    path.write_bytes(data[:-1])
+    assert sha256_file(path) != naive

@@ -6,7 +6,6 @@ with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ from recare_cli import console
 from recare_cli.core.guidance import LR_SCHEDULES, METHODS, TIMESTEP_DRAWS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, RefusedError, UsageError
 from recare_cli.io.atomic import check_output_dir
+from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -101,10 +101,6 @@ class EraseOptions:
         return {k: asdict(self)[k] for k in keys}
 
 
-def sha256_file(path: str) -> str:
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def read_care(path: str, target: str) -> tuple[Any, str]:
     """The CARE-set (either layout) and the hash of its bytes."""
     import orjson
@@ -122,7 +118,7 @@ def read_care(path: str, target: str) -> tuple[Any, str]:
     if not care.anchor_prompts or not care.retain_prompts:
         raise BadInputError("the CARE-set has no words: nothing to anchor or retain (check the refine step, "
                             "or use --method esd)", source=name, field="words")
-    return care, "sha256:" + hashlib.sha256(data).hexdigest()
+    return care, sha256_bytes(data)
 
 
 def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,

@@ -20,7 +20,6 @@ Work plan, which makes every way of running give the same bytes:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -32,6 +31,7 @@ from typing import Any
 from recare_cli import console
 from recare_cli.errors import BadInputError, UsageError
 from recare_cli.io.atomic import atomic_write_bytes
+from recare_cli.io.digest import sha256_file
 from recare_cli.io.manifest import make_record
 from recare_cli.io.prompts import PromptRow
 
@@ -159,10 +159,6 @@ def encode_png(pixels: Any, tag: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
-
-
-def sha256_file(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def set_scheduler(pipe: Any, name: str) -> None:

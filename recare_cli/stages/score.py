@@ -11,7 +11,6 @@ one up to rounding in the last digits.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,6 +21,7 @@ import numpy as np
 
 from recare_cli import console
 from recare_cli.errors import BadInputError, GateFailedError, ModelUnavailableError, UsageError
+from recare_cli.io.digest import sha256_file
 
 METRICS = ("care", "clip", "nudity", "classify")
 FORMAT = "recare.scores"
@@ -148,7 +148,7 @@ def read_item(item: ImageItem) -> Any:
     if not item.path.is_file():
         raise BadInputError(f"image {item.path} does not exist", source=source, line=line, field="path")
     if item.sha256 is not None:
-        digest = "sha256:" + hashlib.sha256(item.path.read_bytes()).hexdigest()
+        digest = sha256_file(item.path)
         if digest != item.sha256:
             raise BadInputError(f"image {item.path} has changed since it was sampled (sha256 differs)",
                                 source=source, line=line, field="sha256")

@@ -24,6 +24,7 @@ from typing import Any
 
 from recare_cli.errors import BadInputError, ModelUnavailableError
 from recare_cli.io.cache import default_cache_dir
+from recare_cli.io.digest import sha256_file
 
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("clip.safetensors", "vae.safetensors", "unet.safetensors")
@@ -45,10 +46,6 @@ def read_manifest(folder: Path | None = None) -> dict[str, Any]:
                                     "train one with: python -m recare_cli.toyworld.train --out DIR")
     data: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return data
-
-
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fp16_state(module: Any) -> dict[str, Any]:
@@ -78,7 +75,7 @@ def export(clip_dir: Path, sd_dir: Path, dest: Path, *, metrics: dict[str, Any] 
     shutil.copyfile(sd_dir / "vae" / "config.json", dest / "vae_config.json")
     shutil.copyfile(sd_dir / "unet" / "config.json", dest / "unet_config.json")
     shutil.copyfile(sd_dir / "scheduler" / "scheduler_config.json", dest / "scheduler_config.json")
-    manifest: dict[str, Any] = {"files": {f: _sha256(dest / f) for f in (*WEIGHT_FILES, *CONFIG_FILES)}}
+    manifest: dict[str, Any] = {"files": {f: sha256_file(dest / f) for f in (*WEIGHT_FILES, *CONFIG_FILES)}}
     with tempfile.TemporaryDirectory() as tmp:
         clip_out, sd_out = build_folders(dest, Path(tmp))
         manifest["fingerprints"] = fingerprints(clip_out, sd_out)
@@ -130,7 +127,7 @@ def verify(folder: Path | None = None) -> None:
     """Raise when a shipped file's SHA-256 differs from the manifest."""
     source = folder or data_dir()
     for name, digest in read_manifest(source)["files"].items():
-        if _sha256(source / name) != digest:
+        if sha256_file(source / name) != digest:
             raise BadInputError("shipped toy-world file does not match its manifest", source=str(source / name))
 
 
