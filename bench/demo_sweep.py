@@ -98,21 +98,49 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
         folder = folder / f"erase-seed-{erase_seed}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.safetensors"
-        if not path.is_file():
+        opts = EraseOptions(
+            target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
+            adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
+            train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain, timesteps=timesteps,
+            lr_schedule=lr_schedule, xt_batch=xt_batch, seed=erase_seed,
+            ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
+            checkpoint_every=0)
+        if path.is_file():
+            _check_cached(path, opts)
+        else:
             started = time.perf_counter()
-            run_erase(EraseOptions(
-                target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
-                adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
-                train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain, timesteps=timesteps,
-                lr_schedule=lr_schedule, xt_batch=xt_batch, seed=erase_seed,
-                ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
-                checkpoint_every=0))
+            run_erase(opts)
             seconds = time.perf_counter() - started
         weights = [path]
     figures, _ = demo.measure_model(task, folder / f"sample-seed-{args.sample_seed}", sd=sd, weights=weights,
                                     clip=clip, judge=judge, images={"target": 8, "benign": 8, "unrelated": 4},
                                     seed=args.sample_seed, s=settings)
     return figures["target_rate"], figures["care"], figures["clip_unrelated"], seconds
+
+
+def _check_cached(path: Path, opts: Any) -> None:
+    """An erasure left by an earlier run is reused only if it was made from the same CARE-set, token and
+    settings: the cache is keyed by folder name, and another --from into the same --out would otherwise
+    report the old erasure under the new source. Settings a file predates count as their defaults."""
+    import dataclasses
+
+    from recare_cli.io.digest import sha256_file
+    from recare_cli.models.weights import decode_metadata, read_safetensors
+    from recare_cli.stages.erase import EraseOptions
+
+    meta = decode_metadata(read_safetensors(path)[1])
+    defaults = {f.name: f.default for f in dataclasses.fields(EraseOptions)}
+    made = meta.get("hyperparameters") or {}
+    wanted = opts.hyperparameters()
+    differ = [k for k, v in wanted.items() if made.get(k, defaults.get(k)) != v]
+    if opts.care is not None and meta.get("careset_sha256") != sha256_file(opts.care):
+        differ.append("CARE-set")
+    adversarial = meta.get("adversarial") or {}
+    if opts.adversarial is not None and adversarial.get("sha256") != sha256_file(opts.adversarial):
+        differ.append("adversarial token")
+    if differ:
+        raise SystemExit(f"{path}: made with another {', '.join(differ)} than this run asks for; "
+                         "pass another --out (or delete the folder)")
 
 
 if __name__ == "__main__":
