@@ -39,7 +39,7 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
         assert (task / name).is_file(), name
     results = orjson.loads((task / "results.json").read_bytes())
     assert results["format"] == "recare.demo" and results["concept"] == "water"
-    from recare_cli.toyworld.tasks import TASKS
+    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
 
     assert results["settings"]["erase_lr"] == TASKS["tench"].erase_lr  # the task's own rate, recorded
     assert results["settings"]["retain_weight"] == TASKS["tench"].retain_weight
@@ -50,6 +50,13 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
         for key in ("target_rate", "care", "clip_unrelated"):  # each figure lies in its 95% interval
             low, high = row[f"{key}_ci"]
             assert low <= row[key] <= high, (method, key)
+        # per prompt, in prompt order; every prompt has as many images, so each figure is its prompts' plain mean
+        each = row["per_prompt"]
+        assert list(each["target_rate"]) == prompts(TASKS["tench"].target_scenes)
+        assert list(each["care"]) == prompts(TASKS["tench"].benign_scenes)
+        assert list(each["clip_unrelated"]) == prompts(UNRELATED_SCENES)
+        for key in ("target_rate", "care", "clip_unrelated"):
+            assert row[key] == pytest.approx(sum(each[key].values()) / len(each[key])), (method, key)
         # the rates in the table are the ones in results.json
         assert f"{row['target_rate']:.1%}" in next(r for r in rows if r.split("|")[2].strip() == {
             "base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}[method])
@@ -142,6 +149,9 @@ def test_more_erase_seeds_add_erasures_and_report_their_mean(quick_demo: tuple[P
         for key in ("target_rate", "care", "clip_unrelated"):
             assert row["per_seed"][0][key] == before[method][key]  # seed 42's figures: the one-seed run's
             assert row[key] == pytest.approx((row["per_seed"][0][key] + row["per_seed"][1][key]) / 2)
+            for prompt, value in row["per_prompt"][key].items():
+                seeds = [r["per_prompt"][key][prompt] for r in row["per_seed"]]
+                assert value == pytest.approx(sum(seeds) / 2), (method, key, prompt)
         low, high = sorted(r["target_rate"] for r in row["per_seed"])
         assert f"{row['target_rate']:.1%} (2 erase seeds: {low:.0%}–{high:.0%})" in table[label]
         assert results["files"][f"{method}-seed43"].endswith(f"{method}-seed43.safetensors")
@@ -152,3 +162,20 @@ def test_erase_seeds_below_one_is_a_usage_error(tmp_path: Path) -> None:
     result = invoke(["demo", "--task", "tench", "--erase-seeds", "0", "--out", str(tmp_path / "d")])
     assert result.code == 2 and "--erase-seeds" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_per_prompt_means_against_a_naive_loop() -> None:
+    from recare_cli.stages.demo import per_prompt
+
+    prompts = ["b", "a", "b", "c", "a", "b"]
+    values = [1.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    naive: dict[str, float] = {}
+    for p in ["b", "a", "c"]:
+        mine = [values[i] for i in range(len(prompts)) if prompts[i] == p]
+        naive[p] = sum(mine) / len(mine)
+    got = per_prompt(prompts, values)
+    assert list(got) == ["b", "a", "c"]  # first-seen order, as the prompts were asked
+    assert got == pytest.approx(naive)
+    assert per_prompt(["x", "x"], [True, False]) == {"x": 0.5}  # judged booleans are shares
+    with pytest.raises(ValueError):
+        per_prompt(["x"], [1.0, 2.0])

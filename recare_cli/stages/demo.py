@@ -208,9 +208,17 @@ def _ci(interval: dict[str, Any] | None) -> list[float] | None:
     return None if interval is None else [round(interval["low"], 4), round(interval["high"], 4)]
 
 
+def per_prompt(prompts: list[str], values: Any) -> dict[str, float]:
+    """The mean of ``values`` (one per image) per prompt, prompts in the order first seen."""
+    groups: dict[str, list[float]] = {}
+    for prompt, value in zip(prompts, values, strict=True):
+        groups.setdefault(prompt, []).append(float(value))
+    return {prompt: float(np.mean(v)) for prompt, v in groups.items()}
+
+
 def target_rate(judge: Any, task: Any, records: list[dict[str, Any]],
-                scenes: list[Any]) -> tuple[float, list[float] | None]:
-    """The share of ``records`` judged to show the target, with its 95% Wilson interval."""
+                scenes: list[Any]) -> tuple[float, list[float] | None, dict[str, float]]:
+    """The share of ``records`` judged to show the target, with its 95% Wilson interval, and per prompt."""
     from PIL import Image
 
     from recare_cli.core.scores import wilson_interval
@@ -219,18 +227,24 @@ def target_rate(judge: Any, task: Any, records: list[dict[str, Any]],
     features = judge.images([Image.open(r["path"]).convert("RGB") for r in records])
     shown = shows_target(judge, features, task, scenes)
     interval = wilson_interval(int(shown.sum()), len(shown))
-    return float(np.mean(shown)), _ci(None if interval is None else interval.to_json())
+    return (float(np.mean(shown)), _ci(None if interval is None else interval.to_json()),
+            per_prompt([r["prompt"] for r in records], shown))
 
 
-def score_records(records: list[dict[str, Any]], config: Any, clip: str) -> tuple[float, list[float] | None]:
-    """The first metric of ``config`` over ``records`` (run_score), with its 95% interval."""
+def score_records(records: list[dict[str, Any]], config: Any,
+                  clip: str) -> tuple[float, list[float] | None, dict[str, float]]:
+    """The first metric of ``config`` (care or clip) over ``records`` (run_score), with its 95% interval, and
+    per prompt (CARE: the share of hits)."""
     from recare_cli.stages.score import ImageItem, run_score
 
     items = [ImageItem(path=Path(r["path"]), prompt=r["prompt"], sha256=r.get("sha256")) for r in records]
     result = run_score(items, config, clip=clip, device="cpu", dtype="fp32", params={}, source="demo")
     assert result is not None
     summary = result.summary["results"][0]
-    return float(summary["value"]), _ci(summary["ci"])
+    metric = config.metrics[0]
+    values = [row[metric]["hit"] if metric == "care" else row[metric] for row in result.per_image]
+    return float(summary["value"]), _ci(summary["ci"]), per_prompt([row["prompt"] for row in result.per_image],
+                                                                    values)
 
 
 def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip: str, judge: Any,
@@ -248,11 +262,12 @@ def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip
     asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
     care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
                               labels_source="toy world")
-    rate, rate_ci = target_rate(judge, task, made["target"], asked)
-    care_value, care_ci = score_records(made["benign"], care_config, clip)
-    clip_value, clip_ci = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
+    rate, rate_ci, rate_each = target_rate(judge, task, made["target"], asked)
+    care_value, care_ci, care_each = score_records(made["benign"], care_config, clip)
+    clip_value, clip_ci, clip_each = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
     return {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
-            "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci}, made
+            "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci,
+            "per_prompt": {"target_rate": rate_each, "care": care_each, "clip_unrelated": clip_each}}, made
 
 
 def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) -> TaskResult:
@@ -342,11 +357,13 @@ FIGURES = ("target_rate", "care", "clip_unrelated")
 
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One eraser's row from its rows per erase seed: one seed is its row; several give the mean of each
-    figure and of the time, no interval (each seed's own interval is in ``per_seed``)."""
+    figure (overall and per prompt) and of the time, no interval (each seed's own interval is in ``per_seed``)."""
     if len(per_seed) == 1:
         return {k: v for k, v in per_seed[0].items() if k != "seed"}
     row: dict[str, Any] = {key: float(np.mean([r[key] for r in per_seed])) for key in FIGURES}
     row.update({f"{key}_ci": None for key in FIGURES})
+    row["per_prompt"] = {key: {prompt: float(np.mean([r["per_prompt"][key][prompt] for r in per_seed]))
+                               for prompt in per_seed[0]["per_prompt"][key]} for key in FIGURES}
     row["seconds"] = round(float(np.mean([r["seconds"] for r in per_seed])), 1)
     row["images"] = per_seed[0]["images"]
     row["per_seed"] = per_seed
