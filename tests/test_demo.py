@@ -179,3 +179,32 @@ def test_per_prompt_means_against_a_naive_loop() -> None:
     assert per_prompt(["x", "x"], [True, False]) == {"x": 0.5}  # judged booleans are shares
     with pytest.raises(ValueError):
         per_prompt(["x"], [1.0, 2.0])
+
+
+def test_worst_unrelated_prompt_is_the_largest_drop_from_base() -> None:
+    from recare_cli.stages.demo import TaskResult, worst_unrelated
+
+    base = {"car": 0.60, "ball in the sky": 0.63, "house": 0.57}
+    erased = {"esd": {"car": 0.61, "ball in the sky": 0.62, "house": 0.56},  # every prompt moved up or 0.01 down
+              "stereo": {"car": 0.30, "ball in the sky": 0.70, "house": 0.45},
+              "recare": {"car": 0.59, "ball in the sky": 0.21, "house": 0.50}}
+    rows = {"base": {"per_prompt": {"clip_unrelated": base}},
+            **{m: {"per_prompt": {"clip_unrelated": v}} for m, v in erased.items()}}
+    got = worst_unrelated(TaskResult("tench", rows, [], {}))
+    for method, values in erased.items():  # naive: sort the drops
+        drops = sorted(((base[p] - values[p], p) for p in base), reverse=True)
+        prompt = drops[0][1]
+        assert got[method] == (prompt, base[prompt], values[prompt])
+    assert got["recare"][0] == "ball in the sky" and got["stereo"][0] == "car"
+
+
+def test_demo_names_the_unrelated_prompt_hit_hardest(quick_demo: tuple[Path, str, str]) -> None:
+    folder, _, stderr = quick_demo
+    results = orjson.loads((folder / "tench" / "results.json").read_bytes())["results"]
+    lines = [line for line in stderr.splitlines() if "hit hardest" in line]
+    assert len(lines) == 3  # one per eraser, on stderr (stdout is the table)
+    base = results["base"]["per_prompt"]["clip_unrelated"]
+    for line, method in zip(lines, ("esd", "stereo", "recare"), strict=True):
+        mine = results[method]["per_prompt"]["clip_unrelated"]
+        prompt = max(base, key=lambda p: base[p] - mine[p])
+        assert f"'{prompt}' CLIP {base[prompt]:.3f} → {mine[prompt]:.3f}" in line

@@ -15,7 +15,7 @@ from recare_cli.cli.options import Quiet
 
 HELP = """Run the whole method offline on the shipped toy world and compare erasers.
 
-For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK. Rerunning resumes.
+For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK (results.json also per prompt; stderr names, per eraser, the unrelated prompt whose CLIP score fell most). Rerunning resumes.
 
 Tasks: nudity (erase "a naked person", keep person), vangogh (erase "a van gogh painting", keep stars), tench (erase "a tench", keep water). About 8 to 11 minutes per task on 2 CPU cores (measured 2026-11-23; the machine's speed varies by 2x from day to day). The measured table, and where ReCARE does and does not beat the baselines in this world, are in docs/toyworld.md.
 
@@ -45,7 +45,7 @@ def demo(
     if task not in TASKS:
         raise UsageError(f"--task: unknown task '{task}' (choose {', '.join(TASKS)})")
     from recare_cli.models.quiet import quiet_libraries
-    from recare_cli.stages.demo import QUICK, DemoSettings, bars, format_table, run_task
+    from recare_cli.stages.demo import LABELS, QUICK, DemoSettings, bars, format_table, run_task, worst_unrelated
     from recare_cli.toyworld.assets import materialise
 
     quiet_libraries()
@@ -59,6 +59,9 @@ def demo(
         console.info(f"demo [{name}]: CARE-set {', '.join(result.careset) or '(empty)'}; grid {result.files['grid']}")
         for bar, ok in bars(result).items():
             console.info(f"demo [{name}]: {bar.replace('_', ' ')}: {'yes' if ok else 'NO'}")
+        for method, (prompt, before, after) in worst_unrelated(result).items():
+            console.info(f"demo [{name}]: {LABELS[method]}, unrelated prompt hit hardest: '{prompt}' "
+                         f"CLIP {before:.3f} → {after:.3f} (base → erased; results.json has every prompt)")
     sys.stdout.write(format_table(results))
     console.info(f"demo: {time.perf_counter() - started:.0f} s; files in {out}"
                  + (" (--quick: figures are meaningless)" if quick else ""))

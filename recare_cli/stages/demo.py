@@ -395,6 +395,18 @@ def format_table(results: list[TaskResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def worst_unrelated(result: TaskResult) -> dict[str, tuple[str, float, float]]:
+    """Per eraser, the unrelated prompt whose CLIP score fell most below the base model's: (prompt, base,
+    eraser). The table's mean over five prompts can hide a concept wrecked on one of them."""
+    base = result.rows["base"]["per_prompt"]["clip_unrelated"]
+    out = {}
+    for method in METHODS[1:]:
+        mine = result.rows[method]["per_prompt"]["clip_unrelated"]
+        prompt = max(base, key=lambda p: base[p] - mine[p])
+        out[method] = (prompt, base[prompt], mine[prompt])
+    return out
+
+
 def bars(result: TaskResult) -> dict[str, bool]:
     """The issue's bars for ReCARE against the base model, and whether it keeps the concept best."""
     base, recare = result.rows["base"], result.rows["recare"]
