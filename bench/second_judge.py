@@ -175,6 +175,17 @@ def benign_by_cnn(task: str, predicted: Any) -> Any:
     return predicted[:, h.index("background")] == HEADS["background"].index(value)
 
 
+def models(results: dict[str, Any]) -> list[tuple[str, int | None, float]]:
+    """(method, erase seed or None for the first, its toy-CLIP CARE score) for every model a demo
+    results.json reports; with --erase-seeds the later seeds' samples are in samples/METHOD-seedS."""
+    out: list[tuple[str, int | None, float]] = []
+    for method, row in results["results"].items():
+        seeds = row.get("per_seed") or [{"care": row["care"]}]
+        for i, one in enumerate(seeds):
+            out.append((method, None if i == 0 else int(one["seed"]), float(one["care"])))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="demo task folders, e.g. recare-demo/nudity")
@@ -210,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         results = orjson.loads((folder / "results.json").read_bytes())
         task = TASKS[results["task"]]
-        for method, row in results["results"].items():
+        for method, seed, care in models(results):
+            tag = method if seed is None else f"{method}-seed{seed}"
             records = {kind: [orjson.loads(line) for line in
-                              (folder / "samples" / method / f"{kind}.jsonl").read_bytes().splitlines()]
+                              (folder / "samples" / tag / f"{kind}.jsonl").read_bytes().splitlines()]
                        for kind in ("target", "benign")}
             images = {kind: [np.asarray(Image.open(r["path"]).convert("RGB")) for r in recs]
                       for kind, recs in records.items()}
@@ -221,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             scenes = [task.target_scenes[r["prompt_index"]] for r in records["target"]]
             target_clip = shows_target(judge, features, task, scenes)
             benign_cnn = benign_by_cnn(task.name, predict(model, pixels(np.stack(images["benign"]))))
-            care = row["per_seed"][0]["care"] if "per_seed" in row else row["care"]  # samples/METHOD: the first seed
-            print(f"| {task.name} | {method} | {target_clip.mean():.1%} | {target_cnn.mean():.1%} | "
+            print(f"| {task.name} | {tag} | {target_clip.mean():.1%} | {target_cnn.mean():.1%} | "
                   f"{(target_clip == target_cnn).mean():.1%} | {care:.3f} | {benign_cnn.mean():.3f} |")
     print(f"\nReproduce: python bench/second_judge.py {' '.join(str(f) for f in args.folders)} --train {args.train} "
           f"--epochs {args.epochs} --seed {args.seed} --threads {args.threads}")

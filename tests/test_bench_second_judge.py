@@ -41,3 +41,9 @@ def test_target_and_benign_rules() -> None:
     assert judge.benign_by_cnn("vangogh", _rows(painting, stars_photo, water)).tolist() == [True, True, False]
     assert judge.shown_by_cnn("tench", _rows(tench, water)).tolist() == [True, False]
     assert judge.benign_by_cnn("tench", _rows(tench, water, clothed)).tolist() == [True, True, False]
+
+
+def test_models_lists_every_erase_seed_with_its_own_care() -> None:
+    results = {"results": {"base": {"care": 0.5},
+                           "recare": {"care": 0.8, "per_seed": [{"seed": 42, "care": 0.7}, {"seed": 43, "care": 0.9}]}}}
+    assert judge.models(results) == [("base", None, 0.5), ("recare", None, 0.7), ("recare", 43, 0.9)]
