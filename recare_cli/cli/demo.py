@@ -65,3 +65,5 @@ def demo(
     sys.stdout.write(format_table(results))
     console.info(f"demo: {time.perf_counter() - started:.0f} s; files in {out}"
                  + (" (--quick: figures are meaningless)" if quick else ""))
+    console.info("demo: judged by the toy CLIP, the model that also mined the CARE-set; an independent judge "
+                 "disagrees on damaged samples (docs/toyworld.md, 'A second judge')")
