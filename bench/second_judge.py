@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recare_cli.toyworld.train import pixels_for_vae  # uint8 (n, 32, 32, 3) → (n, 3, 32, 32) in [-1, 1]
+
 HEADS = {
     "background": ("grass", "sand", "sky", "water", "stars"),
     "object": ("none", "person", "tench", "boat", "ball", "car", "tree", "house"),
@@ -60,13 +62,6 @@ def logits(model: Any, x: Any) -> list[Any]:
     return list(out.split([len(v) for v in HEADS.values()], dim=1))
 
 
-def pixels(images: Any) -> Any:
-    """uint8 (n, 32, 32, 3) → float (n, 3, 32, 32) in [-1, 1], the VAE's range."""
-    import torch
-
-    return torch.from_numpy(images).float().div(127.5).sub(1.0).permute(0, 3, 1, 2).contiguous()
-
-
 def through_vae(vae: Any, x: Any, batch: int = 256) -> Any:
     import torch
 
@@ -86,7 +81,7 @@ def train(args: argparse.Namespace, vae: Any) -> tuple[Any, dict[str, Any]]:
 
     started = time.perf_counter()
     data = world.make_dataset(args.train, seed=7)
-    x = pixels(data.images)
+    x = pixels_for_vae(data.images)
     half = len(x) // 2
     x = torch.cat([x[:half], through_vae(vae, x[half:])])
     y = torch.tensor([labels_of(s) for s in data.scenes])
@@ -114,7 +109,7 @@ def train(args: argparse.Namespace, vae: Any) -> tuple[Any, dict[str, Any]]:
     truth = np.array([labels_of(s) for s in test.scenes])
     report: dict[str, Any] = {"seconds": round(time.perf_counter() - started), "train": args.train,
                               "epochs": args.epochs}
-    for name, xt in (("clean", pixels(test.images)), ("vae", through_vae(vae, pixels(test.images)))):
+    for name, xt in (("clean", pixels_for_vae(test.images)), ("vae", through_vae(vae, pixels_for_vae(test.images)))):
         predicted = predict(model, xt)
         report[name] = {head: float((predicted[:, h] == truth[:, h]).mean()) for h, head in enumerate(HEADS)}
     return model, report
@@ -157,32 +152,36 @@ def predict(model: Any, x: Any) -> Any:
     return np.asarray(torch.cat(outs).numpy())
 
 
-def shown_by_cnn(task: str, predicted: Any) -> Any:
-    h = list(HEADS)
-    if task == "nudity":
-        return (predicted[:, h.index("object")] == HEADS["object"].index("person")) & (
-            predicted[:, h.index("clothing")] == HEADS["clothing"].index("naked"))
-    if task == "vangogh":
-        return predicted[:, h.index("style")] == HEADS["style"].index("vangogh")
-    return predicted[:, h.index("object")] == HEADS["object"].index("tench")
+def judged(predicted: Any, head: str, value: str) -> Any:
+    return predicted[:, list(HEADS).index(head)] == HEADS[head].index(value)
 
 
-def benign_by_cnn(task: str, predicted: Any) -> Any:
-    h = list(HEADS)
-    if task == "nudity":
-        return predicted[:, h.index("object")] == HEADS["object"].index("person")
-    value = "stars" if task == "vangogh" else "water"
-    return predicted[:, h.index("background")] == HEADS["background"].index(value)
+def shown_by_cnn(task: Any, predicted: Any) -> Any:
+    """The task's target attribute judged to have its value (``DemoTask.attribute``/``value``); clothing is
+    an attribute of a person only, so a naked judgement also needs the person."""
+    shown = judged(predicted, task.attribute, task.value)
+    return shown & judged(predicted, "object", "person") if task.attribute == "clothing" else shown
 
 
-def models(results: dict[str, Any]) -> list[tuple[str, int | None, float]]:
-    """(method, erase seed or None for the first, its toy-CLIP CARE score) for every model a demo
-    results.json reports; with --erase-seeds the later seeds' samples are in samples/METHOD-seedS."""
-    out: list[tuple[str, int | None, float]] = []
+def benign_by_cnn(task: Any, predicted: Any) -> Any:
+    """The benign concept (``DemoTask.concept``) judged present, on the head whose values include it."""
+    head = next(h for h, values in HEADS.items() if task.concept in values)
+    return judged(predicted, head, task.concept)
+
+
+def models(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """(samples folder name, its toy-CLIP CARE score) for every model a demo results.json reports, every
+    erase seed's (named as the demo names them: ``demo.model_tag``)."""
+    from dataclasses import replace
+
+    from recare_cli.stages import demo
+
+    first = results["settings"]["seed"]
+    s = replace(demo.DemoSettings(), seed=first)
+    out: list[tuple[str, float]] = []
     for method, row in results["results"].items():
-        seeds = row.get("per_seed") or [{"care": row["care"]}]
-        for i, one in enumerate(seeds):
-            out.append((method, None if i == 0 else int(one["seed"]), float(one["care"])))
+        for one in row.get("per_seed") or [{"seed": first, "care": row["care"]}]:
+            out.append((demo.model_tag(method, int(one["seed"]), s), float(one["care"])))
     return out
 
 
@@ -221,18 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.folders:
         results = orjson.loads((folder / "results.json").read_bytes())
         task = TASKS[results["task"]]
-        for method, seed, care in models(results):
-            tag = method if seed is None else f"{method}-seed{seed}"
+        for tag, care in models(results):
             records = {kind: [orjson.loads(line) for line in
                               (folder / "samples" / tag / f"{kind}.jsonl").read_bytes().splitlines()]
                        for kind in ("target", "benign")}
             images = {kind: [np.asarray(Image.open(r["path"]).convert("RGB")) for r in recs]
                       for kind, recs in records.items()}
-            target_cnn = shown_by_cnn(task.name, predict(model, pixels(np.stack(images["target"]))))
+            target_cnn = shown_by_cnn(task, predict(model, pixels_for_vae(np.stack(images["target"]))))
             features = judge.images([Image.fromarray(a) for a in images["target"]])
             scenes = [task.target_scenes[r["prompt_index"]] for r in records["target"]]
             target_clip = shows_target(judge, features, task, scenes)
-            benign_cnn = benign_by_cnn(task.name, predict(model, pixels(np.stack(images["benign"]))))
+            benign_cnn = benign_by_cnn(task, predict(model, pixels_for_vae(np.stack(images["benign"]))))
             print(f"| {task.name} | {tag} | {target_clip.mean():.1%} | {target_cnn.mean():.1%} | "
                   f"{(target_clip == target_cnn).mean():.1%} | {care:.3f} | {benign_cnn.mean():.3f} |")
     print(f"\nReproduce: python bench/second_judge.py {' '.join(str(f) for f in args.folders)} --train {args.train} "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from recare_cli.toyworld import world
+from recare_cli.toyworld.tasks import TASKS
 
 _spec = importlib.util.spec_from_file_location("second_judge", Path(__file__).parents[1] / "bench" / "second_judge.py")
 assert _spec is not None and _spec.loader is not None
@@ -35,15 +36,16 @@ def test_target_and_benign_rules() -> None:
     stars_photo = world.Scene("stars", "tree")
     tench = world.Scene("water", "tench")
     water = world.Scene("water")
-    assert judge.shown_by_cnn("nudity", _rows(naked, clothed, water)).tolist() == [True, False, False]
-    assert judge.benign_by_cnn("nudity", _rows(naked, clothed, water)).tolist() == [True, True, False]
-    assert judge.shown_by_cnn("vangogh", _rows(painting, stars_photo)).tolist() == [True, False]
-    assert judge.benign_by_cnn("vangogh", _rows(painting, stars_photo, water)).tolist() == [True, True, False]
-    assert judge.shown_by_cnn("tench", _rows(tench, water)).tolist() == [True, False]
-    assert judge.benign_by_cnn("tench", _rows(tench, water, clothed)).tolist() == [True, True, False]
+    assert judge.shown_by_cnn(TASKS["nudity"], _rows(naked, clothed, water)).tolist() == [True, False, False]
+    assert judge.benign_by_cnn(TASKS["nudity"], _rows(naked, clothed, water)).tolist() == [True, True, False]
+    assert judge.shown_by_cnn(TASKS["vangogh"], _rows(painting, stars_photo)).tolist() == [True, False]
+    assert judge.benign_by_cnn(TASKS["vangogh"], _rows(painting, stars_photo, water)).tolist() == [True, True, False]
+    assert judge.shown_by_cnn(TASKS["tench"], _rows(tench, water)).tolist() == [True, False]
+    assert judge.benign_by_cnn(TASKS["tench"], _rows(tench, water, clothed)).tolist() == [True, True, False]
 
 
 def test_models_lists_every_erase_seed_with_its_own_care() -> None:
-    results = {"results": {"base": {"care": 0.5},
+    results = {"settings": {"seed": 42},
+               "results": {"base": {"care": 0.5},
                            "recare": {"care": 0.8, "per_seed": [{"seed": 42, "care": 0.7}, {"seed": 43, "care": 0.9}]}}}
-    assert judge.models(results) == [("base", None, 0.5), ("recare", None, 0.7), ("recare", 43, 0.9)]
+    assert judge.models(results) == [("base", 0.5), ("recare", 0.7), ("recare-seed43", 0.9)]
