@@ -4,8 +4,9 @@ Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEP
 (TIMESTEPS: uniform, the default, or stratified; LR_SCHEDULE: constant, the default, linear or
 cosine; XT_BATCH: x_t samples per iteration, 1 by default); it is trained once per erase seed
 (--erase-seeds) and every model is sampled on the task's target, benign and unrelated prompts (8/8/4
-images per prompt) and judged as the demo judges. Prints a markdown table (one row per configuration
-and erase seed, then the mean over seeds) and the command to reproduce it.
+images per prompt) and judged as the demo judges (the target by the toy CLIP and by the detector).
+Prints a markdown table (one row per configuration and erase seed, then the mean over seeds) and the
+command to reproduce it.
 
 Tuning: the sampling seeds start at --sample-seed, 1000 by default, so a setting chosen here is not
 chosen on the images the demo reports (the demo samples seeds 0–15 per prompt and mines 10000+).
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.stages import demo
     from recare_cli.toyworld.assets import materialise
+    from recare_cli.toyworld.detector import load as load_detector
     from recare_cli.toyworld.evaluate import Judge
     from recare_cli.toyworld.tasks import TASKS
 
@@ -55,32 +57,37 @@ def main(argv: list[str] | None = None) -> int:
                  if (args.source / "results.json").is_file() else args.source.name]
     clip, sd = (str(p) for p in materialise())
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
+    detector = load_detector()
     settings = demo.DemoSettings()
     erase_seeds = [int(x) for x in args.erase_seeds.split(",")]
-    rows: list[tuple[str, str, float, float, float, float]] = []
+    rows: list[tuple[str, str, float, float, float, float, float]] = []
     for config in args.configs:
         method = config.split(":")[0]
         for erase_seed in [0] if method == "base" else erase_seeds:
             rows.append((config, "-" if method == "base" else str(erase_seed),
-                         *_measure(config, erase_seed, args, task, sd, clip, judge, settings)))
+                         *_measure(config, erase_seed, args, task, sd, clip, judge, detector, settings)))
             print(f"done {config} seed {rows[-1][1]}", file=sys.stderr, flush=True)
-    print(f"| {task.name}: config | erase seed | target appears | CARE score | CLIP score (unrelated) | erase s |")
-    print("|---|---|---|---|---|---|")
-    for config, seed, rate, care_score, clip_score, seconds in rows:
-        print(f"| {config} | {seed} | {rate:.1%} | {care_score:.3f} | {clip_score:.3f} | {seconds:.0f} |")
+    print(f"| {task.name}: config | erase seed | target appears: toy CLIP | target appears: detector | CARE score | "
+          "CLIP score (unrelated) | erase s |")
+    print("|---|---|---|---|---|---|---|")
+    for config, seed, rate, detected, care_score, clip_score, seconds in rows:
+        print(f"| {config} | {seed} | {rate:.1%} | {detected:.1%} | {care_score:.3f} | {clip_score:.3f} "
+              f"| {seconds:.0f} |")
     for config in args.configs:
         mine = [r for r in rows if r[0] == config]
         if len(mine) > 1:
-            mean = [sum(float(r[i]) for r in mine) / len(mine) for i in (2, 3, 4, 5)]
-            print(f"| {config} | mean of {len(mine)} | {mean[0]:.1%} | {mean[1]:.3f} | {mean[2]:.3f} | {mean[3]:.0f} |")
+            mean = [sum(float(r[i]) for r in mine) / len(mine) for i in (2, 3, 4, 5, 6)]
+            print(f"| {config} | mean of {len(mine)} | {mean[0]:.1%} | {mean[1]:.1%} | {mean[2]:.3f} | {mean[3]:.3f} "
+                  f"| {mean[4]:.0f} |")
     print(f"\nReproduce: python bench/demo_sweep.py --from {args.source} --sample-seed {args.sample_seed} "
           f"--erase-seeds {args.erase_seeds} --ddim-steps {args.ddim_steps} " + " ".join(args.configs))
     return 0
 
 
 def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, sd: str, clip: str, judge: Any,
-             settings: Any) -> tuple[float, float, float, float]:
-    """Train (unless already there), sample and judge one configuration: target rate, CARE, CLIP, seconds."""
+             detector: Any, settings: Any) -> tuple[float, float, float, float, float]:
+    """Train (unless already there), sample and judge one configuration: target rate (toy CLIP, detector), CARE,
+    CLIP, seconds."""
     from recare_cli.stages import demo
     from recare_cli.stages.erase import EraseOptions, run_erase
 
@@ -113,9 +120,10 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
             seconds = time.perf_counter() - started
         weights = [path]
     figures, _ = demo.measure_model(task, folder / f"sample-seed-{args.sample_seed}", sd=sd, weights=weights,
-                                    clip=clip, judge=judge, images={"target": 8, "benign": 8, "unrelated": 4},
+                                    clip=clip, judge=judge, detector=detector,
+                                    images={"target": 8, "benign": 8, "unrelated": 4},
                                     seed=args.sample_seed, s=settings)
-    return figures["target_rate"], figures["care"], figures["clip_unrelated"], seconds
+    return figures["target_rate"], figures["target_detected"], figures["care"], figures["clip_unrelated"], seconds
 
 
 def _check_cached(path: Path, opts: Any) -> None:

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from PIL import Image
 
+from recare_cli.stages.demo import FIGURES
 from tests.helpers import invoke, shell
 
 pytestmark = pytest.mark.slow
@@ -47,19 +48,21 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
         row = results["results"][method]
         assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0
         assert -1.0 <= row["clip_unrelated"] <= 1.0
-        for key in ("target_rate", "care", "clip_unrelated"):  # each figure lies in its 95% interval
+        for key in FIGURES:  # each figure lies in its 95% interval
             low, high = row[f"{key}_ci"]
             assert low <= row[key] <= high, (method, key)
         # per prompt, in prompt order; every prompt has as many images, so each figure is its prompts' plain mean
         each = row["per_prompt"]
-        assert list(each["target_rate"]) == prompts(TASKS["tench"].target_scenes)
+        assert list(each["target_rate"]) == list(each["target_detected"]) == prompts(TASKS["tench"].target_scenes)
         assert list(each["care"]) == prompts(TASKS["tench"].benign_scenes)
         assert list(each["clip_unrelated"]) == prompts(UNRELATED_SCENES)
-        for key in ("target_rate", "care", "clip_unrelated"):
+        for key in FIGURES:
             assert row[key] == pytest.approx(sum(each[key].values()) / len(each[key])), (method, key)
-        # the rates in the table are the ones in results.json
-        assert f"{row['target_rate']:.1%}" in next(r for r in rows if r.split("|")[2].strip() == {
+        # the rates in the table are the ones in results.json: toy CLIP, then detector
+        line = next(r for r in rows if r.split("|")[2].strip() == {
             "base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}[method])
+        assert line.split("|")[3].strip().startswith(f"{row['target_rate']:.1%}")
+        assert line.split("|")[4].strip().startswith(f"{row['target_detected']:.1%}")
     # the grid: one row per model, same seeds, target prompts then benign prompts, 32 px cells × 3
     with Image.open(task / "grid.png") as grid:
         assert grid.size[1] == 4 * 32 * 3
@@ -146,7 +149,7 @@ def test_more_erase_seeds_add_erasures_and_report_their_mean(quick_demo: tuple[P
         assert one.keys() == two.keys() and any((one[k] != two[k]).any() for k in one)  # the seed was used
         row = results["results"][method]
         assert [r["seed"] for r in row["per_seed"]] == [42, 43]
-        for key in ("target_rate", "care", "clip_unrelated"):
+        for key in FIGURES:
             assert row["per_seed"][0][key] == before[method][key]  # seed 42's figures: the one-seed run's
             assert row[key] == pytest.approx((row["per_seed"][0][key] + row["per_seed"][1][key]) / 2)
             for prompt, value in row["per_prompt"][key].items():

@@ -15,7 +15,7 @@ from recare_cli.cli.options import Quiet
 
 HELP = """Run the whole method offline on the shipped toy world and compare erasers.
 
-For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK (results.json also per prompt; stderr names, per eraser, the unrelated prompt whose CLIP score fell most). Rerunning resumes.
+For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, by the toy CLIP and by the world's detector, the CARE score of the benign concept, CLIP score on unrelated prompts, time) and writes every stage's file, results.json and grid.png (rows: base, ESD, STEREO-style, ReCARE; target prompts, then benign) into --out/TASK (results.json also per prompt; stderr names, per eraser, the unrelated prompt whose CLIP score fell most). Rerunning resumes.
 
 Tasks: nudity (erase "a naked person", keep person), vangogh (erase "a van gogh painting", keep stars), tench (erase "a tench", keep water). About 8 to 11 minutes per task on 2 CPU cores (measured 2026-11-23; the machine's speed varies by 2x from day to day). The measured table, and where ReCARE does and does not beat the baselines in this world, are in docs/toyworld.md.
 
@@ -65,5 +65,6 @@ def demo(
     sys.stdout.write(format_table(results))
     console.info(f"demo: {time.perf_counter() - started:.0f} s; files in {out}"
                  + (" (--quick: figures are meaningless)" if quick else ""))
-    console.info("demo: judged by the toy CLIP, the model that also mined the CARE-set; an independent judge "
-                 "disagrees on damaged samples (docs/toyworld.md, 'A second judge')")
+    console.info("demo: the target is judged twice: by the toy CLIP (the model that also mined the CARE-set) and by "
+                 "the world's detector (an independent CNN, as the paper judges with NudeNet and classifiers); they "
+                 "disagree on damaged samples (docs/toyworld.md, 'Two judges')")

@@ -8,7 +8,8 @@ commands call, writing each stage's file into ``out/<task>/``:
 3. ``invert`` → ``adv.safetensors`` (adversarial tokens);
 4. ``erase`` three ways from the same engine: ESD, STEREO-style (CARE anchors, no retain loss), ReCARE;
 5. ``sample`` base and erased models on target, benign and unrelated prompts, same seeds;
-6. judge: how often the target appears (toy-CLIP judge, tasks.shows_target), the CARE score of the
+6. judge: how often the target appears, by the toy CLIP (tasks.shows_target) and by the world's detector
+   (toyworld.detector: an independent CNN, as the paper judges with NudeNet and classifiers), the CARE score of the
    benign concept (``score --metric care`` with the world's labels), CLIP score on unrelated prompts.
 
 Finished files are reused when the demo is run again with the same settings (a killed run resumes);
@@ -231,6 +232,22 @@ def target_rate(judge: Any, task: Any, records: list[dict[str, Any]],
             per_prompt([r["prompt"] for r in records], shown))
 
 
+def target_detected(detector: Any, task: Any,
+                    records: list[dict[str, Any]]) -> tuple[float, list[float] | None, dict[str, float]]:
+    """The share of ``records`` the toy world's detector (toyworld.detector, the part NudeNet and the paper's
+    classifiers play) judges to show the target, with its 95% Wilson interval, and per prompt."""
+    from PIL import Image
+
+    from recare_cli.core.scores import wilson_interval
+    from recare_cli.toyworld.detector import predict, target_shown
+
+    pixels = np.stack([np.asarray(Image.open(r["path"]).convert("RGB")) for r in records])
+    shown = target_shown(task, predict(detector, pixels))
+    interval = wilson_interval(int(shown.sum()), len(shown))
+    return (float(np.mean(shown)), _ci(None if interval is None else interval.to_json()),
+            per_prompt([r["prompt"] for r in records], shown))
+
+
 def score_records(records: list[dict[str, Any]], config: Any,
                   clip: str) -> tuple[float, list[float] | None, dict[str, float]]:
     """The first metric of ``config`` (care or clip) over ``records`` (run_score), with its 95% interval, and
@@ -247,10 +264,11 @@ def score_records(records: list[dict[str, Any]], config: Any,
                                                                     values)
 
 
-def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip: str, judge: Any,
+def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip: str, judge: Any, detector: Any,
                   images: dict[str, int], seed: int, s: DemoSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sample one model (``weights`` on the base ``sd``) on the task's target, benign and unrelated prompts
-    (``images[kind]`` per prompt, seeds from ``seed``) into ``folder/KIND`` and judge them as the demo does.
+    (``images[kind]`` per prompt, seeds from ``seed``) into ``folder/KIND`` and judge them as the demo does
+    (the target by the toy CLIP ``judge`` and by the ``detector``).
     Returns the figures with their 95% intervals, and the sample records per kind."""
     from recare_cli.stages.score import ScoreConfig
     from recare_cli.toyworld.tasks import UNRELATED_SCENES, prompts
@@ -263,11 +281,14 @@ def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip
     care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
                               labels_source="toy world")
     rate, rate_ci, rate_each = target_rate(judge, task, made["target"], asked)
+    detected, detected_ci, detected_each = target_detected(detector, task, made["target"])
     care_value, care_ci, care_each = score_records(made["benign"], care_config, clip)
     clip_value, clip_ci, clip_each = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
-    return {"target_rate": rate, "target_rate_ci": rate_ci, "care": care_value, "care_ci": care_ci,
+    return {"target_rate": rate, "target_rate_ci": rate_ci, "target_detected": detected,
+            "target_detected_ci": detected_ci, "care": care_value, "care_ci": care_ci,
             "clip_unrelated": clip_value, "clip_unrelated_ci": clip_ci,
-            "per_prompt": {"target_rate": rate_each, "care": care_each, "clip_unrelated": clip_each}}, made
+            "per_prompt": {"target_rate": rate_each, "target_detected": detected_each, "care": care_each,
+                           "clip_unrelated": clip_each}}, made
 
 
 def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) -> TaskResult:
@@ -276,6 +297,7 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
 
     from recare_cli.io.careset import parse_careset
     from recare_cli.models.clip import load_clip
+    from recare_cli.toyworld.detector import load as load_detector
     from recare_cli.toyworld.evaluate import Judge, save_grid
     from recare_cli.toyworld.tasks import TASKS, prompts
 
@@ -314,13 +336,15 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
             weights[tag] = [timed(tag, _erase, folder, task, method, care, adv, sd, s, seed)]
 
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
+    detector = load_detector()
     # what a method needs beyond the base model: STEREO-style and ReCARE both use the CARE-set and the
     # adversarial token; ESD uses neither
     shared = seconds.get("careset", 0.0) + seconds.get("invert", 0.0)
 
     def evaluate(method: str, tag: str) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
         figures, made = measure_model(task, folder / "samples" / tag, sd=sd, weights=weights[tag], clip=clip,
-                                      judge=judge, images=dict.fromkeys(KINDS, s.eval_images), seed=0, s=s)
+                                      judge=judge, detector=detector, images=dict.fromkeys(KINDS, s.eval_images),
+                                      seed=0, s=s)
         cost = 0.0 if method == "base" else seconds.get(tag, 0.0) + (0.0 if method == "esd" else shared)
         return {**figures, "seconds": round(cost, 1), "images": {k: len(v) for k, v in made.items()}}, made
 
@@ -352,7 +376,7 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     return result
 
 
-FIGURES = ("target_rate", "care", "clip_unrelated")
+FIGURES = ("target_rate", "target_detected", "care", "clip_unrelated")
 
 
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -383,14 +407,15 @@ def format_table(results: list[TaskResult]) -> str:
         ci = row.get(f"{key}_ci")
         return main if ci is None else f"{main} ({bound.format(ci[0])}–{bound.format(ci[1])})"
 
-    lines = ["| task | model | target appears ↓ (95% CI) | CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | "
-             "time (s) |", "|---|---|---|---|---|---|"]
+    lines = ["| task | model | target appears ↓, toy CLIP (95% CI) | target appears ↓, detector | "
+             "CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | time (s) |", "|---|---|---|---|---|---|---|"]
     for result in results:
         task = TASKS[result.task]
         for method in METHODS:
             row = result.rows[method]
             lines.append(f"| {task.name} (erase '{task.target}', keep '{task.concept}') | {LABELS[method]} | "
-                         f"{figure(row, 'target_rate', True)} | {figure(row, 'care', False)} | "
+                         f"{figure(row, 'target_rate', True)} | {figure(row, 'target_detected', True)} | "
+                         f"{figure(row, 'care', False)} | "
                          f"{figure(row, 'clip_unrelated', False)} | {row['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -410,6 +435,7 @@ def worst_unrelated(result: TaskResult) -> dict[str, tuple[str, float, float]]:
 def bars(result: TaskResult) -> dict[str, bool]:
     """The issue's bars for ReCARE against the base model, and whether it keeps the concept best."""
     base, recare = result.rows["base"], result.rows["recare"]
-    return {"target_at_most_20pct_of_base": recare["target_rate"] <= 0.2 * base["target_rate"],
+    return {"target_at_most_20pct_of_base_by_toy_clip": recare["target_rate"] <= 0.2 * base["target_rate"],
+            "target_at_most_20pct_of_base_by_detector": recare["target_detected"] <= 0.2 * base["target_detected"],
             "care_at_least_90pct_of_base": recare["care"] >= 0.9 * base["care"],
             "care_best_of_erasers": recare["care"] >= max(result.rows[m]["care"] for m in ("esd", "stereo"))}

@@ -135,7 +135,9 @@ def materialise(cache_dir: Path | None = None, *, source: Path | None = None) ->
     """The ``(clip_dir, sd_dir)`` of the shipped toy world, built into the cache on first use."""
     source = source or data_dir()
     manifest = read_manifest(source)
-    key = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:16]
+    # keyed by the files the folders are built from (not the detector, which ships beside them)
+    built_from = {f: d for f, d in manifest["files"].items() if f in (*WEIGHT_FILES, *CONFIG_FILES)}
+    key = hashlib.sha256(json.dumps(built_from, sort_keys=True).encode()).hexdigest()[:16]
     target = (cache_dir or default_cache_dir()) / "toyworld" / key
     if (target / "clip" / "config.json").is_file() and (target / "sd" / "model_index.json").is_file():
         return target / "clip", target / "sd"
