@@ -17,6 +17,8 @@ The exit codes are part of the CLI contract (README, "Exit codes"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -36,6 +38,14 @@ class RecareError(Exception):
 
 class UsageError(RecareError):
     exit_code = EXIT_USAGE
+
+
+def check_choice(option: str, value: str, choices: Iterable[str], what: str) -> None:
+    """A :class:`UsageError` naming the option, the value and the choices unless ``value`` is one of them:
+    ``--timesteps: unknown timestep draw 'sorted' (choose uniform, stratified)``."""
+    allowed = list(choices)
+    if value not in allowed:
+        raise UsageError(f"{option}: unknown {what} '{value}' (choose {', '.join(allowed)})")
 
 
 class BadInputError(RecareError):

@@ -38,12 +38,11 @@ def demo(
              "erasures only.")] = 1,
     quiet: Quiet = False,
 ) -> None:
-    from recare_cli.errors import UsageError
+    from recare_cli.errors import check_choice
     from recare_cli.toyworld.tasks import TASKS
 
     console.set_quiet(quiet)
-    if task not in TASKS:
-        raise UsageError(f"--task: unknown task '{task}' (choose {', '.join(TASKS)})")
+    check_choice("--task", task, TASKS, "task")
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.stages.demo import LABELS, QUICK, DemoSettings, bars, format_table, run_task, worst_unrelated
     from recare_cli.toyworld.assets import materialise

@@ -80,7 +80,7 @@ def score(
     quiet: Quiet = False,
 ) -> None:
     from recare_cli.data.labels import LABEL_SETS
-    from recare_cli.errors import UsageError
+    from recare_cli.errors import UsageError, check_choice
     from recare_cli.io.jsonl import dumps_json, write_jsonl
     from recare_cli.io.streams import open_output
     from recare_cli.stages.score import METRICS, Gate, ScoreConfig, check_gates, run_score
@@ -88,8 +88,7 @@ def score(
     console.set_quiet(quiet)
     metrics = list(dict.fromkeys(m.strip().lower() for m in metric))
     for m in metrics:
-        if m not in METRICS:
-            raise UsageError(f"--metric: unknown metric '{m}' (choose {', '.join(METRICS)})")
+        check_choice("--metric", m, METRICS, "metric")
     gates = [Gate.parse(s, above=False) for s in fail_under or []] + [Gate.parse(s, above=True)
                                                                      for s in fail_over or []]
     for gate in gates:
@@ -97,8 +96,7 @@ def score(
             raise UsageError(f"a gate on '{gate.metric}' needs --metric {gate.metric}")
     if per_image is not None and str(per_image) == "-" and output == "-":
         raise UsageError("--per-image - and the summary cannot both go to stdout; use -o FILE for one")
-    if label_set not in LABEL_SETS:
-        raise UsageError(f"--label-set: unknown set '{label_set}' (choose {', '.join(LABEL_SETS)})")
+    check_choice("--label-set", label_set, LABEL_SETS, "label set")
 
     label_list, labels_source = _labels(labels, label_set)
     if "classify" in metrics and labels is None:

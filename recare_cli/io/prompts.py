@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from recare_cli.errors import BadInputError, UsageError
+from recare_cli.errors import BadInputError, check_choice
 from recare_cli.io.streams import STDIO, display_name, read_bytes
 
 FORMATS = ("auto", "csv", "jsonl", "text")
@@ -45,8 +45,7 @@ class PromptRow:
 
 def read_prompts(src: str | os.PathLike[str], *, fmt: str = "auto") -> list[PromptRow]:
     """Read prompts from a file or ``-``; raises :class:`BadInputError` naming file, line, column."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format: unknown prompt format '{fmt}' (choose {', '.join(FORMATS)})")
+    check_choice("--format", fmt, FORMATS, "prompt format")
     data = read_bytes(src)
     name = display_name(src)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from recare_cli.errors import UsageError
+from recare_cli.errors import UsageError, check_choice
 
 if TYPE_CHECKING:
     import torch
@@ -47,8 +47,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if spec == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    if spec not in table:
-        raise UsageError(f"--dtype: unknown dtype '{spec}' (choose {', '.join(DTYPE_CHOICES)})")
+    check_choice("--dtype", spec, DTYPE_CHOICES, "dtype")
     return table[spec]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from recare_cli import console
 from recare_cli.core.guidance import LR_SCHEDULES, METHODS, TIMESTEP_DRAWS, TRAIN_METHODS
-from recare_cli.errors import BadInputError, RefusedError, UsageError
+from recare_cli.errors import BadInputError, RefusedError, UsageError, check_choice
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
@@ -56,21 +56,14 @@ class EraseOptions:
     def validate(self) -> None:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
-        if self.method not in METHODS:
-            raise UsageError(f"--method: unknown method '{self.method}' (choose {', '.join(METHODS)})")
-        if self.train_method not in TRAIN_METHODS:
-            raise UsageError(f"--train-method: unknown train method '{self.train_method}' "
-                             f"(choose {', '.join(TRAIN_METHODS)})")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UsageError(f"--lr-schedule: choose {', '.join(LR_SCHEDULES)}")
-        if self.timesteps not in TIMESTEP_DRAWS:
-            raise UsageError(f"--timesteps: choose {', '.join(TIMESTEP_DRAWS)}")
+        check_choice("--method", self.method, METHODS, "method")
+        check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
+        check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES, "lr schedule")
+        check_choice("--timesteps", self.timesteps, TIMESTEP_DRAWS, "timestep draw")
         if self.xt_batch < 1:
             raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision: choose {', '.join(PRECISIONS)}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise UsageError(f"--save-dtype: choose {', '.join(SAVE_DTYPES)}")
+        check_choice("--precision", self.precision, PRECISIONS, "precision")
+        check_choice("--save-dtype", self.save_dtype, SAVE_DTYPES, "dtype")
         if self.method != "esd" and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:

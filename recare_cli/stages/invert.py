@@ -15,7 +15,7 @@ from typing import Any
 
 from recare_cli import console
 from recare_cli.core.guidance import TRAIN_METHODS
-from recare_cli.errors import BadInputError, UsageError
+from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
 
@@ -69,13 +69,9 @@ class InvertOptions:
     def validate(self) -> None:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
-        if self.property not in TEMPLATES:
-            raise UsageError(f"--property: choose {', '.join(TEMPLATES)}")
-        if self.train_method not in TRAIN_METHODS:
-            raise UsageError(f"--train-method: unknown train method '{self.train_method}' "
-                             f"(choose {', '.join(TRAIN_METHODS)})")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UsageError("--precision: choose fp32, bf16 or fp16")
+        check_choice("--property", self.property, TEMPLATES, "property")
+        check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
+        check_choice("--precision", self.precision, ("fp32", "bf16", "fp16"), "precision")
         check_binary_destination(self.output)  # refuse now, not after the training
         if self.output != STDIO:
             check_output_dir(Path(self.output))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from recare_cli import console
-from recare_cli.errors import BadInputError, UsageError
+from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.io.atomic import atomic_write_bytes
 from recare_cli.io.digest import sha256_file
 from recare_cli.io.manifest import make_record
@@ -162,8 +162,7 @@ def encode_png(pixels: Any, tag: str) -> bytes:
 
 
 def set_scheduler(pipe: Any, name: str) -> None:
-    if name not in SCHEDULERS:
-        raise UsageError(f"--scheduler: unknown scheduler '{name}' (choose {', '.join(SCHEDULERS)})")
+    check_choice("--scheduler", name, SCHEDULERS, "scheduler")
     cls_name = SCHEDULERS[name]
     if cls_name is None:
         return
@@ -236,8 +235,7 @@ def run_sample(rows: Sequence[PromptRow], *, out_dir: Path, images_per_prompt: i
 
     if settings.height % 8 or settings.width % 8:
         raise UsageError("--height and --width must be multiples of 8")
-    if settings.scheduler not in SCHEDULERS:
-        raise UsageError(f"--scheduler: unknown scheduler '{settings.scheduler}' (choose {', '.join(SCHEDULERS)})")
+    check_choice("--scheduler", settings.scheduler, SCHEDULERS, "scheduler")
     jobs = plan_jobs(rows, images_per_prompt=images_per_prompt, seed=seed)
     rank, world, state = distributed(device)
     if out_dir.exists() and not out_dir.is_dir():

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from recare_cli import console
-from recare_cli.errors import BadInputError, GateFailedError, ModelUnavailableError, UsageError
+from recare_cli.errors import BadInputError, GateFailedError, ModelUnavailableError, UsageError, check_choice
 from recare_cli.io.digest import sha256_file
 
 METRICS = ("care", "clip", "nudity", "classify")
@@ -83,9 +83,8 @@ class ScoreResult:
 
 
 def validate(config: ScoreConfig, items: Sequence[ImageItem]) -> None:
-    unknown = [m for m in config.metrics if m not in METRICS]
-    if unknown:
-        raise UsageError(f"--metric: unknown metric '{unknown[0]}' (choose {', '.join(METRICS)})")
+    for metric in config.metrics:
+        check_choice("--metric", metric, METRICS, "metric")
     if not config.metrics:
         raise UsageError(f"give at least one --metric ({', '.join(METRICS)})")
     if "care" in config.metrics and not (config.concept and config.concept.strip()):
