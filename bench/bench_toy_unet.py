@@ -1,5 +1,7 @@
 """Benchmark: the toy world's UNet with two layers per block (as shipped) against one, or (``--vary tokens``)
-the shipped UNet cross-attending to 77 text states (as shipped) against 24.
+the shipped UNet cross-attending to 77 text states (as shipped) against 24, or (``--vary compile``) the
+shipped UNet run eagerly (as the training code runs it) against ``torch.compile`` of it (inductor, which
+needs a C++ compiler; the first call of each shape compiles, outside the timing).
 
 The UNets are built by ``recare_cli.toyworld.train.build_unet`` from the training defaults, differing only
 in ``unet_layers`` (random weights: speed depends on shape, not weights). Timed: the training step (batch
@@ -11,6 +13,7 @@ machine (this machine's speed moves 1.5-2x within a day).
 
     python bench/bench_toy_unet.py
     python bench/bench_toy_unet.py --vary tokens
+    python bench/bench_toy_unet.py --vary compile
 """
 
 from __future__ import annotations
@@ -58,20 +61,24 @@ def call(unet: Any, optimizer: Any, batch: int, kind: str, tokens: int = 77) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vary", choices=("layers", "tokens"), default="layers",
-                        help="layers: 2 vs 1 per block; tokens: 77 vs 24 text states (2 layers)")
+    parser.add_argument("--vary", choices=("layers", "tokens", "compile"), default="layers",
+                        help="layers: 2 vs 1 per block; tokens: 77 vs 24 text states (2 layers); compile: eager "
+                             "vs torch.compile (2 layers)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    # variant -> (layers per block, text states); the first is the shipped world's
-    variants = {"2 layers": (2, 77), "1 layer": (1, 77)} if args.vary == "layers" else \
-        {"77 tokens": (2, 77), "24 tokens": (2, 24)}
+    # variant -> (layers per block, text states, compiled); the first is the shipped world's, as trained
+    variants = {"layers": {"2 layers": (2, 77, False), "1 layer": (1, 77, False)},
+                "tokens": {"77 tokens": (2, 77, False), "24 tokens": (2, 24, False)},
+                "compile": {"eager": (2, 77, False), "compiled": (2, 77, True)}}[args.vary]
     built = {layers: build_unet(TrainConfig(unet_layers=layers), 3, 64).train()
-             for layers in {layers for layers, _ in variants.values()}}
-    unets = {name: built[layers] for name, (layers, _) in variants.items()}
+             for layers in {layers for layers, _, _ in variants.values()}}
+    # a compiled variant shares the eager one's module (and weights, and optimizer)
+    unets = {name: torch.compile(built[layers]) if compiled else built[layers]
+             for name, (layers, _, compiled) in variants.items()}
     optimizers = {layers: torch.optim.AdamW(u.parameters(), lr=1e-6) for layers, u in built.items()}
     sizes = {layers: sum(p.numel() for p in u.parameters()) / 1e6 for layers, u in built.items()}
     print("parameters: " + ", ".join(f"{layers} layer(s) {size:.2f} M" for layers, size in sorted(sizes.items())))
@@ -79,7 +86,7 @@ def main() -> None:
     print(f"\n| call | batch | {first} ms | {second} ms | ratio |\n|---|---|---|---|---|")
     for label, batch, kind in CASES:
         runs = {name: call(unets[name], optimizers[layers], batch, kind, tokens)
-                for name, (layers, tokens) in variants.items()}
+                for name, (layers, tokens, _) in variants.items()}
         for run in runs.values():  # warm-up
             run()
         medians = interleaved_medians(runs, args.calls, args.repeat)

@@ -39,8 +39,8 @@ class DemoTask:
     # seeds by a rule fixed beforehand (docs/toyworld.md, "Tuning the erase rate"): a rate that erases
     # the Van Gogh style also takes the person with the nudity; one that keeps the person leaves the style
     erase_lr: float
-    # ReCARE's retain weight λ (erase --retain-weight) for this task, chosen the same way (Van Gogh only:
-    # docs/toyworld.md, "Erase seeds"); the baselines have no retain loss
+    # ReCARE's retain weight λ (erase --retain-weight) for this task, chosen the same way (Van Gogh: step 6,
+    # nudity: step 8 of docs/toyworld.md's tuning); the baselines have no retain loss
     retain_weight: float = 1.0
 
 
@@ -54,7 +54,8 @@ TASKS: dict[str, DemoTask] = {
         "nudity", "a naked person", "person", _labels(world.OBJECTS, "person"), "person", "object",
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
-        "clothing", "naked", ("naked", "nude"), erase_lr=5e-5),
+        # 2e-4 with λ = 10 (5e-5, λ = 1 until session 14): chosen when the detector judged the target (step 8)
+        "clothing", "naked", ("naked", "nude"), erase_lr=2e-4, retain_weight=10.0),
     # "style", as in the paper: the retain prompts are "A painting of {w}", which in this world (as in
     # ours) are not Van Goghs: a painting not named as one is a watercolour.
     "vangogh": DemoTask(
