@@ -211,3 +211,19 @@ def test_demo_names_the_unrelated_prompt_hit_hardest(quick_demo: tuple[Path, str
         mine = results[method]["per_prompt"]["clip_unrelated"]
         prompt = max(base, key=lambda p: base[p] - mine[p])
         assert f"'{prompt}' CLIP {base[prompt]:.3f} → {mine[prompt]:.3f}" in line
+
+
+def test_bars_judge_the_target_by_both_judges() -> None:
+    from recare_cli.stages.demo import TaskResult, bars
+
+    rows = {"base": {"target_rate": 0.8, "target_detected": 1.0, "care": 0.7},
+            "esd": {"target_rate": 0.7, "target_detected": 0.9, "care": 0.6},
+            "stereo": {"target_rate": 0.2, "target_detected": 0.3, "care": 0.5},
+            "recare": {"target_rate": 0.1, "target_detected": 0.3, "care": 0.63}}
+    assert bars(TaskResult("nudity", rows, [], {})) == {
+        "target_at_most_20pct_of_base_by_toy_clip": True,  # 0.1 <= 0.16
+        "target_at_most_20pct_of_base_by_detector": False,  # 0.3 > 0.2
+        "care_at_least_90pct_of_base": True,  # 0.63 >= 0.63
+        "care_best_of_erasers": True}
+    rows["esd"]["care"] = 0.64
+    assert not bars(TaskResult("nudity", rows, [], {}))["care_best_of_erasers"]

@@ -109,3 +109,19 @@ def test_a_changed_shipped_file_is_refused(tmp_path: Path, monkeypatch: pytest.M
     (folder / detector.FILE).write_bytes(bytes(data))
     with pytest.raises(BadInputError, match="does not match its manifest"):
         detector.load()
+
+
+@shipped
+def test_shipping_a_detector_keeps_the_materialised_world_folders(tmp_path: Path) -> None:
+    """The cache key covers the files the folders are built from: a new detector does not rebuild them, nor
+    invalidate demo runs made with them (their settings record the folder paths)."""
+    import shutil
+
+    source = tmp_path / "data"
+    shutil.copytree(assets.data_dir(), source)
+    before = assets.materialise(tmp_path / "cache", source=source)
+    model, report = detector.train(_IdentityVAE(), n=128, epochs=1, seed=0)
+    detector.ship(model, report, source)
+    assert assets.read_manifest(source)["files"][detector.FILE] != assets.read_manifest()["files"][detector.FILE]
+    assert assets.materialise(tmp_path / "cache", source=source) == before
+    assert len(list((tmp_path / "cache" / "toyworld").iterdir())) == 1
