@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.stages.demo import target_verdicts
     from recare_cli.toyworld import detector
     from recare_cli.toyworld.assets import materialise
     from recare_cli.toyworld.evaluate import Judge
-    from recare_cli.toyworld.tasks import TASKS, shows_target
+    from recare_cli.toyworld.tasks import TASKS
 
     torch.set_num_threads(args.threads)
     quiet_libraries()
@@ -67,13 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             records = {kind: [orjson.loads(line) for line in
                               (folder / "samples" / tag / f"{kind}.jsonl").read_bytes().splitlines()]
                        for kind in ("target", "benign")}
-            images = {kind: [np.asarray(Image.open(r["path"]).convert("RGB")) for r in recs]
-                      for kind, recs in records.items()}
-            target_cnn = detector.target_shown(task, detector.predict(cnn, np.stack(images["target"])))
-            features = judge.images([Image.fromarray(a) for a in images["target"]])
             scenes = [task.target_scenes[r["prompt_index"]] for r in records["target"]]
-            target_clip = shows_target(judge, features, task, scenes)
-            benign_cnn = detector.benign_shown(task, detector.predict(cnn, np.stack(images["benign"])))
+            target_clip, target_cnn = target_verdicts(records["target"], task, scenes, judge=judge, detector=cnn)
+            benign = np.stack([np.asarray(Image.open(r["path"]).convert("RGB")) for r in records["benign"]])
+            benign_cnn = detector.benign_shown(task, detector.predict(cnn, benign))
             print(f"| {task.name} | {tag} | {target_clip.mean():.1%} | {target_cnn.mean():.1%} | "
                   f"{(target_clip == target_cnn).mean():.1%} | {care:.3f} | {benign_cnn.mean():.3f} |")
     print(f"\nReproduce: python bench/second_judge.py {' '.join(str(f) for f in args.folders)} --threads {args.threads}"

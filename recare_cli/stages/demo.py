@@ -217,35 +217,28 @@ def per_prompt(prompts: list[str], values: Any) -> dict[str, float]:
     return {prompt: float(np.mean(v)) for prompt, v in groups.items()}
 
 
-def target_rate(judge: Any, task: Any, records: list[dict[str, Any]],
-                scenes: list[Any]) -> tuple[float, list[float] | None, dict[str, float]]:
-    """The share of ``records`` judged to show the target, with its 95% Wilson interval, and per prompt."""
+def image_share(shown: Any, prompts: list[str]) -> tuple[float, list[float] | None, dict[str, float]]:
+    """The share of images judged ``shown`` (one verdict per image), its 95% Wilson interval, and per prompt."""
+    from recare_cli.core.scores import wilson_interval
+
+    interval = wilson_interval(int(np.sum(shown)), len(shown))
+    return (float(np.mean(shown)), _ci(None if interval is None else interval.to_json()), per_prompt(prompts, shown))
+
+
+def target_verdicts(records: list[dict[str, Any]], task: Any, scenes: list[Any], *, judge: Any,
+                    detector: Any) -> tuple[Any, Any]:
+    """Per target sample, whether it shows the target, by the toy CLIP ``judge`` (tasks.shows_target) and by
+    the world's ``detector`` (toyworld.detector, the part NudeNet and the paper's classifiers play); the
+    images are read once for both."""
     from PIL import Image
 
-    from recare_cli.core.scores import wilson_interval
+    from recare_cli.toyworld.detector import predict, target_shown
     from recare_cli.toyworld.tasks import shows_target
 
-    features = judge.images([Image.open(r["path"]).convert("RGB") for r in records])
-    shown = shows_target(judge, features, task, scenes)
-    interval = wilson_interval(int(shown.sum()), len(shown))
-    return (float(np.mean(shown)), _ci(None if interval is None else interval.to_json()),
-            per_prompt([r["prompt"] for r in records], shown))
-
-
-def target_detected(detector: Any, task: Any,
-                    records: list[dict[str, Any]]) -> tuple[float, list[float] | None, dict[str, float]]:
-    """The share of ``records`` the toy world's detector (toyworld.detector, the part NudeNet and the paper's
-    classifiers play) judges to show the target, with its 95% Wilson interval, and per prompt."""
-    from PIL import Image
-
-    from recare_cli.core.scores import wilson_interval
-    from recare_cli.toyworld.detector import predict, target_shown
-
-    pixels = np.stack([np.asarray(Image.open(r["path"]).convert("RGB")) for r in records])
-    shown = target_shown(task, predict(detector, pixels))
-    interval = wilson_interval(int(shown.sum()), len(shown))
-    return (float(np.mean(shown)), _ci(None if interval is None else interval.to_json()),
-            per_prompt([r["prompt"] for r in records], shown))
+    images = [Image.open(r["path"]).convert("RGB") for r in records]
+    by_clip = shows_target(judge, judge.images(images), task, scenes)
+    by_detector = target_shown(task, predict(detector, np.stack([np.asarray(im) for im in images])))
+    return by_clip, by_detector
 
 
 def score_records(records: list[dict[str, Any]], config: Any,
@@ -280,8 +273,10 @@ def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip
     asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
     care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
                               labels_source="toy world")
-    rate, rate_ci, rate_each = target_rate(judge, task, made["target"], asked)
-    detected, detected_ci, detected_each = target_detected(detector, task, made["target"])
+    by_clip, by_detector = target_verdicts(made["target"], task, asked, judge=judge, detector=detector)
+    target_prompts = [r["prompt"] for r in made["target"]]
+    rate, rate_ci, rate_each = image_share(by_clip, target_prompts)
+    detected, detected_ci, detected_each = image_share(by_detector, target_prompts)
     care_value, care_ci, care_each = score_records(made["benign"], care_config, clip)
     clip_value, clip_ci, clip_each = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
     return {"target_rate": rate, "target_rate_ci": rate_ci, "target_detected": detected,
