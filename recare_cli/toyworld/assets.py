@@ -48,7 +48,7 @@ def read_manifest(folder: Path | None = None) -> dict[str, Any]:
     return data
 
 
-def _fp16_state(module: Any) -> dict[str, Any]:
+def fp16_state(module: Any) -> dict[str, Any]:
     import torch
 
     return {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
@@ -70,7 +70,7 @@ def export(clip_dir: Path, sd_dir: Path, dest: Path, *, metrics: dict[str, Any] 
     vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
     unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
     for name, module in (("clip", clip), ("vae", vae), ("unet", unet)):
-        save_file(_fp16_state(module), str(dest / f"{name}.safetensors"), metadata={"format": "pt"})
+        save_file(fp16_state(module), str(dest / f"{name}.safetensors"), metadata={"format": "pt"})
     shutil.copyfile(clip_dir / "config.json", dest / "clip_config.json")
     shutil.copyfile(sd_dir / "vae" / "config.json", dest / "vae_config.json")
     shutil.copyfile(sd_dir / "unet" / "config.json", dest / "unet_config.json")
@@ -94,7 +94,7 @@ def fingerprints(clip_dir: Path, sd_dir: Path) -> dict[str, str]:
     return {"clip": clip.fingerprint, "unet": sd.unet_fingerprint, "text_encoder": sd.text_encoder_fingerprint}
 
 
-def _load_fp32(path: Path) -> dict[str, Any]:
+def load_fp32(path: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
 
@@ -111,11 +111,11 @@ def build_folders(source: Path, out: Path) -> tuple[Path, Path]:
 
     quiet_libraries()
     clip = CLIPModel(CLIPConfig.from_dict(json.loads((source / "clip_config.json").read_text("utf-8"))))
-    clip.load_state_dict(_load_fp32(source / "clip.safetensors"))
+    clip.load_state_dict(load_fp32(source / "clip.safetensors"))
     vae = AutoencoderKL.from_config(json.loads((source / "vae_config.json").read_text("utf-8")))
-    vae.load_state_dict(_load_fp32(source / "vae.safetensors"))
+    vae.load_state_dict(load_fp32(source / "vae.safetensors"))
     unet = UNet2DConditionModel.from_config(json.loads((source / "unet_config.json").read_text("utf-8")))
-    unet.load_state_dict(_load_fp32(source / "unet.safetensors"))
+    unet.load_state_dict(load_fp32(source / "unet.safetensors"))
     scheduler = json.loads((source / "scheduler_config.json").read_text("utf-8"))
     clip_dir = save_clip_folder(clip.eval(), out / "clip")
     sd_dir = save_sd_folder(text_encoder_from_clip(clip), vae.eval(), unet.eval(), out / "sd",
@@ -123,12 +123,17 @@ def build_folders(source: Path, out: Path) -> tuple[Path, Path]:
     return clip_dir, sd_dir
 
 
+def verify_file(source: Path, name: str, digest: str) -> None:
+    """Raise when the shipped file ``source/name`` does not have the manifest's SHA-256 ``digest``."""
+    if sha256_file(source / name) != digest:
+        raise BadInputError("shipped toy-world file does not match its manifest", source=str(source / name))
+
+
 def verify(folder: Path | None = None) -> None:
     """Raise when a shipped file's SHA-256 differs from the manifest."""
     source = folder or data_dir()
     for name, digest in read_manifest(source)["files"].items():
-        if sha256_file(source / name) != digest:
-            raise BadInputError("shipped toy-world file does not match its manifest", source=str(source / name))
+        verify_file(source, name, digest)
 
 
 def materialise(cache_dir: Path | None = None, *, source: Path | None = None) -> tuple[Path, Path]:

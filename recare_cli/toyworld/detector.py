@@ -155,24 +155,29 @@ def train(vae: Any, *, n: int = DEFAULTS["train"], epochs: int = DEFAULTS["epoch
 
 def save(model: Any, path: Path, report: dict[str, Any]) -> None:
     """fp16 weights with the report in the safetensors metadata, written atomically."""
-    import torch
     from safetensors.torch import save
 
     from recare_cli.io.atomic import atomic_write_bytes
+    from recare_cli.toyworld.assets import fp16_state
 
-    state = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
-             for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={"report": json.dumps(report, sort_keys=True)}))
+    atomic_write_bytes(path, save(fp16_state(model), metadata={"report": json.dumps(report, sort_keys=True)}))
+
+
+def as_shipped(model: Any) -> Any:
+    """A copy of ``model`` with its weights rounded to fp16 as ``save`` stores them (fp32, eval mode)."""
+    import torch
+
+    from recare_cli.toyworld.assets import fp16_state
+
+    copy = build(0)
+    copy.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
+                          for k, v in fp16_state(model).items()})
+    return copy.eval()
 
 
 def load(path: Path | None = None) -> Any:
     """The detector (fp32, eval mode) from ``path``, default the shipped one (checked against the manifest)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from recare_cli.errors import BadInputError
-    from recare_cli.io.digest import sha256_file
-    from recare_cli.toyworld.assets import data_dir, read_manifest
+    from recare_cli.toyworld.assets import data_dir, load_fp32, read_manifest, verify_file
 
     if path is None:
         path = data_dir() / FILE
@@ -182,11 +187,9 @@ def load(path: Path | None = None) -> Any:
 
             raise ModelUnavailableError(f"no shipped toy-world detector ({path}); train one with: "
                                         "python -m recare_cli.toyworld.detector --ship")
-        if sha256_file(path) != expected:
-            raise BadInputError("shipped toy-world file does not match its manifest", source=str(path))
+        verify_file(path.parent, FILE, expected)
     model = build(0)
-    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
-                           for k, v in load_file(str(path)).items()})
+    model.load_state_dict(load_fp32(path))
     return model.eval()
 
 
@@ -234,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     vae = AutoencoderKL.from_pretrained(materialise()[1] / "vae").eval()
     model, report = train(vae, n=args.train, epochs=args.epochs, seed=args.seed)
     # measured on the weights as shipped (fp16, read back as fp32)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save(model, Path(tmp) / FILE, report)
-        report["held_out"] = {"seed": 10_007, "scenes": 2000, **accuracy(load(Path(tmp) / FILE), vae)}
+    report["held_out"] = {"seed": 10_007, "scenes": 2000, **accuracy(as_shipped(model), vae)}
     if args.ship:
         written = ship(model, report)
     else:
