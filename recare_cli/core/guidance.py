@@ -21,6 +21,7 @@ TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full")
 METHODS = ("recare", "esd", "stereo")
 TIMESTEP_DRAWS = ("uniform", "stratified")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")  # training precisions (core.diffusion.autocast), for erase and invert
 
 
 def esd_target(eps_concept: torch.Tensor, eps_uncond: torch.Tensor, negative_guidance: float) -> torch.Tensor:

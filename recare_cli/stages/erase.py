@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from recare_cli import console
-from recare_cli.core.guidance import LR_SCHEDULES, METHODS, TIMESTEP_DRAWS, TRAIN_METHODS
+from recare_cli.core.guidance import LR_SCHEDULES, METHODS, PRECISIONS, TIMESTEP_DRAWS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, RefusedError, UsageError, check_choice
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recare_cli import console
-from recare_cli.core.guidance import TRAIN_METHODS
+from recare_cli.core.guidance import PRECISIONS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
@@ -71,7 +71,7 @@ class InvertOptions:
             raise UsageError("--target must not be empty")
         check_choice("--property", self.property, TEMPLATES, "property")
         check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
-        check_choice("--precision", self.precision, ("fp32", "bf16", "fp16"), "precision")
+        check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_binary_destination(self.output)  # refuse now, not after the training
         if self.output != STDIO:
             check_output_dir(Path(self.output))
