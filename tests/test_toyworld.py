@@ -149,6 +149,27 @@ def test_unet_depth_option_reaches_the_model() -> None:
     assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in deep.parameters())
 
 
+def test_min_snr_weights_against_a_loop() -> None:
+    import torch
+    from diffusers import DDPMScheduler
+
+    from recare_cli.toyworld.train import config_from_args, min_snr_weights, noise_scheduler_config, parse_args
+
+    alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
+    t = torch.tensor([0, 10, 100, 250, 500, 999])
+    got = min_snr_weights(alphas[t], 5.0)
+    for i, step in enumerate(t.tolist()):
+        a = float(alphas[step])
+        snr = a / (1 - a)
+        want = 1.0 if snr <= 5.0 else 5.0 / snr
+        assert abs(float(got[i]) - want) < 1e-6, step
+    # little noise (t = 0: SNR ≈ 1,000) is weighted down hard; heavy noise not at all
+    assert float(got[0]) < 0.01 and float(got[-1]) == 1.0
+    assert torch.equal(min_snr_weights(alphas[t], None), torch.ones(6))
+    assert config_from_args(parse_args(["--out", "x", "--snr-gamma", "5"])).snr_gamma == 5.0
+    assert config_from_args(parse_args(["--out", "x"])).snr_gamma is None
+
+
 def test_training_is_reproducible(quick_world: Path, tmp_path: Path) -> None:
     import torch
 

@@ -43,6 +43,7 @@ def train(
     clip_steps: Annotated[int | None, typer.Option("--clip-steps", min=1)] = None,
     vae_steps: Annotated[int | None, typer.Option("--vae-steps", min=1)] = None,
     unet_steps: Annotated[int | None, typer.Option("--unet-steps", min=1)] = None,
+    snr_gamma: Annotated[float | None, typer.Option("--snr-gamma", min=0.0, min_open=True, help="Min-SNR-γ weighting of the UNet loss (default: none).")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Time cap per model; a capped run is no longer reproducible.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     quiet: Quiet = False,
@@ -52,7 +53,7 @@ def train(
     console.set_quiet(quiet)
     argv = ["--out", str(out), "--seed", str(seed)]
     for flag, value in (("--clip-steps", clip_steps), ("--vae-steps", vae_steps), ("--unet-steps", unet_steps),
-                        ("--minutes", minutes), ("--threads", threads)):
+                        ("--snr-gamma", snr_gamma), ("--minutes", minutes), ("--threads", threads)):
         if value is not None:
             argv += [flag, str(value)]
     if quick:
