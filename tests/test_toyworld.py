@@ -200,6 +200,26 @@ def test_export_and_materialise_round_trip(quick_world: Path, tmp_path: Path) ->
         assets.materialise(tmp_path / "cache2", source=data)
 
 
+def test_export_keeps_the_detector_only_while_its_vae_is_unchanged(quick_world: Path, tmp_path: Path) -> None:
+    """Re-exporting a world (a retrained UNet) keeps the shipped detector, which judges decoded pixels,
+    as long as the VAE is byte for byte the same; a manifest whose VAE differs loses the detector entry."""
+    from recare_cli.toyworld import assets, detector
+
+    data = tmp_path / "data"
+    assets.export(quick_world / "clip", quick_world / "sd", data)
+    detector.ship(detector.build(0), {"note": "untrained"}, data)
+    digest = assets.read_manifest(data)["files"][assets.DETECTOR_FILE]
+    again = assets.export(quick_world / "clip", quick_world / "sd", data)
+    assert again["files"][assets.DETECTOR_FILE] == digest and again["metrics"]["detector"] == {"note": "untrained"}
+    assert again["bytes"] == sum((data / f).stat().st_size for f in (*assets.WEIGHT_FILES, assets.DETECTOR_FILE))
+    assets.verify(data)
+    stale = assets.read_manifest(data)
+    stale["files"]["vae.safetensors"] = "0" * 64  # as if the detector had been trained on another VAE
+    (data / assets.MANIFEST).write_text(json.dumps(stale), "utf-8")
+    dropped = assets.export(quick_world / "clip", quick_world / "sd", data)
+    assert assets.DETECTOR_FILE not in dropped["files"] and "detector" not in dropped["metrics"]
+
+
 shipped = pytest.mark.skipif(not __import__("recare_cli.toyworld.assets", fromlist=["shipped"]).shipped(),
                              reason="no trained toy world shipped")
 

@@ -29,6 +29,7 @@ from recare_cli.io.digest import sha256_file
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("clip.safetensors", "vae.safetensors", "unet.safetensors")
 CONFIG_FILES = ("clip_config.json", "vae_config.json", "unet_config.json", "scheduler_config.json")
+DETECTOR_FILE = "detector.safetensors"  # toyworld.detector's weights, shipped beside the world's
 
 
 def data_dir() -> Path:
@@ -66,6 +67,7 @@ def export(clip_dir: Path, sd_dir: Path, dest: Path, *, metrics: dict[str, Any] 
 
     quiet_libraries()
     dest.mkdir(parents=True, exist_ok=True)
+    before = read_manifest(dest) if shipped(dest) else {}
     clip = CLIPModel.from_pretrained(clip_dir)
     vae = AutoencoderKL.from_pretrained(sd_dir / "vae")
     unet = UNet2DConditionModel.from_pretrained(sd_dir / "unet")
@@ -79,10 +81,33 @@ def export(clip_dir: Path, sd_dir: Path, dest: Path, *, metrics: dict[str, Any] 
     with tempfile.TemporaryDirectory() as tmp:
         clip_out, sd_out = build_folders(dest, Path(tmp))
         manifest["fingerprints"] = fingerprints(clip_out, sd_out)
-    manifest["metrics"] = metrics or {}
-    manifest["bytes"] = sum((dest / f).stat().st_size for f in WEIGHT_FILES)
+    manifest["metrics"] = dict(metrics or {})
+    _keep_detector(before, manifest, dest)
+    manifest["bytes"] = sum((dest / f).stat().st_size for f in manifest["files"] if f.endswith(".safetensors"))
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
     return manifest
+
+
+def _keep_detector(before: dict[str, Any], manifest: dict[str, Any], dest: Path) -> None:
+    """Carry the shipped detector's entry into a new manifest when it still judges this world.
+
+    The detector reads pixels decoded by the VAE and was trained on them: it stays valid while the
+    VAE's weights are byte for byte the ones it was trained on; otherwise it is dropped from the
+    manifest (the demo then says how to train one) rather than silently judging another world."""
+    from recare_cli import console
+
+    name = DETECTOR_FILE
+    digest = before.get("files", {}).get(name)
+    if digest is None:
+        return
+    if before["files"].get("vae.safetensors") == manifest["files"]["vae.safetensors"] and (dest / name).is_file():
+        manifest["files"][name] = digest
+        if "detector" in before.get("metrics", {}):
+            manifest["metrics"]["detector"] = before["metrics"]["detector"]
+        console.info("kept the shipped detector: the VAE it was trained on is unchanged")
+    else:
+        console.warn("the VAE changed: the shipped detector no longer judges this world and is left out of the "
+                     "manifest; train a new one: python -m recare_cli.toyworld.detector --ship")
 
 
 def fingerprints(clip_dir: Path, sd_dir: Path) -> dict[str, str]:

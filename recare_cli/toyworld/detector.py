@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from recare_cli.toyworld import world
+from recare_cli.toyworld.assets import DETECTOR_FILE as FILE
 
-FILE = "detector.safetensors"
 HEADS: dict[str, tuple[str, ...]] = {
     "background": world.BACKGROUNDS,
     "object": ("none", *world.OBJECTS),
