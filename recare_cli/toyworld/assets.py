@@ -83,9 +83,16 @@ def export(clip_dir: Path, sd_dir: Path, dest: Path, *, metrics: dict[str, Any] 
         manifest["fingerprints"] = fingerprints(clip_out, sd_out)
     manifest["metrics"] = dict(metrics or {})
     _keep_detector(before, manifest, dest)
-    manifest["bytes"] = sum((dest / f).stat().st_size for f in manifest["files"] if f.endswith(".safetensors"))
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    write_manifest(dest, manifest)
     return manifest
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Record the shipped weights' total size in ``manifest`` and write it into ``folder`` atomically."""
+    from recare_cli.io.atomic import atomic_write_bytes
+
+    manifest["bytes"] = sum((folder / f).stat().st_size for f in manifest["files"] if f.endswith(".safetensors"))
+    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 def _keep_detector(before: dict[str, Any], manifest: dict[str, Any], dest: Path) -> None:
@@ -96,12 +103,12 @@ def _keep_detector(before: dict[str, Any], manifest: dict[str, Any], dest: Path)
     manifest (the demo then says how to train one) rather than silently judging another world."""
     from recare_cli import console
 
-    name = DETECTOR_FILE
-    digest = before.get("files", {}).get(name)
+    digest = before.get("files", {}).get(DETECTOR_FILE)
     if digest is None:
         return
-    if before["files"].get("vae.safetensors") == manifest["files"]["vae.safetensors"] and (dest / name).is_file():
-        manifest["files"][name] = digest
+    same_vae = before["files"].get("vae.safetensors") == manifest["files"]["vae.safetensors"]
+    if same_vae and (dest / DETECTOR_FILE).is_file():
+        manifest["files"][DETECTOR_FILE] = digest
         if "detector" in before.get("metrics", {}):
             manifest["metrics"]["detector"] = before["metrics"]["detector"]
         console.info("kept the shipped detector: the VAE it was trained on is unchanged")
@@ -119,11 +126,17 @@ def fingerprints(clip_dir: Path, sd_dir: Path) -> dict[str, str]:
     return {"clip": clip.fingerprint, "unet": sd.unet_fingerprint, "text_encoder": sd.text_encoder_fingerprint}
 
 
-def load_fp32(path: Path) -> dict[str, Any]:
+def fp32_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its floating-point tensors in fp32 (the others as they are)."""
     import torch
+
+    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_fp32(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    return fp32_state(load_file(str(path)))
 
 
 def build_folders(source: Path, out: Path) -> tuple[Path, Path]:

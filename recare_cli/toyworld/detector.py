@@ -165,13 +165,10 @@ def save(model: Any, path: Path, report: dict[str, Any]) -> None:
 
 def as_shipped(model: Any) -> Any:
     """A copy of ``model`` with its weights rounded to fp16 as ``save`` stores them (fp32, eval mode)."""
-    import torch
-
-    from recare_cli.toyworld.assets import fp16_state
+    from recare_cli.toyworld.assets import fp16_state, fp32_state
 
     copy = build(0)
-    copy.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
-                          for k, v in fp16_state(model).items()})
+    copy.load_state_dict(fp32_state(fp16_state(model)))
     return copy.eval()
 
 
@@ -195,17 +192,15 @@ def load(path: Path | None = None) -> Any:
 
 def ship(model: Any, report: dict[str, Any], dest: Path | None = None) -> Path:
     """Write the detector into the package data (or ``dest``) and record its digest and report in the manifest."""
-    from recare_cli.io.atomic import atomic_write_bytes
     from recare_cli.io.digest import sha256_file
-    from recare_cli.toyworld.assets import MANIFEST, data_dir, read_manifest
+    from recare_cli.toyworld.assets import data_dir, read_manifest, write_manifest
 
     folder = dest or data_dir()
     manifest = read_manifest(folder)
     save(model, folder / FILE, report)
     manifest["files"][FILE] = sha256_file(folder / FILE)
     manifest.setdefault("metrics", {})["detector"] = report
-    manifest["bytes"] = sum((folder / f).stat().st_size for f in manifest["files"] if f.endswith(".safetensors"))
-    atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_manifest(folder, manifest)
     return folder / FILE
 
 
