@@ -1,8 +1,12 @@
 """Sweep erase settings on one toy-world task, reusing a demo run's CARE-set and adversarial token.
 
-Each configuration is METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH]]]]
+Each configuration is
+METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]]
 (TIMESTEPS: uniform, the default, or stratified; LR_SCHEDULE: constant, the default, linear or
-cosine; XT_BATCH: x_t samples per iteration, 1 by default); it is trained once per erase seed
+cosine; XT_BATCH: x_t samples per iteration, 1 by default; TOKENS: how many of invert's adversarial
+tokens join the erase set, `erase --num-adversarial`, 2 by default: 0 erases the target phrase alone,
+with the same anchors and retain prompts; GUIDANCE: `erase --guidance`, 2 by default, the compositional
+scale s of recare and stereo, or ESD's negative guidance g); it is trained once per erase seed
 (--erase-seeds) and every model is sampled on the task's target, benign and unrelated prompts (8/8/4
 images per prompt) and judged as the demo judges (the target by the toy CLIP and by the detector).
 Prints a markdown table (one row per configuration and erase seed, then the mean over seeds) and the
@@ -27,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+",
                         help="METHOD:TRAIN_METHOD:LR:ITERATIONS"
-                             "[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH]]]], or base")
+                             "[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]], or base")
     parser.add_argument("--from", dest="source", type=Path, required=True,
                         help="a demo task folder (care.json, adv.safetensors), e.g. recare-demo/nudity")
     parser.add_argument("--out", type=Path, default=Path("demo-sweep"))
@@ -102,12 +106,15 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
         timesteps = parts[5] if len(parts) > 5 else "uniform"
         lr_schedule = parts[6] if len(parts) > 6 else "constant"
         xt_batch = int(parts[7]) if len(parts) > 7 else 1
+        tokens = int(parts[8]) if len(parts) > 8 else EraseOptions.num_adversarial
+        guidance = float(parts[9]) if len(parts) > 9 else EraseOptions.guidance
         folder = folder / f"erase-seed-{erase_seed}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.safetensors"
         opts = EraseOptions(
             target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
             adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
+            num_adversarial=tokens, guidance=guidance,
             train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain, timesteps=timesteps,
             lr_schedule=lr_schedule, xt_batch=xt_batch, seed=erase_seed,
             ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
