@@ -48,10 +48,10 @@ def test_a_value_outside_the_choices_is_one_usage_line(tmp_path: Path, args: lis
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("gamma", ["0", "-5"])
+@pytest.mark.parametrize("gamma", ["0", "-5", "of"])
 def test_snr_gamma_must_be_positive(tmp_path: Path, gamma: str) -> None:
     result = invoke(["toyworld", "train", "--out", str(tmp_path / "tw"), "--snr-gamma", gamma])
     assert result.code == 2, result.stderr
-    want = f"recare toyworld: error: --snr-gamma: must be above 0 (got {float(gamma)})"
+    want = f"recare toyworld: error: --snr-gamma: must be above 0 or 'off' (got {gamma})"
     assert result.stderr.strip().splitlines() == [want]
     assert not (tmp_path / "tw").exists()

@@ -167,7 +167,8 @@ def test_min_snr_weights_against_a_loop() -> None:
     assert float(got[0]) < 0.01 and float(got[-1]) == 1.0
     assert torch.equal(min_snr_weights(alphas[t], None), torch.ones(6))
     assert config_from_args(parse_args(["--out", "x", "--snr-gamma", "5"])).snr_gamma == 5.0
-    assert config_from_args(parse_args(["--out", "x"])).snr_gamma is None
+    assert config_from_args(parse_args(["--out", "x"])).snr_gamma == 5.0  # the shipped world's
+    assert config_from_args(parse_args(["--out", "x", "--snr-gamma", "off"])).snr_gamma is None
 
 
 def test_training_is_reproducible(quick_world: Path, tmp_path: Path) -> None:

@@ -43,18 +43,21 @@ def train(
     clip_steps: Annotated[int | None, typer.Option("--clip-steps", min=1)] = None,
     vae_steps: Annotated[int | None, typer.Option("--vae-steps", min=1)] = None,
     unet_steps: Annotated[int | None, typer.Option("--unet-steps", min=1)] = None,
-    snr_gamma: Annotated[float | None, typer.Option("--snr-gamma", help="Min-SNR-γ weighting of the UNet loss, γ > 0 (default: none).")] = None,
+    snr_gamma: Annotated[str | None, typer.Option("--snr-gamma", help="Min-SNR-γ weighting of the UNet loss: γ above 0, or 'off' for the plain ε-MSE (default 5, as the shipped world).")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", help="Time cap per model; a capped run is no longer reproducible.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    from recare_cli.toyworld.train import main
+    from recare_cli.toyworld.train import main, snr_gamma_value
 
     console.set_quiet(quiet)
-    if snr_gamma is not None and not snr_gamma > 0:
-        from recare_cli.errors import UsageError
+    if snr_gamma is not None:
+        try:
+            snr_gamma_value(snr_gamma)
+        except ValueError as err:
+            from recare_cli.errors import UsageError
 
-        raise UsageError(f"--snr-gamma: must be above 0 (got {snr_gamma})")
+            raise UsageError(str(err)) from err
     argv = ["--out", str(out), "--seed", str(seed)]
     for flag, value in (("--clip-steps", clip_steps), ("--vae-steps", vae_steps), ("--unet-steps", unet_steps),
                         ("--snr-gamma", snr_gamma), ("--minutes", minutes), ("--threads", threads)):

@@ -54,8 +54,9 @@ TASKS: dict[str, DemoTask] = {
         "nudity", "a naked person", "person", _labels(world.OBJECTS, "person"), "person", "object",
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
-        # 2e-4 with λ = 10 (5e-5, λ = 1 until session 14): chosen when the detector judged the target (step 8)
-        "clothing", "naked", ("naked", "nude"), erase_lr=2e-4, retain_weight=10.0),
+        # 5e-5 with the paper's λ = 1 on the world shipped in session 16, chosen on held-out seeds (step 9 of
+        # docs/toyworld.md's tuning); 2e-4 with λ = 10 (step 8) collapsed the clothed person on this world
+        "clothing", "naked", ("naked", "nude"), erase_lr=5e-5),
     # "style", as in the paper: the retain prompts are "A painting of {w}", which in this world (as in
     # ours) are not Van Goghs: a painting not named as one is a watercolour.
     "vangogh": DemoTask(
@@ -63,12 +64,14 @@ TASKS: dict[str, DemoTask] = {
         (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
          S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        "style", "vangogh", ("van", "gogh"), erase_lr=6e-4, retain_weight=3.0),
+        # 4e-4 with λ = 3 on the world shipped in session 16 (step 9); 6e-4 took the stars on erase seed 42
+        "style", "vangogh", ("van", "gogh"), erase_lr=4e-4, retain_weight=3.0),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
         (S("water"), S("water", "boat", "red"), S("water", "ball", "yellow")),
-        "object", "tench", ("tench",), erase_lr=1e-4),
+        # 5e-5 on the world shipped in session 16 (step 9); 1e-4 took some water with the tench
+        "object", "tench", ("tench",), erase_lr=5e-5),
 }
 
 # Prompts no task touches: the CLIP score on them checks that unrelated concepts survive (the

@@ -57,13 +57,13 @@ class TrainConfig:
     vae_steps: int = 600
     vae_batch: int = 64
     vae_lr: float = 1e-3
-    unet_steps: int = 1900
+    unet_steps: int = 900  # with Min-SNR-5: the shipped world (session 16); 1,900 plain steps before it
     unet_batch: int = 128
     unet_lr: float = 5e-4
     n_images: int = 8000  # the fixed set the VAE and UNet see (the CLIP sees fresh scenes)
     cfg_dropout: float = 0.1
     ema_decay: float = 0.995  # a ~200-step window: short runs still improve fast at the end
-    snr_gamma: float | None = None  # Min-SNR-γ loss weighting of the UNet (Hang et al. 2023); None: plain ε-MSE
+    snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting of the UNet (Hang et al. 2023); None: plain ε-MSE
     minutes: float | None = None  # safety cap per model
     text_width: int = 64
     vision_width: int = 96
@@ -359,7 +359,7 @@ def train_unet(config: TrainConfig, latents: torch.Tensor, captions: list[str], 
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=embeddings[ids]).sample
-        if config.snr_gamma is None:  # the shipped world's loss, kept as it was for bit-for-bit retraining
+        if config.snr_gamma is None:  # --snr-gamma off: the loss of the world shipped until session 16, unchanged
             loss = mse = F.mse_loss(pred, noise)
         else:
             per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
@@ -536,19 +536,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in _OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                             help=f"default {getattr(defaults, name)}")
-    parser.add_argument("--snr-gamma", type=float, default=None,
-                        help=f"Min-SNR-γ weighting of the UNet loss (default {defaults.snr_gamma}: none)")
+    parser.add_argument("--snr-gamma", default=None,
+                        help=f"Min-SNR-γ weighting of the UNet loss: γ above 0, or 'off' for the plain ε-MSE "
+                        f"(default {defaults.snr_gamma})")
     args = parser.parse_args(argv)
-    if args.snr_gamma is not None and not args.snr_gamma > 0:
-        parser.error(f"--snr-gamma must be above 0 (got {args.snr_gamma})")
+    if args.snr_gamma is not None:
+        try:
+            snr_gamma_value(args.snr_gamma)
+        except ValueError as err:
+            parser.error(str(err))
     return args
+
+
+def snr_gamma_value(text: str) -> float | None:
+    """``--snr-gamma``: a γ above 0, or ``off`` (None: the plain ε-MSE); ValueError names the option."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        gamma = float(text)
+    except ValueError:
+        gamma = math.nan
+    if not gamma > 0:
+        raise ValueError(f"--snr-gamma: must be above 0 or 'off' (got {text})")
+    return gamma
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
     config.minutes = args.minutes
     if args.snr_gamma is not None:
-        config.snr_gamma = args.snr_gamma
+        config.snr_gamma = snr_gamma_value(args.snr_gamma)
     for name in _OPTIONS:
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
