@@ -93,32 +93,18 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
     """Train (unless already there), sample and judge one configuration: target rate (toy CLIP, detector), CARE,
     CLIP, seconds."""
     from recare_cli.stages import demo
-    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.erase import run_erase
 
-    parts = config.split(":")
-    method = parts[0]
+    method = config.split(":")[0]
     weights: list[Path] = []
     seconds = 0.0
     folder = args.out / task.name / config.replace(":", "_")
     if method != "base":
-        train_method, lr, iterations = parts[1], float(parts[2]), int(parts[3])
-        retain = float(parts[4]) if len(parts) > 4 else 1.0
-        timesteps = parts[5] if len(parts) > 5 else "uniform"
-        lr_schedule = parts[6] if len(parts) > 6 else "constant"
-        xt_batch = int(parts[7]) if len(parts) > 7 else 1
-        tokens = int(parts[8]) if len(parts) > 8 else EraseOptions.num_adversarial
-        guidance = float(parts[9]) if len(parts) > 9 else EraseOptions.guidance
         folder = folder / f"erase-seed-{erase_seed}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "weights.safetensors"
-        opts = EraseOptions(
-            target=task.target, care=None if method == "esd" else str(args.source / "care.json"),
-            adversarial=None if method == "esd" else str(args.source / "adv.safetensors"), method=method,
-            num_adversarial=tokens, guidance=guidance,
-            train_method=train_method, iterations=iterations, lr=lr, retain_weight=retain, timesteps=timesteps,
-            lr_schedule=lr_schedule, xt_batch=xt_batch, seed=erase_seed,
-            ddim_steps=args.ddim_steps, resolution=32, model=sd, device="cpu", output=str(path),
-            checkpoint_every=0)
+        opts = erase_options(config, erase_seed, target=task.target, source=args.source, sd=sd,
+                             ddim_steps=args.ddim_steps, output=path)
         if path.is_file():
             _check_cached(path, opts)
         else:
@@ -131,6 +117,31 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
                                     images={"target": 8, "benign": 8, "unrelated": 4},
                                     seed=args.sample_seed, s=settings)
     return figures["target_rate"], figures["target_detected"], figures["care"], figures["clip_unrelated"], seconds
+
+
+def erase_options(config: str, erase_seed: int, *, target: str, source: Path, sd: str, ddim_steps: int,
+                  output: Path) -> Any:
+    """The ``EraseOptions`` of one configuration
+    METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]]
+    (fields left out take ``erase``'s defaults, but RETAIN_WEIGHT, which is 1) for erase seed ``erase_seed``,
+    with the CARE-set and adversarial token of the demo folder ``source`` (ESD takes neither)."""
+    from recare_cli.stages.erase import EraseOptions
+
+    parts = config.split(":")
+    method, train_method, lr, iterations = parts[0], parts[1], float(parts[2]), int(parts[3])
+    extra = parts[4:]
+    return EraseOptions(
+        target=target, care=None if method == "esd" else str(source / "care.json"),
+        adversarial=None if method == "esd" else str(source / "adv.safetensors"), method=method,
+        train_method=train_method, iterations=iterations, lr=lr,
+        retain_weight=float(extra[0]) if len(extra) > 0 else 1.0,
+        timesteps=extra[1] if len(extra) > 1 else EraseOptions.timesteps,
+        lr_schedule=extra[2] if len(extra) > 2 else EraseOptions.lr_schedule,
+        xt_batch=int(extra[3]) if len(extra) > 3 else EraseOptions.xt_batch,
+        num_adversarial=int(extra[4]) if len(extra) > 4 else EraseOptions.num_adversarial,
+        guidance=float(extra[5]) if len(extra) > 5 else EraseOptions.guidance,
+        seed=erase_seed, ddim_steps=ddim_steps, resolution=32, model=sd, device="cpu", output=str(output),
+        checkpoint_every=0)
 
 
 def _check_cached(path: Path, opts: Any) -> None:
