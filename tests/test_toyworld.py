@@ -133,6 +133,10 @@ def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
     assert image.size == (32, 32)
     log = json.loads((quick_world / "train_log.json").read_text())
     assert {"clip", "vae", "unet"} <= set(log) and log["unet"]["steps"] == 3
+    import diffusers
+    import transformers
+
+    assert (log["diffusers"], log["transformers"]) == (diffusers.__version__, transformers.__version__)
     # a DDIM made from the shipped scheduler config must not clip latents to [-1, 1] (as SD v1.4's)
     assert json.loads((quick_world / "sd/scheduler/scheduler_config.json").read_text())["clip_sample"] is False
 

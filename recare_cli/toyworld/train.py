@@ -461,7 +461,9 @@ def train_all(out: Path, config: TrainConfig, *, progress: Callable[[str], None]
     The CLIP and the VAE are checkpointed (``out/clip``, ``out/vae``): a rerun with the same
     settings loads them instead of training again (fp32 round trip: the same result).
     ``until="clip"`` or ``"vae"`` stops after that stage; ``"vae-only"`` trains the VAE alone."""
+    import diffusers
     import torch
+    import transformers
     from diffusers import AutoencoderKL
     from transformers import CLIPModel
 
@@ -470,8 +472,10 @@ def train_all(out: Path, config: TrainConfig, *, progress: Callable[[str], None]
     quiet_libraries()
     torch.manual_seed(config.seed)
     started = time.perf_counter()
+    # Only torch is pinned (constraints/cpu.txt): the library versions are part of what a retrain reproduces
     log: dict[str, Any] = {"config": {k: v for k, v in asdict(config).items() if k != "log"},
-                           "torch": torch.__version__, "threads": torch.get_num_threads()}
+                           "torch": torch.__version__, "diffusers": diffusers.__version__,
+                           "transformers": transformers.__version__, "threads": torch.get_num_threads()}
     tokenizer = tokenizer_from_bpe()
     done = _finished_stage(out / "clip", config, "clip")
     clip: Any = None
