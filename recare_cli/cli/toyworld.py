@@ -57,7 +57,7 @@ def train(
         except ValueError as err:
             from recare_cli.errors import UsageError
 
-            raise UsageError(str(err)) from err
+            raise UsageError(f"--snr-gamma: {err}") from err
     argv = ["--out", str(out), "--seed", str(seed)]
     for flag, value in (("--clip-steps", clip_steps), ("--vae-steps", vae_steps), ("--unet-steps", unet_steps),
                         ("--snr-gamma", snr_gamma), ("--minutes", minutes), ("--threads", threads)):

@@ -540,20 +540,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in _OPTIONS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                             help=f"default {getattr(defaults, name)}")
-    parser.add_argument("--snr-gamma", default=None,
+    # parsed once here (None for 'off'); absent from the namespace when not given, so the config's default holds
+    parser.add_argument("--snr-gamma", type=_snr_gamma_arg, default=argparse.SUPPRESS,
                         help=f"Min-SNR-γ weighting of the UNet loss: γ above 0, or 'off' for the plain ε-MSE "
                         f"(default {defaults.snr_gamma})")
-    args = parser.parse_args(argv)
-    if args.snr_gamma is not None:
-        try:
-            snr_gamma_value(args.snr_gamma)
-        except ValueError as err:
-            parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
+
+
+def _snr_gamma_arg(text: str) -> float | None:
+    try:
+        return snr_gamma_value(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def snr_gamma_value(text: str) -> float | None:
-    """``--snr-gamma``: a γ above 0, or ``off`` (None: the plain ε-MSE); ValueError names the option."""
+    """``--snr-gamma``: a γ above 0, or ``off`` (None: the plain ε-MSE); ValueError says what is wrong."""
     if text.strip().lower() == "off":
         return None
     try:
@@ -561,15 +563,15 @@ def snr_gamma_value(text: str) -> float | None:
     except ValueError:
         gamma = math.nan
     if not gamma > 0:
-        raise ValueError(f"--snr-gamma: must be above 0 or 'off' (got {text})")
+        raise ValueError(f"must be above 0 or 'off' (got {text})")
     return gamma
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
     config.minutes = args.minutes
-    if args.snr_gamma is not None:
-        config.snr_gamma = snr_gamma_value(args.snr_gamma)
+    if "snr_gamma" in args:
+        config.snr_gamma = args.snr_gamma
     for name in _OPTIONS:
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
