@@ -44,6 +44,7 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
 
     assert results["settings"]["erase_lr"] == TASKS["tench"].erase_lr  # the task's own rate, recorded
     assert results["settings"]["retain_weight"] == TASKS["tench"].retain_weight
+    assert results["settings"]["care_template"] == TASKS["tench"].care_template  # the CARE judge's labels
     for method in ("base", "esd", "stereo", "recare"):
         row = results["results"][method]
         assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0

@@ -257,6 +257,15 @@ def score_records(records: list[dict[str, Any]], config: Any,
                                                                     values)
 
 
+def care_config(task: Any) -> Any:
+    """The demo's CARE score of ``task``'s benign concept: ``score --metric care`` among the world's words of its
+    kind, with the task's label template."""
+    from recare_cli.stages.score import ScoreConfig
+
+    return ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels), labels_source="toy world",
+                       template=task.care_template)
+
+
 def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip: str, judge: Any, detector: Any,
                   images: dict[str, int], seed: int, s: DemoSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sample one model (``weights`` on the base ``sd``) on the task's target, benign and unrelated prompts
@@ -271,13 +280,11 @@ def measure_model(task: Any, folder: Path, *, sd: str, weights: list[Path], clip
         made[kind] = sample_prompts(prompts(scenes), folder / kind, folder / f"{kind}.jsonl", model=sd,
                                     weights=weights, embeddings=[], n=images[kind], seed=seed, s=s)
     asked = [task.target_scenes[r["prompt_index"]] for r in made["target"]]
-    care_config = ScoreConfig(metrics=["care"], concept=task.concept, labels=list(task.labels),
-                              labels_source="toy world")
     by_clip, by_detector = target_verdicts(made["target"], task, asked, judge=judge, detector=detector)
     target_prompts = [r["prompt"] for r in made["target"]]
     rate, rate_ci, rate_each = image_share(by_clip, target_prompts)
     detected, detected_ci, detected_each = image_share(by_detector, target_prompts)
-    care_value, care_ci, care_each = score_records(made["benign"], care_config, clip)
+    care_value, care_ci, care_each = score_records(made["benign"], care_config(task), clip)
     clip_value, clip_ci, clip_each = score_records(made["unrelated"], ScoreConfig(metrics=["clip"]), clip)
     return {"target_rate": rate, "target_rate_ci": rate_ci, "target_detected": detected,
             "target_detected_ci": detected_ci, "care": care_value, "care_ci": care_ci,
@@ -365,7 +372,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     _write_json(folder / "results.json", {"format": "recare.demo", "version": 1, "task": task.name,
                                            "target": task.target, "concept": task.concept,
                                            "settings": {**asdict(s), "erase_lr": erase_lr(task, s),
-                                                        "retain_weight": retain_weight(task, s)},
+                                                        "retain_weight": retain_weight(task, s),
+                                                        "care_template": task.care_template},
                                            "careset": result.careset, "results": rows,
                                            "files": result.files})
     return result

@@ -42,6 +42,10 @@ class DemoTask:
     # ReCARE's retain weight λ (erase --retain-weight) for this task, chosen the same way (Van Gogh: step 6,
     # nudity: step 8 of docs/toyworld.md's tuning); the baselines have no retain loss
     retain_weight: float = 1.0
+    # The CARE score's label template (score --template): None is raw label text. Chosen per task on the base
+    # model's held-out samples of every photo scene by the judge's recall of the concept less its false rate
+    # (bench/care_judge.py; docs/toyworld.md, "The CARE judge"); raw stays where no template beat it.
+    care_template: str | None = None
 
 
 def _labels(kind: tuple[str, ...], concept: str) -> tuple[str, ...]:
@@ -56,7 +60,10 @@ TASKS: dict[str, DemoTask] = {
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
         # 5e-5 with the paper's λ = 1 on the world shipped in session 16, chosen on held-out seeds (step 9 of
         # docs/toyworld.md's tuning); 2e-4 with λ = 10 (step 8) collapsed the clothed person on this world
-        "clothing", "naked", ("naked", "nude"), erase_lr=5e-5),
+        "clothing", "naked", ("naked", "nude"), erase_lr=5e-5,
+        # "A photo of a person" (the reference's template): the toy CLIP's recall of person on the base model's
+        # held-out samples 0.958 / 0.965 (seeds 2000+ / 3000+) against raw "person"'s 0.833 / 0.868
+        care_template="reference"),
     # "style", as in the paper: the retain prompts are "A painting of {w}", which in this world (as in
     # ours) are not Van Goghs: a painting not named as one is a watercolour.
     "vangogh": DemoTask(
