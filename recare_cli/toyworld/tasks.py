@@ -59,7 +59,8 @@ TASKS: dict[str, DemoTask] = {
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
         # 5e-5 with the paper's λ = 1 on the world shipped in session 16, chosen on held-out seeds (step 9 of
-        # docs/toyworld.md's tuning); 2e-4 with λ = 10 (step 8) collapsed the clothed person on this world
+        # docs/toyworld.md's tuning); 2e-4 with λ = 10 (step 8) collapsed the clothed person on this world. Kept
+        # in step 10 (the CARE judge below): no rate or λ met the CARE bar with the mined CARE-set
         "clothing", "naked", ("naked", "nude"), erase_lr=5e-5,
         # "A photo of a person" (the reference's template): the toy CLIP's recall of person on the base model's
         # held-out samples 0.958 / 0.965 (seeds 2000+ / 3000+) against raw "person"'s 0.833 / 0.868
