@@ -103,6 +103,52 @@ def test_mine_skips_unreadable_images_with_warnings(tiny_clip_dir: Path, target_
     _one_line_error(strict, EXIT_BAD_INPUT, "unreadable image", "cut.jpg")
 
 
+def test_mine_with_a_reference_ranks_by_lift(mined: Result, tiny_clip_dir: Path, target_images: Path,
+                                             tmp_path: Path) -> None:
+    from recare_cli.models.tiny import draw_images
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    draw_images(reference, 10, seed=7, size=40)
+    args = ["mine", str(target_images), "-t", "circle", "--clip", str(tiny_clip_dir), "--top-k", "20",
+            "--top-n", "40"]
+    result = invoke([*args, "--reference", str(reference)])
+    assert result.code == 0, result.stderr
+    header, words = _lines(result)[0], _lines(result)[1:]
+    assert header["mining"]["reference_images"] == 10 and header["mining"]["ranking"] == "lift"
+    assert header["provenance"][0]["params"]["reference"] == str(reference)
+    assert words and all(w["lift"] > 0 for w in words)
+    for w in words:  # each figure is what its counts say
+        assert w["frequency"] == round(w["count"] / 12, 6)
+        assert w["reference_frequency"] == round(w["reference_count"] / 10, 6)
+        assert abs(w["lift"] - (w["count"] / 12 - w["reference_count"] / 10)) < 1e-6
+    lifts = [w["lift"] for w in words]
+    assert lifts == sorted(lifts, reverse=True)
+    assert "ranked by lift against 10 reference images" in result.stderr
+    # the same counts as plain mining: a word's target count does not depend on the reference
+    plain = {w["word"]: w["count"] for w in _lines(mined)[1:]}
+    assert all(plain.get(w["word"], w["count"]) == w["count"] for w in words)
+    # a list file of the same images gives the same stream
+    listed = tmp_path / "reference.txt"
+    listed.write_text("\n".join(str(p) for p in sorted(reference.glob("*.png"))) + "\n")
+    again = invoke([*args, "--reference", str(listed)])
+    assert again.code == 0, again.stderr
+    assert _lines(again)[1:] == words
+    # and the stream goes on through cluster
+    clustered = invoke(["cluster", "-n", "2"], stdin=result.stdout)
+    assert clustered.code == 0, clustered.stderr
+
+
+def test_mine_reference_bad_inputs(tiny_clip_dir: Path, target_images: Path, tmp_path: Path) -> None:
+    args = ["mine", str(target_images), "-t", "circle", "--clip", str(tiny_clip_dir)]
+    _one_line_error(invoke([*args, "--reference", str(tmp_path / "nope")]), EXIT_BAD_INPUT, "no such folder")
+    _one_line_error(invoke([*args, "--reference", str(tmp_path)]), EXIT_BAD_INPUT, "no image files")
+    (tmp_path / "bad.png").write_text("not an image")
+    _one_line_error(invoke([*args, "--reference", str(tmp_path)]), EXIT_BAD_INPUT,
+                    "none of the 1 reference images", str(tmp_path))
+    _one_line_error(invoke([*args, "--reference", "-"]), EXIT_USAGE, "--reference")
+
+
 def test_mine_bad_inputs(tiny_clip_dir: Path, tmp_path: Path) -> None:
     clip = ["--clip", str(tiny_clip_dir)]
     _one_line_error(invoke(["mine", str(tmp_path / "nope"), "-t", "x", *clip]), EXIT_BAD_INPUT, "no such folder")

@@ -47,6 +47,47 @@ def test_mine_matches_naive(seed: int) -> None:
     np.testing.assert_allclose(got.sim_mean, sims.mean(axis=0)[got.index], rtol=1e-5, atol=1e-7)
 
 
+def naive_lift(images: np.ndarray, reference: np.ndarray, words: np.ndarray, top_k: int,
+               top_n: int) -> list[tuple[int, int, int]]:
+    """(word, target count, reference count) by lift: share of target images counting the word less
+    share of reference images; positive lifts only."""
+    def counts(emb: np.ndarray) -> Counter[int]:
+        out: Counter[int] = Counter()
+        for sims in emb @ words.T:
+            out.update(sorted(range(len(sims)), key=lambda j: (-float(sims[j]), j))[:top_k])
+        return out
+
+    target, ref = counts(images), counts(reference)
+    mean = (images @ words.T).astype(np.float64).mean(axis=0)
+    lift = {j: target[j] / len(images) - ref[j] / len(reference) for j in target}
+    order = sorted((j for j in target if lift[j] > 0), key=lambda j: (-lift[j], -target[j], -mean[j], j))
+    return [(j, target[j], ref[j]) for j in order[:top_n]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mine_with_a_reference_ranks_by_lift_as_naive(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    words = _unit_rows(rng.normal(size=(120, 16)))
+    images = _unit_rows(rng.normal(size=(29, 16)) + 2 * words[:1])  # the target images lean to word 0
+    reference = _unit_rows(rng.normal(size=(41, 16)))
+    got = mine(images, words, top_k=7, top_n=15, reference_emb=reference, chunk=8)
+    assert got.reference_count is not None
+    assert list(zip(got.index.tolist(), got.count.tolist(), got.reference_count.tolist(), strict=True)) == \
+        naive_lift(images, reference, words, 7, 15)
+    assert got.index[0] == 0  # the word the target images lean to leads
+
+
+def test_mine_with_a_reference_drops_words_as_common_there() -> None:
+    words = np.eye(4, dtype=np.float32)
+    # every image, target or not, is nearest word 0; the target images alone also near word 1
+    images = _unit_rows(np.array([[1.0, 0.9, 0.0, 0.0]] * 3))
+    reference = _unit_rows(np.array([[1.0, 0.0, 0.2, 0.0]] * 5))
+    got = mine(images, words, top_k=2, top_n=4, reference_emb=reference)
+    assert got.index.tolist() == [1]  # word 0 is in every image's top 2 on both sides: lift 0, dropped
+    plain = mine(images, words, top_k=2, top_n=4)
+    assert plain.index.tolist() == [0, 1] and plain.reference_count is None
+
+
 def test_mine_ties_break_by_vocabulary_index() -> None:
     rng = np.random.default_rng(3)
     base = _unit_rows(rng.normal(size=(6, 8)))

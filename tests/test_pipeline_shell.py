@@ -37,6 +37,21 @@ def test_pipeline_end_to_end_matches_in_process(target_images: Path, tmp_path: P
     assert in_process["removed"] == care["removed"]
 
 
+def test_pipeline_with_reference_images_matches_in_process(target_images: Path, tmp_path: Path,
+                                                           env: dict[str, str]) -> None:
+    from recare_cli.models.tiny import draw_images
+
+    draw_images(tmp_path / "ref", 8, seed=5, size=40)
+    done = shell(f"ls ref/*.png > ref.txt && recare mine {target_images} -t circle --top-k 20 --top-n 40 "
+                 "--reference ref.txt | recare cluster -n 2 | recare refine > care.json", tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    care = orjson.loads((tmp_path / "care.json").read_bytes())
+    mined = invoke(["mine", str(target_images), "-t", "circle", "--top-k", "20", "--top-n", "40",
+                    "--clip", env["RECARE_CLIP"], "--reference", str(tmp_path / "ref")])
+    refined = invoke(["refine"], stdin=invoke(["cluster", "-n", "2"], stdin=mined.stdout).stdout)
+    assert orjson.loads(refined.stdout)["words"] == care["words"]
+
+
 def test_pipeline_with_a_hand_edit_between_stages(target_images: Path, tmp_path: Path,
                                                   env: dict[str, str]) -> None:
     done = shell(f"recare mine {target_images} -t circle --top-k 20 --top-n 40 > cand.jsonl", tmp_path, env)

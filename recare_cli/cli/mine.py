@@ -31,6 +31,11 @@ def mine(
     vocab: Annotated[Path | None, typer.Option(
         "--vocab", help="Word list (one per line) instead of CLIP's whole-word vocabulary.",
         show_default=False)] = None,
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="Images without the target (a folder, or a file listing image paths): rank "
+                            "words by lift, the share of target images that have them less the share of "
+                            "these, and drop words no more frequent in the target images.",
+        show_default=False)] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")] = False,
     as_list: Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image "
@@ -58,6 +63,11 @@ def mine(
     if images == "-" and vocab is not None and str(vocab) == "-":
         raise UsageError("only one of IMAGES and --vocab can be read from stdin")
     paths = resolve_image_inputs(images, recursive=recursive, as_list=as_list)
+    reference_paths = None
+    if reference is not None:
+        if reference == "-":
+            raise UsageError("--reference must be a folder or a list file, not stdin")
+        reference_paths = resolve_image_inputs(reference, recursive=recursive, as_list=Path(reference).is_file())
     words: list[tuple[int, str]] | None = None
     if vocab is not None:
         words = [(n, line.strip()) for n, line in read_text_lines(vocab) if line.strip()
@@ -72,12 +82,13 @@ def mine(
         vocab_source=display_name(vocab) if vocab is not None else "clip-whole-words",
         strict=strict, clip=clip, device=device, dtype=dtype, batch_size=batch_size,
         text_batch_size=text_batch_size, cache_dir=cache_dir,
-        use_cache=not no_cache, params=_params(locals()))
+        use_cache=not no_cache, params=_params(locals()), reference_paths=reference_paths,
+        reference_source=reference or "")
     with open_output(output, binary=False) as out:
         stream.write(out)
 
 
 def _params(values: dict[str, Any]) -> dict[str, Any]:
-    keep = ("images", "target", "top_k", "top_n", "vocab", "recursive", "strict", "clip", "device",
+    keep = ("images", "target", "top_k", "top_n", "vocab", "reference", "recursive", "strict", "clip", "device",
             "dtype", "batch_size")
     return {k: (str(values[k]) if isinstance(values[k], Path) else values[k]) for k in keep}

@@ -16,6 +16,8 @@ class Candidates:
     sim_mean: np.ndarray  # (N,) mean cosine similarity over all images
     sim_max: np.ndarray  # (N,) max cosine similarity over all images
     hit_sim_mean: np.ndarray  # (N,) mean similarity over the images that counted the word
+    # (N,) number of reference images with the word in their top-K; None when mined without a reference
+    reference_count: np.ndarray | None = None
 
 
 def top_k_indices(sims: np.ndarray, k: int) -> np.ndarray:
@@ -25,14 +27,10 @@ def top_k_indices(sims: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-sims, axis=1, kind="stable")[:, :k]
 
 
-def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
-         chunk: int = 256) -> Candidates:
-    """Count top-``top_k`` appearances of every word over all images; keep the ``top_n`` most frequent.
-
-    Ranking: count (descending), then mean similarity (descending), then vocabulary index.
-    Similarities are dot products of L2-normalised float32 embeddings. Memory is bounded by
-    ``chunk`` images at a time.
-    """
+def _tally(image_emb: np.ndarray, word_emb: np.ndarray, top_k: int,
+           chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per word: top-``top_k`` count, similarity sum and max over all images, similarity sum over the
+    images that counted it. Memory is bounded by ``chunk`` images at a time."""
     n_words = word_emb.shape[0]
     count = np.zeros(n_words, dtype=np.int64)
     sim_sum = np.zeros(n_words, dtype=np.float64)
@@ -46,9 +44,33 @@ def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
         np.add.at(hit_sum, top.ravel(), sims[rows, top].ravel().astype(np.float64))
         sim_sum += sims.sum(axis=0, dtype=np.float64)
         np.maximum(sim_max, sims.max(axis=0), out=sim_max)
+    return count, sim_sum, sim_max, hit_sum
+
+
+def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
+         reference_emb: np.ndarray | None = None, chunk: int = 256) -> Candidates:
+    """Count top-``top_k`` appearances of every word over all images; keep the ``top_n`` most frequent.
+
+    Ranking: count (descending), then mean similarity (descending), then vocabulary index.
+    Similarities are dot products of L2-normalised float32 embeddings.
+
+    With ``reference_emb`` (images without the target), words are ranked by *lift* instead: the share
+    of target images that count the word less the share of reference images that do; only words with
+    a positive lift are kept (a word every image has, "photo", is no co-occurrence of the target), ties
+    broken as above.
+    """
+    count, sim_sum, sim_max, hit_sum = _tally(image_emb, word_emb, top_k, chunk)
     sim_mean = sim_sum / max(image_emb.shape[0], 1)
     appeared = np.flatnonzero(count)
-    order = np.lexsort((appeared, -sim_mean[appeared], -count[appeared]))
+    reference_count = None
+    if reference_emb is None:
+        order = np.lexsort((appeared, -sim_mean[appeared], -count[appeared]))
+    else:
+        reference_count = _tally(reference_emb, word_emb, top_k, chunk)[0]
+        lift = count / max(image_emb.shape[0], 1) - reference_count / max(reference_emb.shape[0], 1)
+        appeared = appeared[lift[appeared] > 0]
+        order = np.lexsort((appeared, -sim_mean[appeared], -count[appeared], -lift[appeared]))
     chosen = appeared[order][:top_n]
     hit_mean = hit_sum[chosen] / count[chosen]
-    return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean)
+    return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean,
+                      None if reference_count is None else reference_count[chosen])

@@ -119,7 +119,10 @@ def _paths_digest(paths: list[Path]) -> str:
 def run_mining(*, paths: list[Path], target: str, top_k: int, top_n: int,
                words: list[tuple[int, str]] | None, vocab_source: str, strict: bool, clip: str,
                device: str, dtype: str, batch_size: int, text_batch_size: int,
-               cache_dir: Path | None, use_cache: bool, params: dict[str, Any]) -> CandidateStream:
+               cache_dir: Path | None, use_cache: bool, params: dict[str, Any],
+               reference_paths: list[Path] | None = None, reference_source: str = "") -> CandidateStream:
+    """Mine ``paths`` (images of the target); with ``reference_paths`` (images without it), rank by lift
+    (core.mining.mine)."""
     from recare_cli.core.mining import mine
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
@@ -134,21 +137,37 @@ def run_mining(*, paths: list[Path], target: str, top_k: int, top_n: int,
     image_emb, used, skipped = embed_images(bundle, paths, strict=strict, batch_size=batch_size)
     if not used:
         raise BadInputError(f"none of the {len(paths)} images could be read", source=params["images"])
-    found = mine(image_emb, word_emb, top_k=top_k, top_n=top_n)
+    mining: dict[str, Any] = {"images": len(used), "skipped": len(skipped), "images_digest": _paths_digest(used),
+                              "top_k": top_k, "top_n": top_n, "vocabulary": vocab_source,
+                              "vocabulary_size": len(vocabulary)}
+    reference_emb = None
+    if reference_paths is not None:
+        reference_emb, ref_used, ref_skipped = embed_images(bundle, reference_paths, strict=strict,
+                                                            batch_size=batch_size)
+        if not ref_used:
+            raise BadInputError(f"none of the {len(reference_paths)} reference images could be read",
+                                source=reference_source)
+        mining.update(reference=reference_source, reference_images=len(ref_used),
+                      reference_skipped=len(ref_skipped), reference_digest=_paths_digest(ref_used),
+                      ranking="lift")
+    found = mine(image_emb, word_emb, top_k=top_k, top_n=top_n, reference_emb=reference_emb)
     target_emb = embed_text(bundle, target)
-    header = make_header(
-        target=target, target_embedding=target_emb, clip=bundle.identity(),
-        mining={"images": len(used), "skipped": len(skipped), "images_digest": _paths_digest(used),
-                "top_k": top_k, "top_n": top_n, "vocabulary": vocab_source,
-                "vocabulary_size": len(vocabulary)},
-        provenance=provenance("mine", params))
+    header = make_header(target=target, target_embedding=target_emb, clip=bundle.identity(), mining=mining,
+                         provenance=provenance("mine", params))
     records = []
     for rank, (i, count, mean, best, hit) in enumerate(zip(
             found.index, found.count, found.sim_mean, found.sim_max, found.hit_sim_mean, strict=True)):
-        records.append({"record": "word", "word": vocabulary.words[i], "rank": rank + 1,
-                        "count": int(count), "frequency": round(float(count) / len(used), 6),
-                        "sim_mean": float(mean), "sim_max": float(best), "hit_sim_mean": float(hit),
+        frequency = float(count) / len(used)
+        record: dict[str, Any] = {"record": "word", "word": vocabulary.words[i], "rank": rank + 1,
+                                  "count": int(count), "frequency": round(frequency, 6)}
+        if found.reference_count is not None and reference_emb is not None:
+            reference_frequency = float(found.reference_count[rank]) / reference_emb.shape[0]
+            record.update(reference_count=int(found.reference_count[rank]),
+                          reference_frequency=round(reference_frequency, 6),
+                          lift=round(frequency - reference_frequency, 6))
+        records.append({**record, "sim_mean": float(mean), "sim_max": float(best), "hit_sim_mean": float(hit),
                         "embedding": word_emb[i]})
+    against = "" if reference_emb is None else f", ranked by lift against {reference_emb.shape[0]} reference images"
     console.info(f"mined {len(records)} candidate words from {len(used)} images "
-                 f"(vocabulary {len(vocabulary):,}, top-k {top_k})")
+                 f"(vocabulary {len(vocabulary):,}, top-k {top_k}{against})")
     return CandidateStream(header=header, words=records)
