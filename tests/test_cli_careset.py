@@ -46,6 +46,9 @@ def test_mine_stream(mined: Result, tiny_clip_dir: Path) -> None:
     assert header["clip"]["name"] == str(tiny_clip_dir) and header["clip"]["fingerprint"].startswith("sha256:")
     assert header["mining"]["images"] == 12 and header["mining"]["top_k"] == 20
     assert header["provenance"][0]["command"] == "mine"
+    # without --reference nothing of it is written: the stream is what it was before the option existed
+    assert "reference" not in header["provenance"][0]["params"] and "ranking" not in header["mining"]
+    assert not any("lift" in w for w in words)
     assert len(words) == 40
     counts = [w["count"] for w in words]
     assert counts == sorted(counts, reverse=True)

@@ -91,4 +91,6 @@ def mine(
 def _params(values: dict[str, Any]) -> dict[str, Any]:
     keep = ("images", "target", "top_k", "top_n", "vocab", "reference", "recursive", "strict", "clip", "device",
             "dtype", "batch_size")
-    return {k: (str(values[k]) if isinstance(values[k], Path) else values[k]) for k in keep}
+    # reference only when given: a stream mined without one keeps the bytes it had before the option existed
+    return {k: (str(values[k]) if isinstance(values[k], Path) else values[k]) for k in keep
+            if k != "reference" or values[k] is not None}
