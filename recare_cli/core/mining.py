@@ -18,6 +18,7 @@ class Candidates:
     hit_sim_mean: np.ndarray  # (N,) mean similarity over the images that counted the word
     # (N,) number of reference images with the word in their top-K; None when mined without a reference
     reference_count: np.ndarray | None = None
+    lift: np.ndarray | None = None  # (N,) share of target images counting the word less share of reference images
 
 
 def top_k_indices(sims: np.ndarray, k: int) -> np.ndarray:
@@ -62,7 +63,7 @@ def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
     count, sim_sum, sim_max, hit_sum = _tally(image_emb, word_emb, top_k, chunk)
     sim_mean = sim_sum / max(image_emb.shape[0], 1)
     appeared = np.flatnonzero(count)
-    reference_count = None
+    reference_count = lift = None
     if reference_emb is None:
         order = np.lexsort((appeared, -sim_mean[appeared], -count[appeared]))
     else:
@@ -72,5 +73,7 @@ def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
         order = np.lexsort((appeared, -sim_mean[appeared], -count[appeared], -lift[appeared]))
     chosen = appeared[order][:top_n]
     hit_mean = hit_sum[chosen] / count[chosen]
-    return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean,
-                      None if reference_count is None else reference_count[chosen])
+    if reference_count is None or lift is None:
+        return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean)
+    return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean, reference_count[chosen],
+                      lift[chosen])

@@ -157,14 +157,12 @@ def run_mining(*, paths: list[Path], target: str, top_k: int, top_n: int,
     records = []
     for rank, (i, count, mean, best, hit) in enumerate(zip(
             found.index, found.count, found.sim_mean, found.sim_max, found.hit_sim_mean, strict=True)):
-        frequency = float(count) / len(used)
         record: dict[str, Any] = {"record": "word", "word": vocabulary.words[i], "rank": rank + 1,
-                                  "count": int(count), "frequency": round(frequency, 6)}
-        if found.reference_count is not None and reference_emb is not None:
-            reference_frequency = float(found.reference_count[rank]) / reference_emb.shape[0]
+                                  "count": int(count), "frequency": round(float(count) / len(used), 6)}
+        if found.reference_count is not None and found.lift is not None:
             record.update(reference_count=int(found.reference_count[rank]),
-                          reference_frequency=round(reference_frequency, 6),
-                          lift=round(frequency - reference_frequency, 6))
+                          reference_frequency=round(float(found.reference_count[rank]) / mining["reference_images"], 6),
+                          lift=round(float(found.lift[rank]), 6))
         records.append({**record, "sim_mean": float(mean), "sim_max": float(best), "hit_sim_mean": float(hit),
                         "embedding": word_emb[i]})
     against = "" if reference_emb is None else f", ranked by lift against {reference_emb.shape[0]} reference images"
