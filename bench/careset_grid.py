@@ -34,6 +34,11 @@ REFERENCES = ("none", "photos")
 CLUSTERS = (4, 6)
 
 
+def shows_target(scene: Any, task: Any) -> bool:
+    """Whether a world scene shows ``task``'s target (its attribute has the target's value)."""
+    return bool(scene.attributes().get(task.attribute) == task.value)
+
+
 def target_words(task: Any, n_items: int = 6000, seed: int = 0) -> set[str]:
     """The content words of the world's captions of items showing ``task``'s target."""
     from recare_cli.toyworld import world
@@ -42,13 +47,9 @@ def target_words(task: Any, n_items: int = 6000, seed: int = 0) -> set[str]:
     words: set[str] = set()
     for i in range(n_items):
         _, text, _, scene = world.item(seed, i)
-        if scene.attributes().get(task.attribute) == task.value:
+        if shows_target(scene, task):
             words.update(re.findall(r"[a-z]+", text))
     return words - STOP_WORDS
-
-
-def shows_target(scene: Any, task: Any) -> bool:
-    return bool(scene.attributes().get(task.attribute) == task.value)
 
 
 def careset(task: Any, images: list[Path], reference: list[Path] | None, mine_target: str, clusters: int,
