@@ -20,6 +20,8 @@ def test_items_are_deterministic_and_independent_of_dataset_size() -> None:
     assert a.captions[15:] == b.captions
     again = world.item(3, 7)
     assert np.array_equal(again[0], a.images[7]) and again[1] == a.captions[7]
+    # the caption-only draw is the same item without its image
+    assert world.item_caption(3, 7) == (a.captions[7], a.mentions[7], a.scenes[7])
     other = world.make_dataset(20, seed=4)
     assert a.captions != other.captions
     assert a.images.shape == (20, 32, 32, 3) and a.images.dtype == np.uint8

@@ -130,7 +130,7 @@ def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HE
     pipe = load_sd(str(sd), device="cpu", dtype="fp32").pipe
     set_scheduler(pipe, scheduler)
     judge = Judge(load_clip(str(clip), device="cpu", dtype="fp32"))
-    scenes = [world.item(seed, i)[3] for i in range(n)]
+    scenes = [world.item_caption(seed, i)[2] for i in range(n)]
     prompts = [world.canonical_caption(s) for s in scenes]
     started = time.perf_counter()
     images: list[Any] = []

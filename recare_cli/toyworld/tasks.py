@@ -101,7 +101,7 @@ def vocabulary(task: DemoTask | None = None, n_items: int = 3000, seed: int = 0)
     user would do by hand-editing the CARE-set.)"""
     words: set[str] = set()
     for i in range(n_items):
-        words.update(re.findall(r"[a-z]+", world.item(seed, i)[1]))
+        words.update(re.findall(r"[a-z]+", world.item_caption(seed, i)[0]))
     return sorted(words - STOP_WORDS - set(task.names if task is not None else ()))
 
 
