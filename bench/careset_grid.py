@@ -46,24 +46,23 @@ def target_words(task: Any, n_items: int = 6000, seed: int = 0) -> set[str]:
 
     words: set[str] = set()
     for i in range(n_items):
-        _, text, _, scene = world.item(seed, i)
+        text, _, scene = world.item_caption(seed, i)
         if shows_target(scene, task):
             words.update(re.findall(r"[a-z]+", text))
     return words - STOP_WORDS
 
 
 def careset(task: Any, images: list[Path], reference: list[Path] | None, mine_target: str, clusters: int,
-            clip: str, vocab: Path) -> list[str]:
+            clip: str, words: list[str], vocab: Path) -> list[str]:
     """The demo's mine -> cluster -> refine (demo.DemoSettings' values) with the lever settings given."""
     from recare_cli.stages.cluster import run_clustering
     from recare_cli.stages.demo import DemoSettings
     from recare_cli.stages.mine import run_mining
     from recare_cli.stages.refine import run_refinement
-    from recare_cli.toyworld.tasks import vocabulary
 
     s = DemoSettings()
     stream = run_mining(paths=images, target=mine_target, top_k=s.top_k, top_n=s.top_n,
-                        words=list(enumerate(vocabulary(task), 1)), vocab_source=str(vocab), strict=True,
+                        words=list(enumerate(words, 1)), vocab_source=str(vocab), strict=True,
                         clip=clip, device="cpu", dtype="fp32", batch_size=64, text_batch_size=1024,
                         cache_dir=None, use_cache=False, params={"images": task.name},
                         reference_paths=reference, reference_source="reference")
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from recare_cli.stages import demo
     from recare_cli.toyworld import world
     from recare_cli.toyworld.assets import materialise
-    from recare_cli.toyworld.tasks import TASKS
+    from recare_cli.toyworld.tasks import TASKS, vocabulary
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from care_judge import scenes
@@ -110,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                   (folder / "target-images.jsonl").read_text().splitlines() if line.strip()]
         reference = [Path(r["path"]) for r in records if not shows_target(all_scenes[r["prompt_index"]], task)]
         allowed = target_words(task)
+        vocab = vocabulary(task)  # the demo's mining vocabulary, once per task
         word = world.TASKS[task.name].target
         for mine_target, ref, clusters in itertools.product(TARGETS, REFERENCES, CLUSTERS):
             words = careset(task, images, reference if ref == "photos" else None,
-                            task.target if mine_target == "phrase" else word, clusters, clip, folder / "vocab.txt")
+                            task.target if mine_target == "phrase" else word, clusters, clip, vocab,
+                            folder / "vocab.txt")
             spurious = [w for w in words if w not in allowed]
             has = task.concept in words
             tally = totals.setdefault((mine_target, ref, clusters), [0, 0])
