@@ -472,7 +472,7 @@ def train_all(out: Path, config: TrainConfig, *, progress: Callable[[str], None]
     quiet_libraries()
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    # Only torch is pinned (constraints/cpu.txt): the library versions are part of what a retrain reproduces
+    # The library versions are part of what a retrain reproduces (constraints/cpu.txt pins them on Python 3.11)
     log: dict[str, Any] = {"config": {k: v for k, v in asdict(config).items() if k != "log"},
                            "torch": torch.__version__, "diffusers": diffusers.__version__,
                            "transformers": transformers.__version__, "threads": torch.get_num_threads()}
