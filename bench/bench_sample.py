@@ -30,7 +30,8 @@ from recare_cli import console
 from recare_cli.io.prompts import PromptRow
 from recare_cli.models.quiet import quiet_libraries
 from recare_cli.models.tiny import build_tiny_sd
-from recare_cli.stages.sample import SampleSettings, Shard, run_sample
+from recare_cli.parallel import Shard
+from recare_cli.stages.sample import SampleSettings, run_sample
 
 PROMPTS = ["a photo of a cat", "a person on a bench", "a red car in the rain", "a bowl of fruit"]
 

@@ -285,8 +285,8 @@ def test_sample_into_score_as_a_shell_pipeline(tiny_sd_dir: Path, tiny_clip_dir:
 def test_ddim_from_a_silent_config_does_not_clip(tiny_sd_dir: Path, config_says: bool | None) -> None:
     """--scheduler ddim: a model config without clip_sample gets a DDIM that does not clip the latent x0
     (diffusers' default would); a config that states it keeps its value."""
+    from recare_cli.models.scheduler import set_scheduler
     from recare_cli.models.sd import load_sd
-    from recare_cli.stages.sample import set_scheduler
 
     pipe = load_sd(str(tiny_sd_dir), device="cpu", dtype="fp32").pipe
     assert "clip_sample" not in pipe.scheduler.config

@@ -60,7 +60,8 @@ def sample(
     from recare_cli.io.jsonl import dumps_line
     from recare_cli.io.prompts import read_prompts
     from recare_cli.io.streams import open_output
-    from recare_cli.stages.sample import SampleSettings, Shard, run_sample
+    from recare_cli.parallel import Shard
+    from recare_cli.stages.sample import SampleSettings, run_sample
 
     console.set_quiet(quiet)
     part = Shard.parse(shard)

@@ -110,7 +110,8 @@ def sample_prompts(prompts: list[str], out: Path, manifest: Path, *, model: str,
     """run_sample into ``out`` with the evaluation sampler (``for_mining``: the mining one); the manifest is
     written once every image exists (resume: finished images stay)."""
     from recare_cli.io.prompts import PromptRow
-    from recare_cli.stages.sample import SampleSettings, Shard, run_sample
+    from recare_cli.parallel import Shard
+    from recare_cli.stages.sample import SampleSettings, run_sample
 
     records: list[dict[str, Any]] = []
     rows = [PromptRow(index=i, line=i + 1, prompt=p) for i, p in enumerate(prompts)]

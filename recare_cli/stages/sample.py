@@ -21,7 +21,6 @@ Work plan, which makes every way of running give the same bytes:
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,17 +33,9 @@ from recare_cli.io.atomic import atomic_write_bytes
 from recare_cli.io.digest import sha256_file
 from recare_cli.io.manifest import make_record
 from recare_cli.io.prompts import PromptRow
+from recare_cli.models.scheduler import SCHEDULERS, set_scheduler
+from recare_cli.parallel import Shard, distributed, my_batches
 
-# Scheduler names accepted by --scheduler; "default" keeps the one the model folder ships.
-SCHEDULERS: dict[str, str | None] = {
-    "default": None,
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "lms": "LMSDiscreteScheduler",
-}
 PNG_KEY = "recare"
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -56,22 +47,6 @@ class Job:
     image_index: int
     seed: int
     name: str  # file name inside --out
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    @staticmethod
-    def parse(spec: str) -> Shard:
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-        if not match:
-            raise UsageError(f"--shard: expected I/N such as 0/4, got '{spec}'")
-        index, count = int(match.group(1)), int(match.group(2))
-        if count < 1 or not 0 <= index < count:
-            raise UsageError(f"--shard {spec}: need 0 <= I < N")
-        return Shard(index, count)
 
 
 @dataclass(frozen=True)
@@ -104,17 +79,6 @@ def plan_jobs(rows: Sequence[PromptRow], *, images_per_prompt: int, seed: int) -
         for j in range(images_per_prompt):
             jobs.append(Job(len(jobs), row, j, base + j, f"{stem}_{j:04d}.png"))
     return jobs
-
-
-def part(n: int, index: int, count: int) -> range:
-    """The ``index``-th of ``count`` contiguous, near-equal parts of ``range(n)``."""
-    return range(index * n // count, (index + 1) * n // count)
-
-
-def my_batches(n_jobs: int, batch_size: int, shard: Shard, process: int, processes: int) -> list[range]:
-    batches = [range(s, min(s + batch_size, n_jobs)) for s in range(0, n_jobs, batch_size)]
-    in_shard = [batches[i] for i in part(len(batches), shard.index, shard.count)]
-    return [in_shard[i] for i in part(len(in_shard), process, processes)]
 
 
 def config_digest(model: dict[str, Any], weights: list[dict[str, Any]], embeddings: list[dict[str, Any]],
@@ -161,20 +125,6 @@ def encode_png(pixels: Any, tag: str) -> bytes:
     return buf.getvalue()
 
 
-def set_scheduler(pipe: Any, name: str) -> None:
-    check_choice("--scheduler", name, SCHEDULERS, "scheduler")
-    cls_name = SCHEDULERS[name]
-    if cls_name is None:
-        return
-    import diffusers
-
-    # Latents are not bounded to [-1, 1]: DDIM/DDPM clip the predicted x0 there unless the config says
-    # otherwise (SD's configs do; a folder whose config is silent would get a broken sampler)
-    silent = "clip_sample" not in pipe.scheduler.config
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config,
-                                                              **({"clip_sample": False} if silent else {}))
-
-
 def load_weights(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Apply ``recare erase`` outputs in order (``recare_cli.models.weights``); weights made for
     another base UNet than the loaded model's are refused."""
@@ -202,19 +152,6 @@ def load_embeddings(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
         tokens = load_embeddings_into(bundle.pipe, path, text_encoder=bundle.text_encoder_fingerprint)
         loaded.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "tokens": tokens})
     return loaded
-
-
-def distributed(device: str = "auto") -> tuple[int, int, Any]:
-    """``(process index, process count, accelerate state or None)``; accelerate is used only when a
-    launcher (``accelerate launch``, ``torchrun``) started several processes. Without a GPU (or with
-    ``--device cpu``) the processes talk over gloo."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, None
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=device.strip().lower() == "cpu" or not torch.cuda.is_available())
-    return state.process_index, state.num_processes, state
 
 
 @dataclass

@@ -203,7 +203,7 @@ def run_score(items: Sequence[ImageItem], config: ScoreConfig, *, clip: str, dev
     from recare_cli.core import scores
     from recare_cli.data.labels import apply_template
     from recare_cli.io.provenance import provenance
-    from recare_cli.stages.sample import distributed, part
+    from recare_cli.parallel import distributed, part
 
     validate(config, items)
     rank, world, state = distributed(device)

@@ -124,8 +124,8 @@ def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HE
     import torch
 
     from recare_cli.models.clip import load_clip
+    from recare_cli.models.scheduler import set_scheduler
     from recare_cli.models.sd import load_sd
-    from recare_cli.stages.sample import set_scheduler
 
     pipe = load_sd(str(sd), device="cpu", dtype="fp32").pipe
     set_scheduler(pipe, scheduler)
