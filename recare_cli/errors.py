@@ -79,6 +79,12 @@ class GateFailedError(RecareError):
     exit_code = EXIT_GATE_FAILED
 
 
+class InterruptedRunError(RecareError):
+    """Ctrl-C during a run that keeps a checkpoint: the message says what was kept and how to resume."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 class PipeClosedError(RecareError):
     """The reader of stdout went away (``| head``): stop quietly."""
 

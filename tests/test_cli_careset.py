@@ -190,8 +190,9 @@ def test_cluster_and_refine(mined: Result, tmp_path: Path) -> None:
     kept = {w["word"] for w in words if w["status"] == "kept"}
     assert set(care["words"]) <= kept
     assert {r["word"] for r in care["removed"]} | set(care["words"]) == {w["word"] for w in words}
-    assert care["anchor_prompts"] == [f"A {w}" for w in care["words"]]
-    assert care["retain_prompts"] == [f"A photo of {w}" for w in care["words"]]
+    # the prompts are derived from the words, through the templates the file records
+    assert care["templates"] == {"anchor": "A {}", "retain": "A photo of {}"}
+    assert "anchor_prompts" not in care and "retain_prompts" not in care
     assert [p["command"] for p in care["provenance"]] == ["mine", "cluster", "refine"]
 
     # --space embedding: k-means on the unit embeddings; recorded in the header
@@ -203,8 +204,8 @@ def test_cluster_and_refine(mined: Result, tmp_path: Path) -> None:
     _one_line_error(invoke(["cluster", "--space", "umap"], stdin=mined.stdout), EXIT_USAGE, "--space")
 
     ref = invoke(["refine", str(out), "--format", "reference"])
-    assert orjson.loads(ref.stdout) == {"circle_care_word": care["anchor_prompts"],
-                                        "circle_care_word_photo": care["retain_prompts"]}
+    assert orjson.loads(ref.stdout) == {"circle_care_word": [f"A {w}" for w in care["words"]],
+                                        "circle_care_word_photo": [f"A photo of {w}" for w in care["words"]]}
     back = invoke(["refine", "-"], stdin=ref.stdout)
     assert orjson.loads(back.stdout)["words"] == care["words"]
 
@@ -233,3 +234,83 @@ def test_help_and_version() -> None:
     for command in ("mine", "cluster", "refine", "demo"):
         result = invoke([command, "--help"])
         assert result.code == 0 and "Example" in result.text
+
+
+def _careset(words: list[str], **extra: object) -> dict[str, object]:
+    return {"format": "recare.careset", "version": 1, "target": "nudity", "property": "object", "words": words,
+            **extra}
+
+
+def test_a_hand_edited_word_list_is_what_erase_and_the_reference_layout_use(tmp_path: Path) -> None:
+    """Deleting or replacing a word in care.json's words is the whole edit: the prompts follow."""
+    from recare_cli.stages.erase import read_care
+
+    made = invoke(["refine", "-"], stdin=orjson.dumps(_careset(["person", "beach", "sand"])))
+    assert made.code == 0, made.stderr
+    care = orjson.loads(made.stdout)
+    care["words"] = ["person", "dog"]  # beach deleted, sand replaced
+    path = tmp_path / "care.json"
+    path.write_bytes(orjson.dumps(care))
+    parsed, _ = read_care(str(path), "nudity")
+    assert parsed.anchor_prompts == ["A person", "A dog"]
+    assert parsed.retain_prompts == ["A photo of person", "A photo of dog"]
+    ref = invoke(["refine", str(path), "--format", "reference"])
+    assert orjson.loads(ref.stdout) == {"nudity_care_word": ["A person", "A dog"],
+                                        "nudity_care_word_photo": ["A photo of person", "A photo of dog"]}
+
+
+def test_prompt_lists_that_disagree_with_the_words_are_refused(tmp_path: Path) -> None:
+    """A file that still spells out prompts for a word no longer in its words (a care.json of the first format
+    edited by hand, or a reference file with one list edited) is refused, naming the word."""
+    stale = _careset(["person"], anchor_prompts=["A person", "A beach"],
+                     retain_prompts=["A photo of person", "A photo of beach"])
+    _one_line_error(invoke(["refine", "-"], stdin=orjson.dumps(stale)), EXIT_BAD_INPUT, "field 'anchor_prompts'",
+                    "'A beach'")
+    replaced = _careset(["person", "dog"], anchor_prompts=["A person", "A beach"])
+    _one_line_error(invoke(["refine", "-"], stdin=orjson.dumps(replaced)), EXIT_BAD_INPUT, "CARE word 'dog'")
+    reference = {"nudity_care_word": ["A person"], "nudity_care_word_photo": ["A photo of person", "A photo of man"]}
+    _one_line_error(invoke(["refine", "-"], stdin=orjson.dumps(reference)), EXIT_BAD_INPUT,
+                    "field 'nudity_care_word_photo'", "'A photo of man'")
+    # prompts spelled out by hand that follow the words are honoured as written
+    own = _careset(["person"], anchor_prompts=["A smiling person"])
+    done = invoke(["refine", "-"], stdin=orjson.dumps(own))
+    assert done.code == 0, done.stderr
+    assert orjson.loads(done.stdout)["anchor_prompts"] == ["A smiling person"]
+
+
+def test_a_clip_folder_with_its_own_word_list_is_mined_over_it(tiny_clip_dir: Path, target_images: Path,
+                                                               tmp_path: Path) -> None:
+    """A model folder that ships recare-vocabulary.txt (the toy world's CLIP knows only its world's words) is
+    mined over that list by default; --vocab still wins."""
+    from recare_cli.io.wordlist import VOCABULARY_FILE
+
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, clip)
+    (clip / VOCABULARY_FILE).write_text("person\nsky\nwater\ngrass\n")
+    args = ["mine", str(target_images), "-t", "circle", "--clip", str(clip), "--top-k", "2", "--top-n", "4"]
+    result = invoke(args)
+    assert result.code == 0, result.stderr
+    header, *words = _lines(result)
+    assert header["mining"]["vocabulary"] == str(clip / VOCABULARY_FILE)
+    assert header["mining"]["vocabulary_size"] == 4
+    assert {w["word"] for w in words} <= {"person", "sky", "water", "grass"}
+    assert VOCABULARY_FILE in result.stderr  # says which list it took
+    other = tmp_path / "words.txt"
+    other.write_text("cat\ndog\n")
+    chosen = invoke([*args, "--vocab", str(other)])
+    assert _lines(chosen)[0]["mining"]["vocabulary_size"] == 2
+
+
+def test_mining_names_its_image_source_when_nothing_is_readable(tiny_clip_dir: Path, tmp_path: Path) -> None:
+    """The library call names the images' source from its own argument, whatever provenance it records."""
+    from recare_cli.errors import BadInputError
+    from recare_cli.stages.mine import MineOptions, run_mining
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    words = tmp_path / "words.txt"
+    words.write_text("cat\ndog\n")
+    opts = MineOptions(images="my-target-images/", target="circle", clip=str(tiny_clip_dir), device="cpu",
+                       vocab=str(words), no_cache=True)
+    with pytest.raises(BadInputError, match="my-target-images/: none of the 1 images could be read"):
+        run_mining(opts, [broken])

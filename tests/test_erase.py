@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from recare_cli.errors import InterruptedRunError
 from tests.helpers import invoke
 
 RES = "32"  # tiny VAE downsamples by 2: 16×16 latents
@@ -36,8 +37,9 @@ def _bundle(tiny_sd_dir: Path) -> Any:
 def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: float = 1e-3,
              retain_weight: float = 1.0, iterations: int = 4, lr_schedule: str = "constant",
              xt_batch: int = 1) -> Any:
-    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, encode_prompts
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseTrainer, encode_prompts
     from recare_cli.core.guidance import select_parameters
+    from recare_cli.stages.erase import EraseOptions, erase_settings
 
     pipe = bundle.pipe
 
@@ -47,8 +49,9 @@ def _trainer(bundle: Any, train_method: str, *, method: str = "recare", lr: floa
     prompts = ErasePrompts(uncond=enc([""]), erase=enc(["nudity"]), anchors=enc(["A person"]),
                            retains=enc(["A photo of person"]))
     schedule = EraseSchedule(erase=[0] * iterations, anchor=[0] * iterations, retain=[0] * iterations)
-    settings = EraseSettings(method=method, iterations=iterations, lr=lr, retain_weight=retain_weight,
-                             latent_size=16, sample_steps=8, lr_schedule=lr_schedule, xt_batch=xt_batch)
+    settings = erase_settings(EraseOptions(target="nudity", output="-", method=method, iterations=iterations, lr=lr,
+                                           retain_weight=retain_weight, ddim_steps=8, lr_schedule=lr_schedule,
+                                           xt_batch=xt_batch), latent_size=16)
     names = select_parameters(pipe.unet, train_method)
     return EraseTrainer(pipe.unet, names, prompts, schedule, settings, pipe.scheduler.config,
                         torch.Generator().manual_seed(0))
@@ -73,8 +76,9 @@ def test_prediction_moves_to_erase_target_and_retain_stays(tiny_sd_dir: Path) ->
 
     The tiny model's random CLIP maps every prompt to nearly the same states, so the conditions here are
     well-separated synthetic text states: the property under test is the engine's, not CLIP's."""
-    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, unet_eps
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseTrainer, unet_eps
     from recare_cli.core.guidance import select_parameters
+    from recare_cli.stages.erase import EraseOptions, erase_settings
 
     g = torch.Generator().manual_seed(0)
     embs = [3 * torch.randn(1, 77, 32, generator=g) for _ in range(4)]  # ∅, erase, anchor, retain
@@ -95,8 +99,8 @@ def test_prediction_moves_to_erase_target_and_retain_stays(tiny_sd_dir: Path) ->
         trainer = EraseTrainer(unet, select_parameters(unet, "noxattn"),
                                ErasePrompts(uncond=embs[0], erase=embs[1], anchors=embs[2], retains=embs[3]),
                                EraseSchedule([0] * n, [0] * n, [0] * n),
-                               EraseSettings(iterations=n, lr=1e-4, retain_weight=retain_weight, latent_size=16,
-                                             sample_steps=8),
+                               erase_settings(EraseOptions(target="nudity", output="-", iterations=n, lr=1e-4,
+                                                           retain_weight=retain_weight, ddim_steps=8), 16),
                                _bundle(tiny_sd_dir).pipe.scheduler.config, torch.Generator().manual_seed(0))
         teacher = predict(unet)
         u, e, a = teacher[:, 0], teacher[:, 1], teacher[:, 2]
@@ -278,8 +282,7 @@ def test_resume_gives_the_same_weights(tiny_sd_dir: Path, care_file: Path, tmp_p
 
     def opts(out: Path, resume: bool) -> EraseOptions:
         return EraseOptions(target="nudity", care=str(care_file), iterations=5, resolution=32, device="cpu",
-                            model=str(tiny_sd_dir), output=str(out), checkpoint_every=2, resume=resume,
-                            params={"same": True})
+                            model=str(tiny_sd_dir), output=str(out), checkpoint_every=2, resume=resume)
 
     straight = tmp_path / "straight.safetensors"
     run_erase(opts(straight, False))
@@ -290,7 +293,7 @@ def test_resume_gives_the_same_weights(tiny_sd_dir: Path, care_file: Path, tmp_p
         if i == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(InterruptedRunError, match=r"checkpoint .*resumed.safetensors.ckpt was kept.*--resume"):
         run_erase(opts(resumed, False), on_step=interrupt)
     ckpt = Path(f"{resumed}.ckpt")
     assert ckpt.exists() and not resumed.exists()  # the checkpoint after iteration 2 of 5
@@ -311,7 +314,7 @@ def test_checkpoint_with_other_settings_is_refused(tiny_sd_dir: Path, care_file:
         if i == 1:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(InterruptedRunError):
         run_erase(EraseOptions(target="nudity", care=str(care_file), iterations=3, resolution=32, device="cpu",
                                model=str(tiny_sd_dir), output=str(out), checkpoint_every=1), on_step=stop)
     res = invoke(_erase_args(tiny_sd_dir, care_file, out, "--checkpoint-every", "1", "--lr", "1e-4", "--resume"))

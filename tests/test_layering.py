@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "recare_cli"
-BASE = {"errors", "console", "parallel", "data", "__init__"}
+BASE = {"errors", "console", "parallel", "dtypes", "data", "__init__"}
 # What each room may import besides itself and the base.
 ALLOWED = {
     "core": set(),
@@ -24,6 +24,7 @@ ALLOWED = {
     "demo": {"core", "io", "models", "stages", "toyworld"},
     "cli": {"core", "io", "models", "stages", "toyworld", "demo"},
     "parallel": set(),
+    "dtypes": set(),
     "console": set(),
     "errors": set(),
     "data": set(),

@@ -9,14 +9,16 @@ import typer
 
 from recare_cli import console
 from recare_cli.cli.options import Output, Quiet, Seed
+from recare_cli.stages.cluster import SPACES
+from recare_cli.stages.cluster import ClusterOptions as O
 
 if TYPE_CHECKING:
     from recare_cli.core.clustering import ClusterDecision
     from recare_cli.io.candidates import CandidateStream
 
-class Space(str, Enum):
-    tsne = "tsne"
-    embedding = "embedding"
+Space = Enum("Space", {name: name for name in SPACES}, type=str)  # type: ignore[misc]  # the choices, for --help
+OPTIONS = O
+CLI_ONLY = ("quiet",)
 
 
 HELP = """Cluster candidate words and mark the extreme-residual clusters as dropped.
@@ -30,34 +32,33 @@ Example:
 
 
 def cluster(
-    candidates: Annotated[str, typer.Argument(help="Candidate stream (JSONL), or - for stdin.")] = "-",
+    candidates: Annotated[str, typer.Argument(help="Candidate stream (JSONL), or - for stdin.")] = O.candidates,
     clusters: Annotated[int, typer.Option("--clusters", "-n", min=2,
-                                          help="k-means clusters (paper: 6).")] = 6,
+                                          help="k-means clusters (paper: 6; the reference code: 7).")] = O.clusters,
     drop_extremes: Annotated[int, typer.Option(
         "--drop-extremes", min=0,
         help="Clusters dropped at each end of the mean-residual ranking "
-             "(effective min(k, clusters // 2)).")] = 1,
+             "(effective min(k, clusters // 2)).")] = O.drop_extremes,
     perplexity: Annotated[float | None, typer.Option(
-        "--perplexity", min=1.0, help="t-SNE perplexity [default: 30, lowered for few words].",
-        show_default=False)] = None,
+        "--perplexity", min=1.0, help="t-SNE perplexity (default: 30, lowered for few words).",
+        show_default=False)] = O.perplexity,
     space: Annotated[Space, typer.Option(
         "--space", help="What k-means clusters: the t-SNE points (the reference's method) or the unit "
                         "embeddings, which a change in the last digits of the embeddings cannot regroup "
-                        "(t-SNE of a few dozen words can be; see docs/benchmarks.md).")] = Space.tsne,
-    seed: Seed = 42,
-    output: Output = "-",
+                        "(t-SNE of a few dozen words can be; see docs/benchmarks.md).")] = Space(O.space),
+    seed: Seed = O.seed,
+    output: Output = O.output,
     quiet: Quiet = False,
 ) -> None:
+    opts = O(**{k: v for k, v in locals().items() if k not in CLI_ONLY})
+    opts.space = Space(space).value
+    console.set_quiet(quiet)
     from recare_cli.io.candidates import read_candidates
     from recare_cli.io.streams import open_output
     from recare_cli.stages.cluster import run_clustering
 
-    console.set_quiet(quiet)
     stream = read_candidates(candidates)
-    params = {"candidates": candidates, "clusters": clusters, "drop_extremes": drop_extremes,
-              "perplexity": perplexity, "space": space.value, "seed": seed}
-    decisions = run_clustering(stream, n_clusters=clusters, drop_extremes=drop_extremes, seed=seed,
-                               perplexity=perplexity, params=params, space=space.value)
+    decisions = run_clustering(stream, opts)
     with open_output(output, binary=False) as out:
         stream.write(out)
     if not quiet:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from recare_cli import console
 from recare_cli.cli.options import Device, Quiet, Seed
-from recare_cli.models.sd import DEFAULT_MODEL, MODEL_ENV
+from recare_cli.models.sd import MODEL_ENV
+from recare_cli.stages.erase import EraseOptions as O
+
+OPTIONS = O
+CLI_ONLY = ("quiet",)
 
 HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
 
@@ -31,68 +35,59 @@ def erase(
                                         show_default=False)],
     care: Annotated[str | None, typer.Option("--care", help="CARE-set JSON from recare refine (either layout); "
                                                            "required for recare and stereo.",
-                                             show_default=False)] = None,
+                                             show_default=False)] = O.care,
     adversarial: Annotated[str | None, typer.Option("--adversarial", help="Adversarial token embeddings from "
                                                                           "recare invert (safetensors).",
-                                                    show_default=False)] = None,
+                                                    show_default=False)] = O.adversarial,
     num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
-                                                 help="How many adversarial tokens join the erase set.")] = 2,
-    method: Annotated[str, typer.Option("--method", help="recare, esd or stereo.")] = "recare",
+                                                 help="How many adversarial tokens join the erase set.")] = O.num_adversarial,
+    method: Annotated[str, typer.Option("--method", help="recare, esd or stereo.")] = O.method,
     train_method: Annotated[str, typer.Option("--train-method", help="Trained UNet parameters: noxattn, xattn, "
-                                                                     "selfattn or full.")] = "noxattn",
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Training iterations.")] = 200,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = 2e-5,
+                                                                     "selfattn or full.")] = O.train_method,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Training iterations.")] = O.iterations,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = O.lr,
     lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant (reference), or linear / cosine "
-                                                                   "decay from --lr over the iterations.")] = "constant",
+                                                                   "decay from --lr over the iterations.")] = O.lr_schedule,
     guidance: Annotated[float, typer.Option("--guidance", help="Compositional guidance s (reference convention: "
                                                                "intended scale + 1); for esd the negative "
-                                                               "guidance.")] = 2.0,
-    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = 50,
+                                                               "guidance.")] = O.guidance,
+    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = O.ddim_steps,
     timesteps: Annotated[str, typer.Option("--timesteps", help="How each iteration's x_t depth (DDIM step) is "
                                                                "drawn: uniform (reference: independently) or "
                                                                "stratified (every depth equally often, shuffled: "
-                                                               "the same distribution; docs/erase.md).")] = "uniform",
+                                                               "the same distribution; docs/erase.md).")] = O.timesteps,
     xt_batch: Annotated[int, typer.Option("--xt-batch", min=1, help="x_t samples per iteration (reference: 1): "
                                                                     "independent noises at the iteration's depth, "
-                                                                    "losses averaged (docs/erase.md).")] = 1,
+                                                                    "losses averaged (docs/erase.md).")] = O.xt_batch,
     retain_weight: Annotated[float, typer.Option("--retain-weight", min=0.0, help="Weight λ of the retain "
-                                                                                  "loss.")] = 1.0,
-    seed: Seed = 42,
-    resolution: Annotated[int, typer.Option("--resolution", min=8, help="Image size of the sampled x_t, "
-                                                                        "in pixels.")] = 512,
+                                                                                  "loss.")] = O.retain_weight,
+    seed: Seed = O.seed,
+    resolution: Annotated[int | None, typer.Option(
+        "--resolution", min=8, help="Image size of the sampled x_t, in pixels (default: the model's own, "
+                                    "e.g. 512 for SD 1.x).", show_default=False)] = O.resolution,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = DEFAULT_MODEL,
-    device: Device = "auto",
+                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = O.model,
+    device: Device = O.device,
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs); weights "
-                                                               "stay fp32.")] = "fp32",
+                                                               "stay fp32.")] = O.precision,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
-                                                         help="Trade compute for activation memory.")] = False,
+                                                         help="Trade compute for activation memory.")] = O.gradient_checkpointing,
     save_dtype: Annotated[str, typer.Option("--save-dtype", help="fp32, fp16 or bf16 for the output "
-                                                                 "tensors.")] = "fp32",
+                                                                 "tensors.")] = O.save_dtype,
     save_pipeline: Annotated[str | None, typer.Option("--save-pipeline", help="Also write a complete diffusers "
                                                                               "pipeline folder with the erased "
-                                                                              "UNet.", show_default=False)] = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint file [default: "
-                                                                        "OUTPUT.ckpt].", show_default=False)] = None,
+                                                                              "UNet.", show_default=False)] = O.save_pipeline,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
+                                                                        "OUTPUT.ckpt).", show_default=False)] = O.checkpoint,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Iterations between "
-                                                                                    "checkpoints (0: none).")] = 50,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint if there is one.")] = False,
+                                                                                    "checkpoints (0: none).")] = O.checkpoint_every,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint if there is one.")] = O.resume,
     quiet: Quiet = False,
 ) -> None:
-    # Run-control options stay out of provenance: a resumed run writes the same bytes as an uninterrupted one.
-    params: dict[str, Any] = {k: v for k, v in locals().items()
-                              if k not in ("quiet", "resume", "checkpoint", "checkpoint_every")}
-    from recare_cli.stages.erase import EraseOptions, run_erase
-
     console.set_quiet(quiet)
-    opts = EraseOptions(target=target, care=care, adversarial=adversarial, num_adversarial=num_adversarial,
-                        method=method, train_method=train_method, iterations=iterations, lr=lr,
-                        lr_schedule=lr_schedule, guidance=guidance,
-                        ddim_steps=ddim_steps, timesteps=timesteps, xt_batch=xt_batch,
-                        retain_weight=retain_weight, seed=seed, resolution=resolution, precision=precision,
-                        gradient_checkpointing=gradient_checkpointing, save_dtype=save_dtype, model=model,
-                        device=device, output=output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                        resume=resume, save_pipeline=save_pipeline, params=params)
-    summary = run_erase(opts)
+    values = {k: v for k, v in locals().items() if k not in CLI_ONLY}
+    from recare_cli.stages.erase import run_erase
+
+    summary = run_erase(O(**values))
     losses = ", ".join(f"{k} {v:.4g}" for k, v in summary["losses"].items() if k != "k")
     console.info(f"erase: wrote {output} ({summary['tensors']} tensors); last step {losses}")

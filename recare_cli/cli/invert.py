@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from recare_cli import console
 from recare_cli.cli.options import Device, Quiet, Seed
-from recare_cli.models.sd import DEFAULT_MODEL, MODEL_ENV
+from recare_cli.models.sd import MODEL_ENV
+from recare_cli.stages.invert import InvertOptions as O
+
+OPTIONS = O
+CLI_ONLY = ("quiet",)
 
 HELP = """Find token embeddings that still make the model draw TARGET after it is erased.
 
@@ -33,55 +37,52 @@ def invert(
                                         show_default=False)],
     initializer: Annotated[str, typer.Option("--initializer", help="Single-token word the new tokens start "
                                                                    "from (person for objects, art for "
-                                                                   "styles).")] = "person",
-    prop: Annotated[str, typer.Option("--property", help="object or style: picks the prompt templates.")] = "object",
+                                                                   "styles).")] = O.initializer,
+    property: Annotated[str, typer.Option("--property", help="object or style: picks the prompt templates.")] = O.property,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Erase ↔ inversion rounds (one token "
-                                                                "each).")] = 2,
+                                                                "each).")] = O.rounds,
     erase_iterations: Annotated[int, typer.Option("--erase-iterations", min=0, help="ESD iterations per "
-                                                                                    "round.")] = 200,
+                                                                                    "round.")] = O.erase_iterations,
     erase_lr: Annotated[float, typer.Option("--erase-lr", min=0.0, help="AdamW learning rate of the "
-                                                                        "erasure.")] = 5e-6,
+                                                                        "erasure.")] = O.erase_lr,
     negative_guidance: Annotated[float, typer.Option("--negative-guidance", help="ESD negative guidance "
-                                                                                 "g.")] = 2.0,
-    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = 50,
+                                                                                 "g.")] = O.negative_guidance,
+    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = O.ddim_steps,
     train_method: Annotated[str, typer.Option("--train-method", help="UNet parameters the erasure trains: "
                                                                      "noxattn, xattn, selfattn or "
-                                                                     "full.")] = "noxattn",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Textual-inversion steps per round.")] = 3000,
+                                                                     "full.")] = O.train_method,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Textual-inversion steps per round.")] = O.steps,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Textual-inversion learning rate (batch "
-                                                            "1).")] = 5e-3,
-    resolution: Annotated[int, typer.Option("--resolution", min=8, help="Training image size in pixels.")] = 512,
+                                                            "1).")] = O.lr,
+    resolution: Annotated[int | None, typer.Option(
+        "--resolution", min=8, help="Training image size in pixels (default: the model's own, e.g. 512 for SD 1.x).",
+        show_default=False)] = O.resolution,
     flip: Annotated[float, typer.Option("--flip", min=0.0, max=1.0, help="Probability of a horizontal "
-                                                                         "flip.")] = 0.5,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")] = False,
-    as_list: Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")] = False,
+                                                                         "flip.")] = O.flip,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")] = O.recursive,
+    as_list: Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")] = O.as_list,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
-                                                          "skipping it.")] = False,
+                                                          "skipping it.")] = O.strict,
     keep_erased: Annotated[str | None, typer.Option("--keep-erased", help="Folder for each round's erased UNet "
                                                                           "weights (roundN-unet.safetensors).",
-                                                    show_default=False)] = None,
-    seed: Seed = 42,
+                                                    show_default=False)] = O.keep_erased,
+    seed: Seed = O.seed,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = DEFAULT_MODEL,
-    device: Device = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs).")] = "fp32",
+                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = O.model,
+    device: Device = O.device,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs).")] = O.precision,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
-                                                         help="Trade compute for activation memory.")] = False,
+                                                         help="Trade compute for activation memory.")] = O.gradient_checkpointing,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished round recorded in "
-                                                          "OUTPUT.ckpt.")] = False,
+                                                          "OUTPUT.ckpt.")] = O.resume,
     quiet: Quiet = False,
 ) -> None:
-    params: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("quiet", "resume")}
-    from recare_cli.io.images import resolve_image_inputs
-    from recare_cli.stages.invert import InvertOptions, run_invert
-
     console.set_quiet(quiet)
-    opts = InvertOptions(target=target, initializer=initializer, property=prop, rounds=rounds,
-                         erase_iterations=erase_iterations, erase_lr=erase_lr, negative_guidance=negative_guidance, ddim_steps=ddim_steps,
-                         train_method=train_method, steps=steps, lr=lr, resolution=resolution, flip=flip, seed=seed,
-                         precision=precision, gradient_checkpointing=gradient_checkpointing, model=model,
-                         device=device, output=output, keep_erased=keep_erased, resume=resume, params=params)
+    opts = O(**{k: v for k, v in locals().items() if k not in CLI_ONLY})
+    from recare_cli.io.images import resolve_image_inputs
+    from recare_cli.stages.invert import run_invert
+
     opts.validate()
     paths = resolve_image_inputs(images, recursive=recursive, as_list=as_list)
-    summary = run_invert(opts, paths, strict=strict)
+    summary = run_invert(opts, paths)
     console.info(f"invert: wrote {output}: tokens {', '.join(summary['tokens'])} from {summary['images']} images")

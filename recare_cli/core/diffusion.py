@@ -38,6 +38,7 @@ from recare_cli.core.guidance import (
     mse,
     training_timestep_index,
 )
+from recare_cli.dtypes import torch_dtype
 
 # ---------------------------------------------------------------------------------------------
 # Text side: placeholder tokens without touching the text encoder's embedding table
@@ -154,8 +155,7 @@ def ddim_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: t
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch_dtype(precision))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,17 +174,20 @@ class ErasePrompts:
 
 @dataclass
 class EraseSettings:
-    method: str = "recare"  # recare | esd | stereo
-    iterations: int = 200
-    lr: float = 2e-5
-    lr_schedule: str = "constant"  # constant (reference) | linear | cosine, over ``iterations``
-    guidance: float = 2.0  # compositional scale s (recare, stereo) or negative guidance g (esd)
-    retain_weight: float = 1.0
-    latent_size: int = 64
-    sample_steps: int = 50  # DDIM steps of the schedule x_t is drawn from
-    sample_guidance: float = 3.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
-    xt_batch: int = 1  # x_t samples per iteration (reference: 1), one depth k, losses averaged
+    """The trainer's settings. No defaults here: the stages' options objects declare them
+    (``stages.erase.EraseOptions``, ``stages.invert.InvertOptions``)."""
+
+    method: str  # recare | esd | stereo
+    iterations: int
+    lr: float
+    lr_schedule: str  # constant (reference) | linear | cosine, over ``iterations``
+    guidance: float  # compositional scale s (recare, stereo) or negative guidance g (esd)
+    retain_weight: float
+    latent_size: int
+    sample_steps: int  # DDIM steps of the schedule x_t is drawn from
+    precision: str  # fp32 | bf16 | fp16 (autocast)
+    xt_batch: int  # x_t samples per iteration (reference: 1), one depth k, losses averaged
+    sample_guidance: float = 3.0  # the guidance x_t is sampled with: the method's, not an option
 
 
 @dataclass
@@ -220,7 +223,7 @@ class EraseTrainer:
         self.params = [params[n] for n in self.names]
         for p in self.params:
             p.requires_grad_(True)
-        keep_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
+        keep_dtype = None if settings.precision == "fp32" else torch_dtype(settings.precision)
         # The teacher: original values of the trained parameters only (see the module docstring).
         self.teacher = {n: p.detach().clone().to(keep_dtype or p.dtype) for n, p in zip(self.names, self.params,
                                                                                           strict=True)}
@@ -377,9 +380,11 @@ class EraseTrainer:
 
 @dataclass
 class InversionSettings:
-    steps: int = 3000
-    lr: float = 5e-3
-    precision: str = "fp32"
+    """No defaults: ``stages.invert.InvertOptions`` declares them."""
+
+    steps: int
+    lr: float
+    precision: str
 
 
 class InversionTrainer:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from recare_cli.dtypes import NAMES, dtype_name, torch_dtype
 from recare_cli.errors import UsageError, check_choice
 
 if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
+DTYPE_CHOICES = ("auto", *NAMES)
+__all__ = ["DTYPE_CHOICES", "dtype_name", "resolve_device", "resolve_dtype"]
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -44,14 +46,7 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     import torch
 
     spec = spec.strip().lower()
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if spec == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     check_choice("--dtype", spec, DTYPE_CHOICES, "dtype")
-    return table[spec]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    import torch
-
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return torch_dtype(spec)

@@ -55,3 +55,9 @@ def load_sd(name: str, *, device: str = "auto", dtype: str = "auto") -> SDBundle
         module.eval().requires_grad_(False)
     return SDBundle(pipe, name, module_fingerprint(pipe.unet), module_fingerprint(pipe.text_encoder),
                     dev, dt)
+
+
+def native_resolution(pipe: Any) -> int:
+    """The image size the model was trained at, in pixels (what diffusers pipelines default to):
+    the UNet's latent sample size times the VAE's downsampling factor."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,13 +10,28 @@ from recare_cli.core.clustering import ClusterDecision
 from recare_cli.errors import BadInputError
 from recare_cli.io.candidates import CandidateStream
 from recare_cli.io.provenance import provenance
+from recare_cli.stages.options import recorded, run_control
+
+SPACES = ("tsne", "embedding")
 
 
-def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: int, seed: int,
-                   perplexity: float | None, params: dict[str, Any], space: str = "tsne") -> list[ClusterDecision]:
+@dataclass
+class ClusterOptions:
+    """Every option of ``recare cluster``; field order is the order provenance records them in."""
+
+    candidates: str = "-"  # where the stream came from (file or -)
+    clusters: int = 6  # the paper's n (the reference code's default is 7)
+    drop_extremes: int = 1
+    perplexity: float | None = None  # None: 30, lowered for few words (core.clustering.adapted_perplexity)
+    space: str = "tsne"  # what k-means clusters: the t-SNE points (the reference) or the unit embeddings
+    seed: int = 42
+    output: str = run_control("-")
+
+
+def run_clustering(stream: CandidateStream, opts: ClusterOptions) -> list[ClusterDecision]:
     """Annotate every word of ``stream`` in place with its 2-D point, cluster, residual and status.
 
-    ``space``: k-means on the t-SNE points (``tsne``, the reference) or on the unit embeddings
+    ``opts.space``: k-means on the t-SNE points (``tsne``, the reference) or on the unit embeddings
     (``embedding``); the 2-D points are written either way, for plots."""
     from recare_cli.core.clustering import (
         adapted_perplexity,
@@ -27,6 +42,7 @@ def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: i
     )
     from recare_cli.core.residual import residual, unit
 
+    n_clusters, drop_extremes, seed, perplexity = opts.clusters, opts.drop_extremes, opts.seed, opts.perplexity
     n = len(stream.words)
     if n < n_clusters:
         raise BadInputError(f"only {n} candidate words for {n_clusters} clusters: lower -n/--clusters "
@@ -41,7 +57,7 @@ def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: i
         raise BadInputError(f"--perplexity {perp} must be below the number of words ({n})",
                             source=stream.source)
     points = embed_2d(emb, seed=seed, perplexity=perp)
-    labels = kmeans_labels(cluster_space(emb, points, space), n_clusters, seed=seed)
+    labels = kmeans_labels(cluster_space(emb, points, opts.space), n_clusters, seed=seed)
     decisions = decide_clusters(labels, res, drop_extremes)
     by_id = {d.cluster: d for d in decisions}
     for record, point, label, r in zip(stream.words, points, labels, res, strict=True):
@@ -54,6 +70,6 @@ def run_clustering(stream: CandidateStream, *, n_clusters: int, drop_extremes: i
          "rank": d.rank + 1, "status": "kept" if d.kept else "dropped", "reason": d.reason}
         for d in decisions]
     stream.header["clustering"] = {"n_clusters": n_clusters, "drop_extremes": drop_extremes,
-                                   "seed": seed, "perplexity": perp, "space": space}
-    stream.header["provenance"] = [*stream.header.get("provenance", []), provenance("cluster", params)]
+                                   "seed": seed, "perplexity": perp, "space": opts.space}
+    stream.header["provenance"] = [*stream.header.get("provenance", []), provenance("cluster", recorded(opts))]
     return decisions

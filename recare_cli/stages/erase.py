@@ -8,23 +8,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from recare_cli import console
 from recare_cli.core.guidance import LR_SCHEDULES, METHODS, PRECISIONS, TIMESTEP_DRAWS, TRAIN_METHODS
+from recare_cli.dtypes import NAMES as DTYPES
 from recare_cli.errors import BadInputError, RefusedError, UsageError, check_choice
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
+from recare_cli.models.sd import DEFAULT_MODEL
+from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
+from recare_cli.stages.options import recorded, run_control
 
-SAVE_DTYPES = ("fp32", "fp16", "bf16")
+SAVE_DTYPES = DTYPES
 
 
 @dataclass
 class EraseOptions:
+    """Every option of ``recare erase``; field order is the order provenance records them in."""
+
     target: str
+    output: str
     care: str | None = None
     adversarial: str | None = None
     num_adversarial: int = 2
@@ -39,18 +46,17 @@ class EraseOptions:
     xt_batch: int = 1  # x_t samples per iteration (reference: 1)
     retain_weight: float = 1.0
     seed: int = 42
-    resolution: int = 512
+    resolution: int | None = None  # None: the model's own image size
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     save_dtype: str = "fp32"
-    model: str = "CompVis/stable-diffusion-v1-4"
-    device: str = "auto"
-    output: str = "-"
-    checkpoint: str | None = None  # default <output>.ckpt when checkpoint_every > 0
-    checkpoint_every: int = 50
-    resume: bool = False
     save_pipeline: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
+    # Run control: a resumed run writes the same bytes as an uninterrupted one.
+    checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
+    checkpoint_every: int = run_control(50)
+    resume: bool = run_control(False)
 
     def validate(self) -> None:
         if not self.target.strip():
@@ -87,10 +93,21 @@ class EraseOptions:
             return None
         return Path(f"{self.output}.ckpt")
 
-    def hyperparameters(self) -> dict[str, Any]:
+    def hyperparameters(self, resolution: int) -> dict[str, Any]:
+        """What shapes the trained weights (the image size as resolved for the loaded model)."""
         keys = ("method", "train_method", "iterations", "lr", "lr_schedule", "guidance", "retain_weight", "seed",
                 "resolution", "ddim_steps", "timesteps", "xt_batch", "precision", "num_adversarial")
-        return {k: asdict(self)[k] for k in keys}
+        values = {**asdict(self), "resolution": resolution}
+        return {k: values[k] for k in keys}
+
+
+def erase_settings(opts: EraseOptions, latent_size: int) -> Any:
+    """The trainer's settings for ``opts`` (``core.diffusion.EraseSettings``)."""
+    from recare_cli.core.diffusion import EraseSettings
+
+    return EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, lr_schedule=opts.lr_schedule,
+                         guidance=opts.guidance, retain_weight=opts.retain_weight, latent_size=latent_size,
+                         sample_steps=opts.ddim_steps, precision=opts.precision, xt_batch=opts.xt_batch)
 
 
 def read_care(path: str, target: str) -> tuple[Any, str]:
@@ -163,11 +180,12 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
     return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx, steps=steps), erase_set
 
 
-def config_digest(opts: EraseOptions, identity: dict[str, str], care_hash: str | None, adv_hash: str | None) -> str:
+def config_digest(opts: EraseOptions, resolution: int, identity: dict[str, str], care_hash: str | None,
+                  adv_hash: str | None) -> str:
     from recare_cli.models.fingerprint import combine
 
-    return combine(json.dumps(opts.hyperparameters(), sort_keys=True), identity["unet"], identity["text_encoder"],
-                   care_hash, adv_hash, opts.target.strip())
+    return combine(json.dumps(opts.hyperparameters(resolution), sort_keys=True), identity["unet"],
+                   identity["text_encoder"], care_hash, adv_hash, opts.target.strip())
 
 
 def load_checkpoint(path: Path, trainer: Any, digest: str) -> int:
@@ -197,10 +215,11 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     """Train and write the output; returns a summary. ``on_step(i, losses)`` runs after step ``i``."""
     import torch
 
-    from recare_cli.core.diffusion import EraseSettings, EraseTrainer
+    from recare_cli.core.diffusion import EraseTrainer
     from recare_cli.core.guidance import select_parameters
+    from recare_cli.dtypes import torch_dtype
     from recare_cli.io.provenance import provenance
-    from recare_cli.models.sd import load_sd
+    from recare_cli.models.sd import load_sd, native_resolution
     from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
 
     opts.validate()
@@ -235,14 +254,12 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    latent = opts.resolution // pipe.vae_scale_factor
-    settings = EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr,
-                             lr_schedule=opts.lr_schedule, guidance=opts.guidance,
-                             retain_weight=opts.retain_weight, latent_size=latent, sample_steps=opts.ddim_steps,
-                             precision=opts.precision, xt_batch=opts.xt_batch)
+    resolution = opts.resolution or native_resolution(pipe)
+    latent = resolution // pipe.vae_scale_factor
+    settings = erase_settings(opts, latent)
     generator = torch.Generator().manual_seed(opts.seed)
     trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator)
-    digest = config_digest(opts, identity, care_hash, adv_hash)
+    digest = config_digest(opts, resolution, identity, care_hash, adv_hash)
     start = 0
     if opts.resume and ckpt is not None and ckpt.exists():
         start = load_checkpoint(ckpt, trainer, digest)
@@ -253,7 +270,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     console.info(f"erase: {opts.method}, {opts.train_method} ({len(names)} tensors, {n_params:,} parameters), "
                  f"erase set {erase_set}, {opts.iterations} iterations")
     last: dict[str, float] = {}
-    with console.progress("erasing", opts.iterations - start) as advance:
+    with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
         for i in range(start, opts.iterations):
             last = trainer.step(i)
             advance(1)
@@ -265,12 +282,11 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
                 save_checkpoint(ckpt, trainer, digest, done)
     unet.eval()
     trained = trainer.trained_values()
-    save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[opts.save_dtype]
-    record = provenance("erase", opts.params, model=identity)
-    save_unet_weights(opts.output, trained, base_unet=identity["unet"], dtype=save_dtype,
+    record = provenance("erase", recorded(opts), model=identity)
+    save_unet_weights(opts.output, trained, base_unet=identity["unet"], dtype=torch_dtype(opts.save_dtype),
                       base_model=identity["name"], base_text_encoder=identity["text_encoder"],
                       method=opts.method, train_method=opts.train_method, target=opts.target.strip(),
-                      hyperparameters=opts.hyperparameters(), seed=opts.seed, careset_sha256=care_hash or "",
+                      hyperparameters=opts.hyperparameters(resolution), seed=opts.seed, careset_sha256=care_hash or "",
                       adversarial={"tokens": list(adversarial), "sha256": adv_hash},
                       erase_set=json.dumps(erase_set), provenance=record)
     trainer.release()

@@ -9,7 +9,7 @@ encoder's embedding table is never modified (see ``core.diffusion.ExtendedEmbedd
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ from recare_cli.core.guidance import PRECISIONS, TRAIN_METHODS
 from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
+from recare_cli.models.sd import DEFAULT_MODEL
+from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
+from recare_cli.stages.options import recorded, run_control
 
 # Prompt templates of the textual-inversion reference (diffusers' textual_inversion example).
 OBJECT_TEMPLATES = (
@@ -39,11 +42,17 @@ STYLE_TEMPLATES = (
     "a small painting in the style of {}", "a weird painting in the style of {}", "a large painting in the style of {}",
 )
 TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+# Options that do not change the learned tokens (the images themselves are hashed by path).
+_NOT_SHAPING = ("images", "output", "recursive", "as_list", "strict", "keep_erased", "device", "resume")
 
 
 @dataclass
 class InvertOptions:
+    """Every option of ``recare invert``; field order is the order provenance records them in."""
+
+    images: str  # where the images came from (folder, list file or -), for provenance and messages
     target: str
+    output: str
     initializer: str = "person"
     property: str = "object"
     rounds: int = 2
@@ -54,17 +63,18 @@ class InvertOptions:
     train_method: str = "noxattn"
     steps: int = 3000
     lr: float = 5e-3
-    resolution: int = 512
+    resolution: int | None = None  # None: the model's own image size
     flip: float = 0.5
+    recursive: bool = False
+    as_list: bool = False
+    strict: bool = False
+    keep_erased: str | None = None
     seed: int = 42
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
     precision: str = "fp32"
     gradient_checkpointing: bool = False
-    model: str = "CompVis/stable-diffusion-v1-4"
-    device: str = "auto"
-    output: str = "-"
-    keep_erased: str | None = None
-    resume: bool = False
-    params: dict[str, Any] = field(default_factory=dict)
+    resume: bool = run_control(False)
 
     def validate(self) -> None:
         if not self.target.strip():
@@ -84,12 +94,14 @@ class InvertOptions:
     def checkpoint_path(self) -> Path | None:
         return None if self.output == STDIO else Path(f"{self.output}.ckpt")
 
-    def digest(self, identity: dict[str, str], images: list[Path]) -> str:
+    def hyperparameters(self, resolution: int) -> dict[str, Any]:
+        """What shapes the learned tokens (the image size as resolved for the loaded model)."""
+        return {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
+
+    def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
 
-        shaping = {k: v for k, v in asdict(self).items()
-                   if k not in ("params", "output", "keep_erased", "device", "resume")}
-        return combine(sorted(shaping.items()), identity["unet"], identity["text_encoder"],
+        return combine(sorted(self.hyperparameters(resolution).items()), identity["unet"], identity["text_encoder"],
                        [str(p) for p in images])
 
     def tokens(self) -> list[str]:
@@ -99,7 +111,7 @@ class InvertOptions:
         return [f"<{key}-adv{i}>" for i in range(self.rounds)]
 
 
-def load_pixels(paths: list[Path], *, strict: bool, resolution: int) -> tuple[Any, list[Path]]:
+def load_pixels(paths: list[Path], *, strict: bool, resolution: int, source: str) -> tuple[Any, list[Path]]:
     """Readable images as (N, 3, R, R) in [-1, 1] (bicubic resize to a square, as the reference); the
     unreadable ones are skipped with a warning (or stop the command with ``strict``)."""
     import numpy as np
@@ -120,7 +132,7 @@ def load_pixels(paths: list[Path], *, strict: bool, resolution: int) -> tuple[An
     if skipped:
         console.warn(f"skipped {len(skipped)} of {len(paths)} images")
     if not arrays:
-        raise BadInputError("no readable image among the inputs")
+        raise BadInputError(f"none of the {len(paths)} images could be read", source=source)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), used
 
 
@@ -171,7 +183,7 @@ def load_round(path: Path, digest: str, unet: Any, generator: Any) -> list[Any]:
     return [row.reshape(1, -1) for row in tensors["tokens"][:done]]
 
 
-def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
+def run_invert(opts: InvertOptions, paths: list[Path], *,
                on_step: Callable[[str, int, float], None] | None = None) -> dict[str, Any]:
     import torch
 
@@ -190,7 +202,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
     )
     from recare_cli.core.guidance import select_parameters
     from recare_cli.io.provenance import provenance
-    from recare_cli.models.sd import load_sd
+    from recare_cli.models.sd import load_sd, native_resolution
     from recare_cli.models.weights import save_embeddings, save_unet_weights
 
     opts.validate()
@@ -199,11 +211,12 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
         from recare_cli.errors import RefusedError
 
         raise RefusedError(f"checkpoint '{ckpt}' exists: pass --resume to continue that run, or delete it")
-    pixels, used = load_pixels(paths, strict=strict, resolution=opts.resolution)
-    slices = round_slices(len(used), opts.rounds)
     bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
     identity = bundle.identity()
     pipe, device = bundle.pipe, bundle.device
+    resolution = opts.resolution or native_resolution(pipe)
+    pixels, used = load_pixels(paths, strict=opts.strict, resolution=resolution, source=opts.images)
+    slices = round_slices(len(used), opts.rounds)
     init = initializer_vector(pipe, opts.initializer).to(device)
     tokens = opts.tokens()
     try:
@@ -222,68 +235,70 @@ def run_invert(opts: InvertOptions, paths: list[Path], *, strict: bool,
         unet.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(opts.seed)
     learned: list[torch.Tensor] = []
-    digest = opts.digest(identity, used)
+    digest = opts.digest(resolution, identity, used)
     if opts.resume and ckpt is not None and ckpt.exists():
         learned = [v.to(device) for v in load_round(ckpt, digest, unet, generator)]
         console.info(f"invert: resuming from {ckpt} after round {len(learned)}/{opts.rounds}")
     templates = TEMPLATES[opts.property]
-    latent_size = opts.resolution // pipe.vae_scale_factor
+    latent_size = resolution // pipe.vae_scale_factor
     losses: dict[str, float] = {}
-    for r in range(len(learned), opts.rounds):
-        concept = opts.target.strip() if r == 0 else tokens[r - 1]
-        known = torch.cat(learned) if learned else init
-        with placeholder_embeddings(pipe.text_encoder, first_id, known):
-            prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
-                                   erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
-        settings = EraseSettings(method="esd", iterations=opts.erase_iterations, lr=opts.erase_lr,
-                                 guidance=opts.negative_guidance, latent_size=latent_size,
-                                 sample_steps=opts.ddim_steps, precision=opts.precision)
-        unet.train()
-        eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
-                              pipe.scheduler.config, generator)
-        with console.progress(f"round {r + 1}/{opts.rounds}: erasing '{concept}'", opts.erase_iterations) as advance:
-            for i in range(opts.erase_iterations):
-                out = eraser.step(i)
-                advance(1)
-                if on_step is not None:
-                    on_step("erase", i, out["loss"])
-        losses[f"round{r}_erase"] = out["loss"] if opts.erase_iterations else float("nan")
-        if opts.keep_erased is not None:
-            save_unet_weights(Path(opts.keep_erased) / f"round{r}-unet.safetensors", eraser.trained_values(),
-                              base_unet=identity["unet"], base_model=identity["name"], method="esd",
-                              train_method=opts.train_method, target=concept, round=str(r),
-                              provenance=provenance("invert", opts.params, model=identity))
-        erased_values = {k: v.detach().clone() for k, v in eraser.trained_values().items()}
-        eraser.release()
-        del eraser
-        unet.eval()
+    with checkpoint_kept_on_interrupt(ckpt):
+        for r in range(len(learned), opts.rounds):
+            concept = opts.target.strip() if r == 0 else tokens[r - 1]
+            known = torch.cat(learned) if learned else init
+            with placeholder_embeddings(pipe.text_encoder, first_id, known):
+                prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
+                                       erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
+            settings = EraseSettings(method="esd", iterations=opts.erase_iterations, lr=opts.erase_lr,
+                                     lr_schedule="constant", guidance=opts.negative_guidance, retain_weight=0.0,
+                                     latent_size=latent_size, sample_steps=opts.ddim_steps, precision=opts.precision,
+                                     xt_batch=1)
+            unet.train()
+            eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
+                                  pipe.scheduler.config, generator)
+            erasing = f"round {r + 1}/{opts.rounds}: erasing '{concept}'"
+            with console.progress(erasing, opts.erase_iterations) as advance:
+                for i in range(opts.erase_iterations):
+                    out = eraser.step(i)
+                    advance(1)
+                    if on_step is not None:
+                        on_step("erase", i, out["loss"])
+            losses[f"round{r}_erase"] = out["loss"] if opts.erase_iterations else float("nan")
+            if opts.keep_erased is not None:
+                save_unet_weights(Path(opts.keep_erased) / f"round{r}-unet.safetensors", eraser.trained_values(),
+                                  base_unet=identity["unet"], base_model=identity["name"], method="esd",
+                                  train_method=opts.train_method, target=concept, round=str(r),
+                                  provenance=provenance("invert", recorded(opts), model=identity))
+            erased_values = {k: v.detach().clone() for k, v in eraser.trained_values().items()}
+            eraser.release()
+            del eraser
+            unet.eval()
 
-        ids = tokenize(tokenizer, [t.format(tokens[r]) for t in templates])
-        fixed = torch.cat(learned) if learned else init[:0]
-        trainer = InversionTrainer(unet, pipe.text_encoder, first_id, fixed, init, latents[slices[r].start:
-                                   slices[r].stop], ids, pipe.scheduler.config,
-                                   InversionSettings(steps=opts.steps, lr=opts.lr, precision=opts.precision),
-                                   generator, flip_p=opts.flip)
-        loss = float("nan")
-        with console.progress(f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {len(slices[r])} images",
-                              opts.steps) as advance:
-            for s in range(opts.steps):
-                loss = trainer.step()
-                advance(1)
-                if on_step is not None:
-                    on_step("invert", s, loss)
-        losses[f"round{r}_inversion"] = loss
-        learned.append(trainer.vector().to(device))
-        if ckpt is not None and r + 1 < opts.rounds:
-            save_round(ckpt, digest, r + 1, learned, erased_values, generator)
+            ids = tokenize(tokenizer, [t.format(tokens[r]) for t in templates])
+            fixed = torch.cat(learned) if learned else init[:0]
+            trainer = InversionTrainer(unet, pipe.text_encoder, first_id, fixed, init, latents[slices[r].start:
+                                       slices[r].stop], ids, pipe.scheduler.config,
+                                       InversionSettings(steps=opts.steps, lr=opts.lr, precision=opts.precision),
+                                       generator, flip_p=opts.flip)
+            loss = float("nan")
+            with console.progress(f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {len(slices[r])} images",
+                                  opts.steps) as advance:
+                for s in range(opts.steps):
+                    loss = trainer.step()
+                    advance(1)
+                    if on_step is not None:
+                        on_step("invert", s, loss)
+            losses[f"round{r}_inversion"] = loss
+            learned.append(trainer.vector().to(device))
+            if ckpt is not None and r + 1 < opts.rounds:
+                save_round(ckpt, digest, r + 1, learned, erased_values, generator)
 
     result = {t: v.cpu() for t, v in zip(tokens, learned, strict=True)}
-    record = provenance("invert", opts.params, model=identity)
+    record = provenance("invert", recorded(opts), model=identity)
     save_embeddings(opts.output, result, base_text_encoder=identity["text_encoder"], base_unet=identity["unet"],
                     base_model=identity["name"], target=opts.target.strip(), initializer=opts.initializer,
                     property=opts.property, rounds=opts.rounds, images=len(used),
-                    hyperparameters={k: v for k, v in asdict(opts).items() if k not in ("params", "output",
-                                                                                        "keep_erased", "device")},
+                    hyperparameters=opts.hyperparameters(resolution),
                     provenance=record)
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()

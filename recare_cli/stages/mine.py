@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,35 @@ from recare_cli import console
 from recare_cli.errors import BadInputError
 from recare_cli.io.candidates import CandidateStream, make_header
 from recare_cli.io.provenance import provenance
+from recare_cli.models.clip import DEFAULT_CLIP
+from recare_cli.stages.options import recorded, recorded_if_set, run_control
 
 MAX_WORD_TOKENS = 75  # 77 minus BOS and EOS
+WHOLE_WORDS = "clip-whole-words"  # the vocabulary's name when mining CLIP's whole-word tokens
+
+
+@dataclass
+class MineOptions:
+    """Every option of ``recare mine``; recorded fields in the order provenance records them."""
+
+    images: str  # where the images came from (folder, list file or -): named in provenance and errors
+    target: str
+    top_k: int = 50
+    top_n: int = 100
+    vocab: str | None = None  # word list; None: the CLIP folder's own list if it ships one, else CLIP's words
+    reference: str | None = recorded_if_set()
+    recursive: bool = False
+    strict: bool = False
+    clip: str = DEFAULT_CLIP
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 64
+    # Not recorded: they do not change the stream.
+    as_list: bool = run_control(False)
+    text_batch_size: int = run_control(1024)
+    cache_dir: str | None = run_control(None)
+    no_cache: bool = run_control(False)
+    output: str = run_control("-")
 
 
 def _vocabulary(bundle: Any, words: list[tuple[int, str]] | None, source: str) -> Any:
@@ -116,44 +144,60 @@ def _paths_digest(paths: list[Path]) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def run_mining(*, paths: list[Path], target: str, top_k: int, top_n: int,
-               words: list[tuple[int, str]] | None, vocab_source: str, strict: bool, clip: str,
-               device: str, dtype: str, batch_size: int, text_batch_size: int,
-               cache_dir: Path | None, use_cache: bool, params: dict[str, Any],
-               reference_paths: list[Path] | None = None, reference_source: str = "") -> CandidateStream:
-    """Mine ``paths`` (images of the target); with ``reference_paths`` (images without it), rank by lift
-    (core.mining.mine)."""
+def vocabulary_source(opts: MineOptions) -> str | None:
+    """The word list to mine over: --vocab, else the CLIP folder's own list, else None (CLIP's words)."""
+    from recare_cli.io.wordlist import folder_vocabulary
+
+    if opts.vocab is not None:
+        return opts.vocab
+    shipped = folder_vocabulary(opts.clip)
+    return str(shipped) if shipped is not None else None
+
+
+def run_mining(opts: MineOptions, paths: list[Path], reference_paths: list[Path] | None = None) -> CandidateStream:
+    """Mine ``paths`` (images of the target, read from ``opts.images``); with ``reference_paths`` (images
+    without it, from ``opts.reference``), rank by lift (core.mining.mine)."""
     from recare_cli.core.mining import mine
+    from recare_cli.io.streams import display_name
+    from recare_cli.io.wordlist import read_word_list
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
 
+    source = vocabulary_source(opts)
+    words = read_word_list(source) if source is not None else None
+    vocab_name = display_name(source) if source is not None else WHOLE_WORDS
+    if source is not None and opts.vocab is None:
+        console.info(f"vocabulary: the word list the CLIP folder ships ({source}); --vocab to mine others")
     quiet_libraries()
-    bundle = load_clip(clip, device=device, dtype=dtype)
-    vocabulary = _vocabulary(bundle, words, vocab_source)
+    bundle = load_clip(opts.clip, device=opts.device, dtype=opts.dtype)
+    vocabulary = _vocabulary(bundle, words, vocab_name)
     if len(vocabulary) == 0:
-        raise BadInputError("the vocabulary has no words", source=vocab_source)
-    word_emb, _ = embed_vocabulary(bundle, vocabulary, batch_size=text_batch_size,
-                                   cache_dir=cache_dir, use_cache=use_cache)
-    image_emb, used, skipped = embed_images(bundle, paths, strict=strict, batch_size=batch_size)
+        raise BadInputError("the vocabulary has no words", source=vocab_name)
+    use_cache = not opts.no_cache
+    word_emb, _ = embed_vocabulary(bundle, vocabulary, batch_size=opts.text_batch_size,
+                                   cache_dir=Path(opts.cache_dir) if opts.cache_dir else None, use_cache=use_cache)
+    image_emb, used, skipped = embed_images(bundle, paths, strict=opts.strict, batch_size=opts.batch_size)
     if not used:
-        raise BadInputError(f"none of the {len(paths)} images could be read", source=params["images"])
+        raise BadInputError(f"none of the {len(paths)} images could be read", source=display_name(opts.images))
     mining: dict[str, Any] = {"images": len(used), "skipped": len(skipped), "images_digest": _paths_digest(used),
-                              "top_k": top_k, "top_n": top_n, "vocabulary": vocab_source,
+                              "top_k": opts.top_k, "top_n": opts.top_n, "vocabulary": vocab_name,
                               "vocabulary_size": len(vocabulary)}
     reference_emb = None
     if reference_paths is not None:
-        reference_emb, ref_used, ref_skipped = embed_images(bundle, reference_paths, strict=strict,
-                                                            batch_size=batch_size)
+        reference_source = opts.reference or ""
+        reference_emb, ref_used, ref_skipped = embed_images(bundle, reference_paths, strict=opts.strict,
+                                                            batch_size=opts.batch_size)
         if not ref_used:
             raise BadInputError(f"none of the {len(reference_paths)} reference images could be read",
                                 source=reference_source)
         mining.update(reference=reference_source, reference_images=len(ref_used),
                       reference_skipped=len(ref_skipped), reference_digest=_paths_digest(ref_used),
                       ranking="lift")
-    found = mine(image_emb, word_emb, top_k=top_k, top_n=top_n, reference_emb=reference_emb)
+    target = opts.target.strip()
+    found = mine(image_emb, word_emb, top_k=opts.top_k, top_n=opts.top_n, reference_emb=reference_emb)
     target_emb = embed_text(bundle, target)
     header = make_header(target=target, target_embedding=target_emb, clip=bundle.identity(), mining=mining,
-                         provenance=provenance("mine", params))
+                         provenance=provenance("mine", recorded(opts)))
     records = []
     for rank, (i, count, mean, best, hit) in enumerate(zip(
             found.index, found.count, found.sim_mean, found.sim_max, found.hit_sim_mean, strict=True)):
@@ -167,5 +211,5 @@ def run_mining(*, paths: list[Path], target: str, top_k: int, top_n: int,
                         "embedding": word_emb[i]})
     against = "" if reference_emb is None else f", ranked by lift against {reference_emb.shape[0]} reference images"
     console.info(f"mined {len(records)} candidate words from {len(used)} images "
-                 f"(vocabulary {len(vocabulary):,}, top-k {top_k}{against})")
+                 f"(vocabulary {len(vocabulary):,}, top-k {opts.top_k}{against})")
     return CandidateStream(header=header, words=records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,13 +12,29 @@ from recare_cli.errors import BadInputError
 from recare_cli.io.candidates import CandidateStream
 from recare_cli.io.careset import CareSet
 from recare_cli.io.provenance import provenance
+from recare_cli.stages.options import recorded, run_control
+
+LAYOUTS = ("recare", "reference")
 
 
-def run_refinement(stream: CandidateStream, *, alpha: float, min_cluster_size: int, prop: str,
-                   params: dict[str, Any]) -> CareSet:
+@dataclass
+class RefineOptions:
+    """Every option of ``recare refine``; field order is the order provenance records them in."""
+
+    source: str = "-"  # where the stream came from (file or -)
+    alpha: float = 0.01  # the reference's removal margin
+    min_cluster_size: int = 2
+    property: str = "object"  # object: retain prompts 'A photo of …'; style: 'A painting of …'
+    format: str = run_control("recare")  # the output layout: recare, or reference (damilab/CARE)
+    target: str | None = run_control(None)  # which CARE-set of a reference file holding several
+    output: str = run_control("-")
+
+
+def run_refinement(stream: CandidateStream, opts: RefineOptions) -> CareSet:
     from recare_cli.core.refine import refine_cluster
     from recare_cli.core.residual import unit
 
+    alpha, min_cluster_size = opts.alpha, opts.min_cluster_size
     target = unit(stream.target_embedding.astype(np.float64))
     removed: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
@@ -60,6 +77,6 @@ def run_refinement(stream: CandidateStream, *, alpha: float, min_cluster_size: i
     # CARE-set order: the mining rank (most frequent first), stable across cluster ids.
     rank = {r["word"]: i for i, r in enumerate(stream.words)}
     kept_words.sort(key=lambda w: rank[w])
-    prov = [*stream.header.get("provenance", []), provenance("refine", params)]
-    return CareSet.from_words(stream.target, prop, kept_words, removed=removed, details=details,
+    prov = [*stream.header.get("provenance", []), provenance("refine", recorded(opts))]
+    return CareSet.from_words(stream.target, opts.property, kept_words, removed=removed, details=details,
                               provenance=prov, clip=stream.header.get("clip"))
