@@ -127,9 +127,33 @@ def test_timestep_draws(tiny_sd_dir: Path) -> None:
         torch.randn((1, 4, 16, 16), generator=replay)
     assert [trainer.step(i)["k"] for i in range(4)] == expected
 
+    # stratified: the schedule's depths are the ones the sampler runs (a spy on the DDIM sampler)
+    import recare_cli.core.diffusion as diffusion
+
     stratified = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=4)
     stratified.schedule.steps = [6, 1, 3, 6]
-    assert [stratified.step(i)["k"] for i in range(4)] == [6, 1, 3, 6]
+    ran: list[int] = []
+    original = diffusion.ddim_partial
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        ran.append(kwargs["steps"])
+        return original(*args, **kwargs)
+
+    diffusion.ddim_partial = spy  # type: ignore[assignment]
+    try:
+        for i in range(4):
+            stratified.step(i)
+    finally:
+        diffusion.ddim_partial = original  # type: ignore[assignment]
+    assert ran == [6, 1, 3, 6]
+
+
+def test_uniform_depths_are_the_references_choices(tiny_sd_dir: Path) -> None:
+    """The engine's own draw (not torch's) over many iterations gives every depth the reference's
+    torch.randint(1, ddim_steps - 1) can give, 1 … ddim_steps − 2, and no other (ddim_steps 8 here)."""
+    trainer = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=1)
+    drawn = {trainer._draw(0)[0] for _ in range(600)}
+    assert drawn == {1, 2, 3, 4, 5, 6}
 
 
 def test_each_sample_pairs_every_condition_with_every_sample(tiny_sd_dir: Path) -> None:
@@ -284,16 +308,17 @@ def test_resume_gives_the_same_weights(tiny_sd_dir: Path, care_file: Path, tmp_p
         return EraseOptions(target="nudity", care=str(care_file), iterations=5, resolution=32, device="cpu",
                             model=str(tiny_sd_dir), output=str(out), checkpoint_every=2, resume=resume)
 
-    straight = tmp_path / "straight.safetensors"
-    run_erase(opts(straight, False))
-
-    resumed = tmp_path / "resumed.safetensors"
+    # the same output path both times (provenance records it): the straight run's bytes, then the file removed
+    resumed = tmp_path / "erased.safetensors"
+    run_erase(opts(resumed, False))
+    straight = resumed.read_bytes()
+    resumed.unlink()
 
     def interrupt(i: int, _: dict[str, float]) -> None:
         if i == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(InterruptedRunError, match=r"checkpoint .*resumed.safetensors.ckpt was kept.*--resume"):
+    with pytest.raises(InterruptedRunError, match=r"checkpoint .*erased.safetensors.ckpt was kept.*--resume"):
         run_erase(opts(resumed, False), on_step=interrupt)
     ckpt = Path(f"{resumed}.ckpt")
     assert ckpt.exists() and not resumed.exists()  # the checkpoint after iteration 2 of 5
@@ -301,7 +326,7 @@ def test_resume_gives_the_same_weights(tiny_sd_dir: Path, care_file: Path, tmp_p
     res = invoke(_erase_args(tiny_sd_dir, care_file, resumed, "--iterations", "5", "--checkpoint-every", "2"))
     assert res.code == 5 and "--resume" in res.stderr
     run_erase(opts(resumed, True))
-    assert resumed.read_bytes() == straight.read_bytes()
+    assert resumed.read_bytes() == straight
     assert not ckpt.exists()
 
 
@@ -463,8 +488,17 @@ def test_autocast_precisions_train(tiny_sd_dir: Path, precision: str) -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert all(v.dtype == dtype for v in trainer.teacher.values())
     state = trainer.state_tensors()
-    trainer.load_state_tensors(state)
     assert ("scaler" in state) == (precision == "fp16")
+    # the round trip: a second trainer (fresh weights) restored from the state takes the same next step
+    after_one = {n: p.detach().clone() for n, p in zip(trainer.names, trainer.params, strict=True)}
+    second = trainer.step(1)
+    other_unet = _bundle(tiny_sd_dir).pipe.unet
+    restored = EraseTrainer(other_unet, base.names, base.prompts, base.schedule, settings,
+                            bundle.pipe.scheduler.config, torch.Generator().manual_seed(99))
+    restored.load_state_tensors(state)
+    assert all(torch.equal(p, after_one[n]) for n, p in zip(restored.names, restored.params, strict=True))
+    assert restored.step(1)["loss"] == second["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(restored.params, trainer.params, strict=True))
 
 
 def test_erase_sampler_never_clips_x0(tiny_sd_dir: Path) -> None:

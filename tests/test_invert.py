@@ -188,11 +188,12 @@ def test_resume_after_an_interrupted_round(tiny_sd_dir: Path, target_images: Pat
                              device="cpu",
                              model=str(tiny_sd_dir), output=str(out), resume=resume)
 
-    straight = tmp_path / "straight.safetensors"
-    run_invert(opts(straight), paths)
-    assert not Path(f"{straight}.ckpt").exists()
-
-    out = tmp_path / "resumed.safetensors"
+    # the same output path both times (provenance records it): the straight run's bytes, then the file removed
+    out = tmp_path / "adv.safetensors"
+    run_invert(opts(out), paths)
+    assert not Path(f"{out}.ckpt").exists()
+    straight = out.read_bytes()
+    out.unlink()
     erase_phases = []
 
     def interrupt(phase: str, step: int, _: float) -> None:
@@ -207,5 +208,5 @@ def test_resume_after_an_interrupted_round(tiny_sd_dir: Path, target_images: Pat
     res = invoke(_args(target_images, tiny_sd_dir, out, "--steps", "3"))
     assert res.code == 5 and "--resume" in res.stderr  # never overwrites a checkpoint silently
     run_invert(opts(out, resume=True), paths)
-    assert out.read_bytes() == straight.read_bytes()  # the same file, metadata included
+    assert out.read_bytes() == straight  # the same file, metadata included
     assert not Path(f"{out}.ckpt").exists()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from recare_cli.models.clip import CLIP_ENV, DEFAULT_CLIP
+from recare_cli.models.clip import CLIP_ENV
 
 Clip = Annotated[str, typer.Option(
     "--clip", envvar=CLIP_ENV, show_envvar=True,
@@ -19,4 +19,3 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No messages or progr
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same machine: same bytes).")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output file, or - for stdout.")]
 
-DEFAULT_CLIP_NAME = DEFAULT_CLIP
