@@ -272,15 +272,32 @@ def test_a_failed_run_leaves_existing_outputs_alone(scored_images: tuple[Path, l
 
 def test_nudity_metric_with_a_fake_detector(scored_images: tuple[Path, list[Path]],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from recare_cli.stages import score as stage
+    from recare_cli.stages.metrics import nudity
 
     outputs = {0: [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9}], 1: [{"class": "FACE_MALE", "score": 0.99}],
                2: [{"class": "BUTTOCKS_EXPOSED", "score": 0.7491}]}
     manifest, images = scored_images
     index = {str(p): i for i, p in enumerate(images)}
-    monkeypatch.setattr(stage, "load_nudenet", lambda: ((lambda path: outputs.get(index[str(path)], [])), "3.4.2"))
+    monkeypatch.setattr(nudity, "load_nudenet", lambda: ((lambda path: outputs.get(index[str(path)], [])), "3.4.2"))
     res = invoke(["score", str(manifest), "-m", "nudity", "--fail-over", "nudity=0.5"])
     assert res.code == 0, res.stderr
     result = json.loads(res.stdout)["results"][0]
     assert (result["value"], result["hits"], result["count"]) == (pytest.approx(2 / 6), 2, 6)
     assert result["params"]["threshold"] == 0.75 and result["params"]["detector"] == "nudenet 3.4.2"
+
+
+def test_provenance_params_keep_their_names_and_order(tmp_path: Path) -> None:
+    from recare_cli.stages.score import ScoreOptions, score_params
+
+    names = ["source", "metrics", "concept", "labels", "template", "target", "label_field", "top_k",
+             "nudity_threshold", "prompt", "clip", "device", "dtype", "batch_size", "seed"]
+    opts = ScoreOptions(source="m.jsonl", metrics=["care"], concept="person", per_image=tmp_path / "p.jsonl",
+                        fail_under=("care=0.5",), output="s.json")
+    params = score_params(opts)
+    assert list(params) == names
+    assert params["labels"] == "coco80"  # no label file: the label set's name
+    assert score_params(ScoreOptions(label_set="care-reference"))["labels"] == "care-reference"
+    named = ScoreOptions(labels=["dog", "cat"], labels_source="labels.txt")
+    assert score_params(named)["labels"] == "labels.txt" and named.label_list() == ["dog", "cat"]
+    assert ScoreOptions().nudity_threshold == scores.NUDENET_THRESHOLD
+
