@@ -301,3 +301,22 @@ def test_provenance_params_keep_their_names_and_order(tmp_path: Path) -> None:
     assert score_params(named)["labels"] == "labels.txt" and named.label_list() == ["dog", "cat"]
     assert ScoreOptions().nudity_threshold == scores.NUDENET_THRESHOLD
 
+
+def test_help_examples_are_whole_lines_at_80_columns() -> None:
+    """rich wraps help text to the terminal: an example longer than a line would break mid-command."""
+    import os
+    import subprocess
+    import sys
+
+    from recare_cli.cli import score as score_cmd
+
+    env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    env.pop("FORCE_COLOR", None)
+    done = subprocess.run([sys.executable, "-m", "recare_cli", "score", "--help"], env=env, capture_output=True,
+                          text=True, check=True)
+    rendered = [line.strip() for line in done.stdout.splitlines()]
+    examples = [line.strip() for line in score_cmd.HELP.split("Examples:")[1].splitlines() if line.strip()]
+    assert len(examples) >= 2
+    for example in examples:
+        assert example in rendered, f"{example!r} is not one line of the rendered help"
+    assert all(len(line) <= 80 for line in done.stdout.splitlines())

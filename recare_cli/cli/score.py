@@ -30,9 +30,12 @@ Examples:
 """
 
 
+# Each example line fits an 80-column terminal (rich wraps longer ones mid-command); a long command
+# continues on the next line after a backslash, so a copied example still runs.
 EXAMPLES = """  recare score manifest.jsonl --metric care --concept person > scores.json
 
-  recare score manifest.jsonl -m clip -m care --concept person --per-image per_image.jsonl --fail-under care=0.9"""
+  recare score manifest.jsonl -m clip -m care --concept person \\
+    --per-image per_image.jsonl --fail-under care=0.9"""
 
 HELP = _help()
 OPTIONS = ScoreOptions
