@@ -320,3 +320,25 @@ def test_help_examples_are_whole_lines_at_80_columns() -> None:
     for example in examples:
         assert example in rendered, f"{example!r} is not one line of the rendered help"
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
+
+
+def test_the_nudenet_install_hint_names_the_extras_requirement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint names the nudity extra's requirement as pyproject declares it, not a copy of it."""
+    import sys
+    from importlib import metadata
+
+    from recare_cli.errors import ModelUnavailableError
+    from recare_cli.stages.metrics import nudity
+
+    tomllib = pytest.importorskip("tomllib")
+    try:
+        metadata.requires("recare")
+    except metadata.PackageNotFoundError:
+        pytest.skip("recare's package metadata is not installed")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text("utf-8"))
+    (requirement,) = pyproject["project"]["optional-dependencies"]["nudity"]
+    monkeypatch.setitem(sys.modules, "nudenet", None)  # as if the extra were not installed
+    with pytest.raises(ModelUnavailableError) as err:
+        nudity.load_nudenet()
+    assert f"pip install 'recare[nudity]' or pip install '{requirement}'" in str(err.value)
+    assert nudity.extra_requirement() == requirement

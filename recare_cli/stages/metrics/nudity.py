@@ -4,6 +4,7 @@ the optional ``nudity`` extra."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,28 @@ from recare_cli.stages.metrics.base import ImageItem, Run, Scored, summary
 if TYPE_CHECKING:
     from recare_cli.stages.score import ScoreOptions
 
+EXTRA = "nudity"
 EXTRACTOR = "nudenet"
+
+
+def extra_requirement(extra: str = EXTRA, package: str = "recare") -> str | None:
+    """The requirement the installed package declares for ``extra`` (pyproject's optional
+    dependencies, e.g. ``nudenet>=3.4``), or None when the package metadata is not installed."""
+    try:
+        requires = metadata.requires(package) or []
+    except metadata.PackageNotFoundError:
+        return None
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    for req in requires:
+        spec, _, condition = req.partition(";")
+        if marker.search(condition):
+            return spec.strip()
+    return None
+
+
+def install_hint() -> str:
+    requirement = extra_requirement()
+    return f"pip install 'recare[{EXTRA}]'" + (f" or pip install '{requirement}'" if requirement else "")
 
 
 def load_nudenet() -> tuple[Callable[[Path], list[dict[str, Any]]], str]:
@@ -23,8 +45,7 @@ def load_nudenet() -> tuple[Callable[[Path], list[dict[str, Any]]], str]:
     try:
         from nudenet import NudeDetector
     except ImportError as err:
-        raise ModelUnavailableError("--metric nudity needs NudeNet (AGPL-3.0): pip install 'recare[nudity]' "
-                                    "or pip install 'nudenet>=3'") from err
+        raise ModelUnavailableError(f"--metric nudity needs NudeNet (AGPL-3.0): {install_hint()}") from err
     detector = NudeDetector()
     try:
         version = metadata.version("nudenet")
