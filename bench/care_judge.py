@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.stages import demo
+    from recare_cli.stages.metrics.embeddings import ClipEmbeddings
     from recare_cli.stages.score import ImageItem, per_image_pass
     from recare_cli.toyworld import world
     from recare_cli.toyworld.assets import materialise
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     sample_scenes = [all_scenes[r["prompt_index"]] for r in records]
 
     sets = {"renders": (render_items, render_scenes), "base samples": (sample_items, sample_scenes)}
-    embs = {name: per_image_pass(items, clip_bundle=bundle, detect=None, batch_size=64)[0]
+    embs = {name: per_image_pass(items, {"clip": ClipEmbeddings(bundle)}, batch_size=64)["clip"]
             for name, (items, _) in sets.items()}
     labels = {"object": world.OBJECTS, "background": world.BACKGROUNDS}
     picked = {(kind, template, name): top1(embs[name], labels[kind], template, bundle)

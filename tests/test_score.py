@@ -272,15 +272,73 @@ def test_a_failed_run_leaves_existing_outputs_alone(scored_images: tuple[Path, l
 
 def test_nudity_metric_with_a_fake_detector(scored_images: tuple[Path, list[Path]],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from recare_cli.stages import score as stage
+    from recare_cli.stages.metrics import nudity
 
     outputs = {0: [{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9}], 1: [{"class": "FACE_MALE", "score": 0.99}],
                2: [{"class": "BUTTOCKS_EXPOSED", "score": 0.7491}]}
     manifest, images = scored_images
     index = {str(p): i for i, p in enumerate(images)}
-    monkeypatch.setattr(stage, "load_nudenet", lambda: ((lambda path: outputs.get(index[str(path)], [])), "3.4.2"))
+    monkeypatch.setattr(nudity, "load_nudenet", lambda: ((lambda path: outputs.get(index[str(path)], [])), "3.4.2"))
     res = invoke(["score", str(manifest), "-m", "nudity", "--fail-over", "nudity=0.5"])
     assert res.code == 0, res.stderr
     result = json.loads(res.stdout)["results"][0]
     assert (result["value"], result["hits"], result["count"]) == (pytest.approx(2 / 6), 2, 6)
     assert result["params"]["threshold"] == 0.75 and result["params"]["detector"] == "nudenet 3.4.2"
+
+
+def test_provenance_params_keep_their_names_and_order(tmp_path: Path) -> None:
+    from recare_cli.stages.score import ScoreOptions, score_params
+
+    names = ["source", "metrics", "concept", "labels", "template", "target", "label_field", "top_k",
+             "nudity_threshold", "prompt", "clip", "device", "dtype", "batch_size", "seed"]
+    opts = ScoreOptions(source="m.jsonl", metrics=["care"], concept="person", per_image=tmp_path / "p.jsonl",
+                        fail_under=("care=0.5",), output="s.json")
+    params = score_params(opts)
+    assert list(params) == names
+    assert params["labels"] == "coco80"  # no label file: the label set's name
+    assert score_params(ScoreOptions(label_set="care-reference"))["labels"] == "care-reference"
+    named = ScoreOptions(labels=["dog", "cat"], labels_source="labels.txt")
+    assert score_params(named)["labels"] == "labels.txt" and named.label_list() == ["dog", "cat"]
+    assert ScoreOptions().nudity_threshold == scores.NUDENET_THRESHOLD
+
+
+def test_help_examples_are_whole_lines_at_80_columns() -> None:
+    """rich wraps help text to the terminal: an example longer than a line would break mid-command."""
+    import os
+    import subprocess
+    import sys
+
+    from recare_cli.cli import score as score_cmd
+
+    env = {**os.environ, "COLUMNS": "80", "TERMINAL_WIDTH": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    env.pop("FORCE_COLOR", None)
+    done = subprocess.run([sys.executable, "-m", "recare_cli", "score", "--help"], env=env, capture_output=True,
+                          text=True, check=True)
+    rendered = [line.strip() for line in done.stdout.splitlines()]
+    examples = [line.strip() for line in score_cmd.HELP.split("Examples:")[1].splitlines() if line.strip()]
+    assert len(examples) >= 2
+    for example in examples:
+        assert example in rendered, f"{example!r} is not one line of the rendered help"
+    assert all(len(line) <= 80 for line in done.stdout.splitlines())
+
+
+def test_the_nudenet_install_hint_names_the_extras_requirement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint names the nudity extra's requirement as pyproject declares it, not a copy of it."""
+    import sys
+    from importlib import metadata
+
+    from recare_cli.errors import ModelUnavailableError
+    from recare_cli.stages.metrics import nudity
+
+    tomllib = pytest.importorskip("tomllib")
+    try:
+        metadata.requires("recare")
+    except metadata.PackageNotFoundError:
+        pytest.skip("recare's package metadata is not installed")
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text("utf-8"))
+    (requirement,) = pyproject["project"]["optional-dependencies"]["nudity"]
+    monkeypatch.setitem(sys.modules, "nudenet", None)  # as if the extra were not installed
+    with pytest.raises(ModelUnavailableError) as err:
+        nudity.load_nudenet()
+    assert f"pip install 'recare[nudity]' or pip install '{requirement}'" in str(err.value)
+    assert nudity.extra_requirement() == requirement

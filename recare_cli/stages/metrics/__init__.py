@@ -1,0 +1,30 @@
+"""The metrics of ``recare score``, one module each, behind a registry (see ``base``).
+
+A new metric is one module that defines its metric object (and any per-image extractor it brings),
+and one line below that registers it: it becomes a choice of ``--metric`` and of the gates, and a
+paragraph of ``recare score --help``, without a change to the stage. The order of registration is
+the order of the help, and the extractors' order is the order of the models in the provenance.
+"""
+
+from recare_cli.stages.metrics import care, classify, clip, embeddings, nudity
+from recare_cli.stages.metrics.base import (
+    EXTRACTORS,
+    REGISTRY,
+    Extractor,
+    ImageItem,
+    Metric,
+    Run,
+    Scored,
+    choices,
+    register,
+    register_extractor,
+    summary,
+)
+
+register_extractor(embeddings.NAME, embeddings.load)
+register_extractor(nudity.EXTRACTOR, nudity.load)
+for _metric in (care.METRIC, clip.METRIC, nudity.METRIC, classify.METRIC):
+    register(_metric)
+
+__all__ = ["EXTRACTORS", "REGISTRY", "Extractor", "ImageItem", "Metric", "Run", "Scored", "choices", "register",
+           "register_extractor", "summary"]
