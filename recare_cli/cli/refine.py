@@ -67,7 +67,7 @@ def refine(
     if isinstance(doc, dict) and (doc.get("format") == FORMAT or is_reference_layout(doc)):
         careset = parse_careset(doc, source=name, target=target)
         given = [f"--{p.replace('_', '-')}" for p in ("alpha", "min_cluster_size")
-                 if ctx.get_parameter_source(p).name != "DEFAULT"]
+                 if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"]
         if given:
             console.warn(f"{' and '.join(given)} apply to clustered streams; a CARE-set is re-written as it is")
     else:

@@ -9,6 +9,7 @@ Reference layout (``careset.json`` of damilab/CARE), ``<key>`` = target lower-ca
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,11 +55,11 @@ class CareSet:
     def from_words(cls, target: str, prop: str, words: list[str], **extra: Any) -> CareSet:
         return cls(target, prop, list(words), **extra)
 
-    @property
+    @builtins.property  # the field 'property' shadows the builtin in this class
     def anchor_prompts(self) -> list[str]:
         return list(self.anchors) if self.anchors is not None else [self.anchor_template.format(w) for w in self.words]
 
-    @property
+    @builtins.property
     def retain_prompts(self) -> list[str]:
         return list(self.retains) if self.retains is not None else [self.retain_template.format(w)
                                                                        for w in self.words]
