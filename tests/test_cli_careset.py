@@ -314,3 +314,12 @@ def test_mining_names_its_image_source_when_nothing_is_readable(tiny_clip_dir: P
                        vocab=str(words), no_cache=True)
     with pytest.raises(BadInputError, match="my-target-images/: none of the 1 images could be read"):
         run_mining(opts, [broken])
+
+
+def test_refine_warns_about_stream_options_given_for_a_careset() -> None:
+    """--alpha on a CARE-set file does nothing; said when the option was given, even at its default value."""
+    care = orjson.dumps(_careset(["person"]))
+    quiet = invoke(["refine", "-"], stdin=care)
+    assert quiet.code == 0 and "to clustered streams" not in quiet.stderr
+    given = invoke(["refine", "-", "--alpha", "0.01"], stdin=care)
+    assert given.code == 0 and "--alpha applies to clustered streams" in given.stderr

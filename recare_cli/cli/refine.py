@@ -69,7 +69,8 @@ def refine(
         given = [f"--{p.replace('_', '-')}" for p in ("alpha", "min_cluster_size")
                  if getattr(ctx.get_parameter_source(p), "name", "DEFAULT") != "DEFAULT"]
         if given:
-            console.warn(f"{' and '.join(given)} apply to clustered streams; a CARE-set is re-written as it is")
+            verb = "apply" if len(given) > 1 else "applies"
+            console.warn(f"{' and '.join(given)} {verb} to clustered streams; a CARE-set is re-written as it is")
     else:
         stream = parse_candidates(data, name)
         careset = run_refinement(stream, opts)
