@@ -94,3 +94,24 @@ def test_missing_file_and_bad_format(tmp_path: Path) -> None:
         read_prompts(tmp_path / "nope.csv")
     with pytest.raises(UsageError):
         read_prompts(tmp_path / "nope.csv", fmt="xml")
+
+
+def test_prompt_lengths_count_as_the_text_encoder_sees_them(tiny_sd_dir: Path) -> None:
+    """With the real CLIP vocabulary: BOS and EOS count, so 75 one-token words fill CLIP's 77 positions
+    exactly and a 76th is truncated; only prompts past the limit are reported, in one sentence."""
+    from types import SimpleNamespace
+
+    from transformers import CLIPTokenizer
+
+    from recare_cli.io.prompts import truncation_note
+    from recare_cli.models.sd import prompt_lengths
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
+    assert tokenizer("cat")["input_ids"] == [49406, 2368, 49407]  # one word, one token
+    pipe = SimpleNamespace(tokenizer=tokenizer)
+    lengths = prompt_lengths(pipe, ["a cat", " ".join(["cat"] * 75), " ".join(["cat"] * 76), "cat " * 100])
+    assert lengths == [4, 77, 78, 102]
+    assert truncation_note(lengths[:2], 77) is None
+    assert truncation_note(lengths[:3], 77) == "1 prompt is longer than CLIP's 77 tokens (78) and is truncated"
+    assert truncation_note(lengths, 77) == ("2 prompts are longer than CLIP's 77 tokens (longest 102) and are "
+                                            "truncated")

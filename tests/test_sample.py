@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import invoke, recare_exe, shell
+from tests.helpers import invoke, shell
 
 PROMPTS = Path(__file__).resolve().parent / "data" / "prompts"
 FAST = ["--steps", "2", "--height", "32", "--width", "32", "--device", "cpu", "--seed", "42"]
@@ -98,6 +97,7 @@ def test_rerun_skips_finished_images_and_repeats_the_manifest(reference: Referen
     res = invoke(_args(reference.prompts, reference.out, reference.model, "-n", "2", "--batch-size", "4"))
     assert res.code == 0, res.stderr
     assert "12 already done, 0 to make" in res.stderr
+    assert "sampling" not in res.stderr  # nothing to make: no progress line
     assert res.stdout == reference.manifest
     assert {p.name: p.stat().st_mtime_ns for p in reference.out.iterdir()} == before
 
@@ -172,25 +172,49 @@ def test_resume_after_a_simulated_crash(reference: Reference, tmp_path: Path) ->
     assert res.stdout.decode() == _relocate(reference.manifest, reference.out, out)
 
 
+# Runs `recare ARGS` and dies by SIGKILL in the middle of writing image KILL_AFTER + 1: its temporary file
+# half written and not renamed, as a kill at that moment leaves it.
+_KILLED_RUN = """
+import os, signal, sys, tempfile
+from pathlib import Path
+
+import recare_cli.stages.sample as stage
+from recare_cli.cli.app import run
+
+written = []
+write = stage.atomic_write_bytes
+
+
+def write_or_die(path, data):
+    if len(written) == int(os.environ["KILL_AFTER"]):
+        fd, _ = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
+        os.write(fd, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(path, data)
+    written.append(path)
+
+
+stage.atomic_write_bytes = write_or_die
+sys.exit(run(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_resume_after_a_killed_process(tiny_sd_dir: Path, tmp_path: Path) -> None:
     prompts = _prompt_file(tmp_path, 6)
-    args = _args(prompts, tmp_path / "out", tiny_sd_dir, "-n", "4", "--batch-size", "2")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([recare_exe(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((tmp_path / "out").glob("*.png"))) < 4:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    made = len(list((tmp_path / "out").glob("*.png")))
-    assert 4 <= made < 24, "the run should have been killed part-way"
+    args = _args(prompts, tmp_path / "out", tiny_sd_dir, "-n", "2", "--batch-size", "2")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KILL_AFTER": "5"}  # killed inside the third batch
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, *args], capture_output=True, env=env, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    assert len(list((tmp_path / "out").glob("*.png"))) == 5
+    assert len(list((tmp_path / "out").glob(".*.tmp"))) == 1
     res = invoke(args)
     assert res.code == 0, res.stderr
-    assert f"{made} already done" in res.stderr or "unreadable" in res.stderr
-    whole = invoke(_args(prompts, tmp_path / "whole", tiny_sd_dir, "-n", "4", "--batch-size", "2"))
+    assert "12 images, 5 already done, 7 to make" in res.stderr
+    whole = invoke(_args(prompts, tmp_path / "whole", tiny_sd_dir, "-n", "2", "--batch-size", "2"))
+    assert whole.code == 0, whole.stderr
     assert _files(tmp_path / "out") == _files(tmp_path / "whole")
-    assert len(_records(res.stdout)) == 24
+    assert len(_records(res.stdout)) == 12
     assert res.stdout.decode() == _relocate(whole.stdout, tmp_path / "whole", tmp_path / "out")
 
 
@@ -245,7 +269,7 @@ def test_weights_and_embeddings(reference: Reference, tmp_path: Path) -> None:
     res = invoke(_args(reference.prompts, tmp_path / "o1", reference.model, "--weights", str(other)))
     assert res.code == 3
     assert "other.safetensors field 'base_unet': made for base UNet sha256:0123456789abcdef" in _error_line(res.stderr)
-    assert not list((tmp_path / "o1").glob("*.png"))
+    assert not (tmp_path / "o1").exists()  # no empty --out folder left behind
 
     unknown = _weights(tmp_path / "unknown.safetensors", base, {"no.such.param": bias})
     res = invoke(_args(reference.prompts, tmp_path / "o1", reference.model, "--weights", str(unknown)))
@@ -295,3 +319,71 @@ def test_ddim_from_a_silent_config_does_not_clip(tiny_sd_dir: Path, config_says:
     set_scheduler(pipe, "ddim")
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
     assert pipe.scheduler.config.clip_sample is (False if config_says is None else config_says)
+
+
+def test_default_size_is_the_models_own(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """Without --height/--width, images are as large as the model was trained (the tiny model: 32 px,
+    its UNet's 16 latent pixels times the VAE's factor 2), and the manifest records that size."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    res = invoke(["sample", str(prompts), "--out", str(tmp_path / "out"), "--model", str(tiny_sd_dir),
+                  "--steps", "1", "--device", "cpu"])
+    assert res.code == 0, res.stderr
+    (record,) = _records(res.stdout)
+    assert (record["sampling"]["height"], record["sampling"]["width"]) == (32, 32)
+    with Image.open(record["path"]) as im:
+        assert im.size == (32, 32)
+    assert "sample: 1 image, 0 already done, 1 to make" in res.stderr
+    assert "sample: 1 image made, 0 already present" in res.stderr
+    assert "model's own" in invoke(["sample", "--help"]).text
+
+    from recare_cli.models.sd import load_sd, native_resolution
+
+    assert native_resolution(load_sd(str(tiny_sd_dir), device="cpu", dtype="fp32").pipe) == (32, 32)
+
+
+def test_a_file_for_another_option_is_named_and_redirected(reference: Reference, tmp_path: Path) -> None:
+    """Each recare safetensors format is known by its metadata: given to the wrong option, one line says
+    what the file is and which option takes it, before any model is loaded and without creating --out."""
+    import torch
+
+    from recare_cli.models.weights import CHECKPOINT_FORMAT, save_embeddings, save_unet_weights, write_safetensors
+
+    base = _records(reference.manifest)[0]["model"]
+    adv = tmp_path / "adv.safetensors"
+    save_embeddings(adv, {"<adv>": torch.zeros(1, 32)}, base_text_encoder=base["text_encoder"])
+    erased = tmp_path / "erased.safetensors"
+    save_unet_weights(erased, {"conv_out.bias": torch.zeros(4)}, base_unet=base["unet"])
+    ckpt = tmp_path / "erased.safetensors.ckpt"
+    write_safetensors(ckpt, {"x": torch.zeros(1)}, {"format": CHECKPOINT_FORMAT, "version": "1"})
+    out = tmp_path / "out"
+    cases = [("--weights", adv, "adv.safetensors is a recare.embeddings file (textual-inversion tokens from "
+                                "recare invert): pass it with --embeddings"),
+             ("--embeddings", erased, "erased.safetensors is a recare.unet-weights file (trained UNet parameters "
+                                      "from recare erase): pass it with --weights"),
+             ("--weights", ckpt, "is a recare.erase-checkpoint file (the state of an unfinished recare erase "
+                                 "run): pass it with recare erase --resume")]
+    for option, path, message in cases:
+        res = invoke(_args(reference.prompts, out, reference.model, option, str(path)))
+        assert res.code == 3, res.stderr
+        assert message in _error_line(res.stderr)
+        assert not out.exists()
+
+
+def test_long_prompts_are_reported_once(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """Prompts over CLIP's 77 tokens are truncated by the text encoder: one warning per run counts them
+    and gives the longest, in tokens as the tokenizer counts them (BOS and EOS included)."""
+    from transformers import CLIPTokenizer
+
+    long_ones = ["a cat " * 40, "a red car in the rain " * 16]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(["a short prompt", *long_ones]) + "\n")
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
+    longest = max(len(tokenizer(p.strip())["input_ids"]) for p in long_ones)
+    assert longest == 2 + 16 * 6
+    res = invoke(_args(prompts, tmp_path / "out", tiny_sd_dir, "--steps", "1"))
+    assert res.code == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "tokens" in line]
+    assert warnings == [f"warning: 2 prompts are longer than CLIP's 77 tokens (longest {longest}) and are "
+                        "truncated"], res.stderr
+

@@ -9,13 +9,17 @@ import typer
 
 from recare_cli import console
 from recare_cli.cli.options import Device, Dtype, Quiet, Seed
-from recare_cli.models.sd import DEFAULT_MODEL, MODEL_ENV
+from recare_cli.models.sd import MODEL_ENV
+from recare_cli.stages.sample import SampleOptions
+
+OPTIONS = SampleOptions
+CLI_ONLY = ("prompts", "fmt", "quiet")  # reading the prompt file, and messages
 
 HELP = """Generate evaluation images for every prompt and write a manifest.
 
 PROMPTS is a CSV with a prompt column (and optional evaluation_seed, case_number, as in I2P and COCO-30k prompt files), a JSONL file with a prompt field, a text file with one prompt per line, or - for stdin. Images go to --out DIR with stable names; the manifest (one JSON record per image, docs/evaluation.md) goes to stdout.
 
-Image j (from 0) of a prompt uses seed evaluation_seed + j, or --seed + j when the prompt has none. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
+Image j (from 0) of a prompt uses seed evaluation_seed + j, or --seed + j when the prompt has none. Images are as large as the model was trained (512 px for SD 1.x) unless --height and --width say otherwise. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
 
 Examples:
 
@@ -23,6 +27,8 @@ Examples:
 
   accelerate launch -m recare_cli sample prompts.csv --out imgs/ > manifest.jsonl
 """
+
+_SIZE = "in pixels, a multiple of 8 (default: the model's own, its UNet sample size times the VAE scale factor)."
 
 
 def sample(
@@ -32,48 +38,53 @@ def sample(
                                       show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="Prompt file format: auto, csv, jsonl or text.")] = "auto",
     images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-n", min=1,
-                                                   help="Images per prompt.")] = 1,
-    seed: Seed = 42,
+                                                   help="Images per prompt.")] = SampleOptions.images_per_prompt,
+    seed: Seed = SampleOptions.seed,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion model: a diffusers folder or a hub id.")] = DEFAULT_MODEL,
+                                       help="Stable Diffusion model: a diffusers folder or a hub id.")
+                     ] = SampleOptions.model,
     weights: Annotated[list[Path] | None, typer.Option(
         "--weights", help="UNet weights from recare erase (safetensors); repeat to apply several in order.",
         show_default=False)] = None,
     embeddings: Annotated[list[Path] | None, typer.Option(
         "--embeddings", help="Textual-inversion embeddings from recare invert (safetensors); repeatable.",
         show_default=False)] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale.")] = 7.5,
-    height: Annotated[int, typer.Option("--height", min=8, help="Image height in pixels (multiple of 8).")] = 512,
-    width: Annotated[int, typer.Option("--width", min=8, help="Image width in pixels (multiple of 8).")] = 512,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")] = SampleOptions.steps,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale.")
+                        ] = SampleOptions.guidance,
+    height: Annotated[int | None, typer.Option("--height", min=8, help=f"Image height {_SIZE}",
+                                               show_default=False)] = SampleOptions.height,
+    width: Annotated[int | None, typer.Option("--width", min=8, help=f"Image width {_SIZE}",
+                                              show_default=False)] = SampleOptions.width,
     scheduler: Annotated[str, typer.Option(
-        "--scheduler", help="default (the model's own), ddim, pndm, dpm++, euler, euler-a or lms.")] = "default",
+        "--scheduler", help="default (the model's own), ddim, pndm, dpm++, euler, euler-a or lms.")
+                         ] = SampleOptions.scheduler,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1,
                                             help="Images per forward pass (part of the work plan: keep it "
-                                                 "fixed across shards and resumes for identical bytes).")] = 4,
+                                                 "fixed across shards and resumes for identical bytes).")
+                          ] = SampleOptions.batch_size,
     shard: Annotated[str, typer.Option("--shard", help="Make only part I of N (0-based), e.g. 0/4 for a "
-                                                       "job array.")] = "0/1",
-    device: Device = "auto",
-    dtype: Dtype = "auto",
+                                                       "job array.")] = SampleOptions.shard,
+    device: Device = SampleOptions.device,
+    dtype: Dtype = SampleOptions.dtype,
     quiet: Quiet = False,
 ) -> None:
     from recare_cli.io.jsonl import dumps_line
     from recare_cli.io.prompts import read_prompts
     from recare_cli.io.streams import open_output
-    from recare_cli.parallel import Shard
-    from recare_cli.stages.sample import SampleSettings, run_sample
+    from recare_cli.stages.sample import plural, run_sample
 
     console.set_quiet(quiet)
-    part = Shard.parse(shard)
+    opts = SampleOptions(out=out, images_per_prompt=images_per_prompt, seed=seed, model=model,
+                         weights=tuple(weights or ()), embeddings=tuple(embeddings or ()), steps=steps,
+                         guidance=guidance, height=height, width=width, scheduler=scheduler,
+                         batch_size=batch_size, shard=shard, device=device, dtype=dtype)
+    opts.validate()  # option errors before the prompt file is read
     rows = read_prompts(prompts, fmt=fmt)
-    settings = SampleSettings(steps=steps, guidance=guidance, height=height, width=width, scheduler=scheduler,
-                              batch_size=batch_size)
     with open_output("-", binary=False) as stdout:
         def emit(record: dict[str, Any]) -> None:
             stdout.write(dumps_line(record))
             stdout.flush()
 
-        result = run_sample(rows, out_dir=out, images_per_prompt=images_per_prompt, seed=seed, model=model,
-                            weights=list(weights or []), embeddings=list(embeddings or []), settings=settings,
-                            shard=part, device=device, dtype=dtype, emit=emit)
-    console.info(f"sample: {result.made} images made, {result.skipped} already present, in {out}")
+        result = run_sample(opts, rows, emit=emit)
+    console.info(f"sample: {plural(result.made, 'image')} made, {result.skipped} already present, in {out}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,14 @@ def parse_text(text: str, name: str) -> list[PromptRow]:
     return [PromptRow(index=i, line=line, prompt=prompt)
             for i, (line, prompt) in enumerate((n, s.strip()) for n, s in enumerate(text.splitlines(), 1)
                                                if s.strip())]
+
+
+def truncation_note(lengths: Sequence[int], limit: int) -> str | None:
+    """The one warning for prompts longer than the text encoder's ``limit`` tokens (``lengths``: tokens
+    per prompt, BOS and EOS included), or None when every prompt fits."""
+    over = [n for n in lengths if n > limit]
+    if not over:
+        return None
+    if len(over) == 1:
+        return f"1 prompt is longer than CLIP's {limit} tokens ({over[0]}) and is truncated"
+    return f"{len(over)} prompts are longer than CLIP's {limit} tokens (longest {max(over)}) and are truncated"

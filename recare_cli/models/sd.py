@@ -57,7 +57,26 @@ def load_sd(name: str, *, device: str = "auto", dtype: str = "auto") -> SDBundle
                     dev, dt)
 
 
-def native_resolution(pipe: Any) -> int:
-    """The image size the model was trained at, in pixels (what diffusers pipelines default to):
-    the UNet's latent sample size times the VAE's downsampling factor."""
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+def native_resolution(pipe: Any) -> tuple[int, int]:
+    """(height, width) in pixels the model was trained at, as diffusers pipelines pick it when none is
+    given: the UNet's ``sample_size`` (in latent pixels) times the VAE's scale factor (512 for SD 1.x,
+    32 for the toy world)."""
+    size = pipe.unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    scale = getattr(pipe, "vae_scale_factor", None) or 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return height * scale, width * scale
+
+
+def prompt_lengths(pipe: Any, prompts: list[str]) -> list[int]:
+    """Tokens per prompt as the text encoder would see them before truncation (BOS and EOS included,
+    textual-inversion tokens expanded to their vectors, as the pipeline does)."""
+    tokenizer = pipe.tokenizer
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    texts = [convert(p, tokenizer) if convert is not None else p for p in prompts]
+    return [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+
+
+def native_square_resolution(pipe: Any) -> int:
+    """The side of the square images erase and invert train on when --resolution is left to the model."""
+    height, width = native_resolution(pipe)
+    return max(height, width)

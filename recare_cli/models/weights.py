@@ -104,6 +104,41 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
     return tensors, meta
 
 
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A safetensors file's metadata, without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError("no such file", source=str(p))
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BadInputError(f"not a readable safetensors file ({err})", source=str(p)) from err
+
+
+# What each of recare's safetensors formats holds, for messages that say where a file belongs.
+FORMAT_CONTENTS = {
+    WEIGHTS_FORMAT: "trained UNet parameters from recare erase",
+    EMBEDDINGS_FORMAT: "textual-inversion tokens from recare invert",
+    CHECKPOINT_FORMAT: "the state of an unfinished recare erase run",
+}
+
+
+def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str,
+                 takes: Mapping[str, str]) -> None:
+    """Refuse a file of another recare format than ``wanted``, saying in one line what it is and where it
+    goes (``takes``: format → the option or command that reads it). Files without a recare format (written
+    by other tools) are left to the reader's own checks."""
+    found = meta.get("format")
+    if found is None or found == wanted or found not in FORMAT_CONTENTS:
+        return
+    where = takes.get(found)
+    advice = f": pass it with {where}" if where else ""
+    raise BadInputError(f"{path} is a {found} file ({FORMAT_CONTENTS[found]}){advice}")
+
+
 # ------------------------------------------------------------------------------------------------
 # UNet weights
 

@@ -219,7 +219,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.core.guidance import select_parameters
     from recare_cli.dtypes import torch_dtype
     from recare_cli.io.provenance import provenance
-    from recare_cli.models.sd import load_sd, native_resolution
+    from recare_cli.models.sd import load_sd, native_square_resolution
     from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
 
     opts.validate()
@@ -254,7 +254,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    resolution = opts.resolution or native_resolution(pipe)
+    resolution = opts.resolution or native_square_resolution(pipe)
     latent = resolution // pipe.vae_scale_factor
     settings = erase_settings(opts, latent)
     generator = torch.Generator().manual_seed(opts.seed)

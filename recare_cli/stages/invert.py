@@ -202,7 +202,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     )
     from recare_cli.core.guidance import select_parameters
     from recare_cli.io.provenance import provenance
-    from recare_cli.models.sd import load_sd, native_resolution
+    from recare_cli.models.sd import load_sd, native_square_resolution
     from recare_cli.models.weights import save_embeddings, save_unet_weights
 
     opts.validate()
@@ -214,7 +214,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
     identity = bundle.identity()
     pipe, device = bundle.pipe, bundle.device
-    resolution = opts.resolution or native_resolution(pipe)
+    resolution = opts.resolution or native_square_resolution(pipe)
     pixels, used = load_pixels(paths, strict=opts.strict, resolution=resolution, source=opts.images)
     slices = round_slices(len(used), opts.rounds)
     init = initializer_vector(pipe, opts.initializer).to(device)

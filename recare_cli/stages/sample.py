@@ -16,10 +16,13 @@ Work plan, which makes every way of running give the same bytes:
    is recomputed whole (same bytes for the images it already had) and only the missing files are
    written, each atomically. An image made with other settings is never overwritten: the run
    stops and asks for another ``--out``.
+
+Every option lives once in :class:`SampleOptions`; ``recare sample`` takes its defaults from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections.abc import Callable, Sequence
@@ -32,12 +35,55 @@ from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.io.atomic import atomic_write_bytes
 from recare_cli.io.digest import sha256_file
 from recare_cli.io.manifest import make_record
-from recare_cli.io.prompts import PromptRow
+from recare_cli.io.prompts import PromptRow, truncation_note
 from recare_cli.models.scheduler import SCHEDULERS, set_scheduler
+from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.parallel import Shard, distributed, my_batches
+from recare_cli.stages.options import run_control
 
 PNG_KEY = "recare"
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Every option of ``recare sample``; a field's default is the option's default."""
+
+    out: Path
+    images_per_prompt: int = 1
+    seed: int = 42
+    model: str = DEFAULT_MODEL
+    weights: Sequence[Path] = ()  # recare erase outputs, applied in order
+    embeddings: Sequence[Path] = ()  # recare invert outputs
+    steps: int = 50
+    guidance: float = 7.5
+    height: int | None = None  # None: the model's own size (as diffusers pipelines choose it)
+    width: int | None = None
+    scheduler: str = "default"
+    batch_size: int = 4  # part of the work plan: fixed across shards and resumes for identical bytes
+    shard: str = run_control("0/1")
+    device: str = run_control("auto")
+    dtype: str = "auto"
+
+    def validate(self) -> Shard:
+        """Check what can be checked before any file is read; returns the parsed ``--shard``."""
+        for name in ("images_per_prompt", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if (self.height is not None and self.height % 8) or (self.width is not None and self.width % 8):
+            raise UsageError("--height and --width must be multiples of 8")
+        check_choice("--scheduler", self.scheduler, SCHEDULERS, "scheduler")
+        return Shard.parse(self.shard)
+
+    def sampling(self, *, height: int, width: int, dtype: str) -> dict[str, Any]:
+        """The settings every image record carries (the size and dtype actually used)."""
+        return {"steps": self.steps, "guidance": self.guidance, "height": height, "width": width,
+                "scheduler": self.scheduler, "dtype": dtype, "safety_checker": False}
 
 
 @dataclass(frozen=True)
@@ -47,20 +93,6 @@ class Job:
     image_index: int
     seed: int
     name: str  # file name inside --out
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    steps: int
-    guidance: float
-    height: int
-    width: int
-    scheduler: str
-    batch_size: int
-
-    def sampling(self, dtype: str) -> dict[str, Any]:
-        return {"steps": self.steps, "guidance": self.guidance, "height": self.height, "width": self.width,
-                "scheduler": self.scheduler, "dtype": dtype, "safety_checker": False}
 
 
 def file_stems(rows: Sequence[PromptRow]) -> list[str]:
@@ -125,6 +157,24 @@ def encode_png(pixels: Any, tag: str) -> bytes:
     return buf.getvalue()
 
 
+def check_input_files(opts: SampleOptions) -> None:
+    """Each --weights / --embeddings file is a readable safetensors file of the kind its option takes
+    (read from its metadata, before any model is loaded)."""
+    from recare_cli.models.weights import (
+        CHECKPOINT_FORMAT,
+        EMBEDDINGS_FORMAT,
+        WEIGHTS_FORMAT,
+        check_format,
+        read_metadata,
+    )
+
+    takes = {WEIGHTS_FORMAT: "--weights", EMBEDDINGS_FORMAT: "--embeddings",
+             CHECKPOINT_FORMAT: "recare erase --resume to finish that run, then give its output to --weights"}
+    for paths, wanted in ((opts.weights, WEIGHTS_FORMAT), (opts.embeddings, EMBEDDINGS_FORMAT)):
+        for path in paths:
+            check_format(path, read_metadata(path), wanted, takes)
+
+
 def load_weights(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Apply ``recare erase`` outputs in order (``recare_cli.models.weights``); weights made for
     another base UNet than the loaded model's are refused."""
@@ -154,6 +204,32 @@ def load_embeddings(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
     return loaded
 
 
+def image_size(opts: SampleOptions, pipe: Any) -> tuple[int, int]:
+    """(height, width): as given, else the model's own size."""
+    from recare_cli.models.sd import native_resolution
+
+    native_h, native_w = native_resolution(pipe)
+    height = opts.height if opts.height is not None else native_h
+    width = opts.width if opts.width is not None else native_w
+    if height % 8 or width % 8:
+        raise UsageError(f"the model's own size is {native_h}x{native_w}, not a multiple of 8: pass --height "
+                         "and --width")
+    return height, width
+
+
+def warn_long_prompts(pipe: Any, rows: Sequence[PromptRow]) -> None:
+    """One warning for the prompts the text encoder will truncate."""
+    from recare_cli.models.sd import prompt_lengths
+
+    if not rows:
+        return
+    texts = sorted({row.prompt for row in rows})
+    length = dict(zip(texts, prompt_lengths(pipe, texts), strict=True))
+    note = truncation_note([length[row.prompt] for row in rows], int(pipe.tokenizer.model_max_length))
+    if note is not None:
+        console.warn(note)
+
+
 @dataclass
 class SampleResult:
     jobs: int
@@ -161,42 +237,63 @@ class SampleResult:
     skipped: int
 
 
-def run_sample(rows: Sequence[PromptRow], *, out_dir: Path, images_per_prompt: int, seed: int, model: str,
-               weights: Sequence[Path], embeddings: Sequence[Path], settings: SampleSettings, shard: Shard,
-               device: str, dtype: str, emit: Callable[[dict[str, Any]], None]) -> SampleResult:
-    """Make this shard's (and this process's) images in ``out_dir``; ``emit`` each manifest record."""
-    import torch
+def run_sample(opts: SampleOptions, rows: Sequence[PromptRow], *,
+               emit: Callable[[dict[str, Any]], None]) -> SampleResult:
+    """Make this shard's (and this process's) images in ``opts.out``; ``emit`` each manifest record.
+
+    ``opts.out`` is created only once the inputs are checked and the model is loaded, and removed again
+    when this run created it and fails before writing anything into it."""
+    shard = opts.validate()
+    check_input_files(opts)
+    out_dir = Path(opts.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInputError("exists and is not a folder", source=str(out_dir))
+    jobs = plan_jobs(rows, images_per_prompt=opts.images_per_prompt, seed=opts.seed)
+    rank, world, state = distributed(opts.device)
 
     from recare_cli.models.device import dtype_name
     from recare_cli.models.sd import load_sd
 
-    if settings.height % 8 or settings.width % 8:
-        raise UsageError("--height and --width must be multiples of 8")
-    check_choice("--scheduler", settings.scheduler, SCHEDULERS, "scheduler")
-    jobs = plan_jobs(rows, images_per_prompt=images_per_prompt, seed=seed)
-    rank, world, state = distributed(device)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BadInputError("exists and is not a folder", source=str(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    bundle = load_sd(model, device=str(state.device) if state is not None and device == "auto" else device,
-                     dtype=dtype)
-    set_scheduler(bundle.pipe, settings.scheduler)
-    applied = load_weights(bundle, weights)
-    tokens = load_embeddings(bundle, embeddings)
+    device = str(state.device) if state is not None and opts.device == "auto" else opts.device
+    bundle = load_sd(opts.model, device=device, dtype=opts.dtype)
+    set_scheduler(bundle.pipe, opts.scheduler)
+    applied = load_weights(bundle, opts.weights)
+    tokens = load_embeddings(bundle, opts.embeddings)
+    height, width = image_size(opts, bundle.pipe)
     identity = bundle.identity()
-    sampling = settings.sampling(dtype_name(bundle.dtype))
+    sampling = opts.sampling(height=height, width=width, dtype=dtype_name(bundle.dtype))
     config = config_digest(identity, applied, tokens, sampling)
-    size = (settings.width, settings.height)
+    mine = my_batches(len(jobs), opts.batch_size, shard, rank, world)
+    warn_long_prompts(bundle.pipe, list({jobs[i].row.index: jobs[i].row for batch in mine for i in batch}.values()))
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fields = {"sampling": sampling, "model": identity, "weights": applied, "embeddings": tokens,
+                  "config": config}
+        return _make(opts, jobs, mine, out_dir=out_dir, shard=shard, rank=rank, world=world, state=state,
+                     pipe=bundle.pipe, size=(width, height), emit=emit, record_fields=fields)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only succeeds when nothing was written
+        raise
+
+
+def _make(opts: SampleOptions, jobs: list[Job], mine: list[range], *, out_dir: Path, shard: Shard, rank: int,
+          world: int, state: Any, pipe: Any, size: tuple[int, int], emit: Callable[[dict[str, Any]], None],
+          record_fields: dict[str, Any]) -> SampleResult:
+    """Check the finished images, make the missing ones, emit the records."""
+    import torch
+
+    config = record_fields["config"]
 
     def record(job: Job) -> dict[str, Any]:
         path = out_dir / job.name
         return make_record(path=str(path), sha256=sha256_file(path), prompt=job.row.prompt,
                            prompt_index=job.row.index, case_number=job.row.case_number,
-                           image_index=job.image_index, seed=job.seed, extra=job.row.extra, sampling=sampling,
-                           model=identity, weights=applied, embeddings=tokens, config=config)
+                           image_index=job.image_index, seed=job.seed, extra=job.row.extra, **record_fields)
 
-    mine = my_batches(len(jobs), settings.batch_size, shard, rank, world)
     todo = [[jobs[i] for i in batch] for batch in mine]
     n_mine = sum(len(b) for b in todo)
     missing = [[j for j in batch if not check_existing(out_dir / j.name, size=size, tag=image_tag(j, config))]
@@ -204,32 +301,36 @@ def run_sample(rows: Sequence[PromptRow], *, out_dir: Path, images_per_prompt: i
     n_missing = sum(len(m) for m in missing)
     where = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     where += f" (process {rank}/{world})" if world > 1 else ""
-    console.info(f"sample{where}: {n_mine} images, {n_mine - n_missing} already done, {n_missing} to make")
-    with console.progress("sampling", n_missing) as advance:
+    console.info(f"sample{where}: {plural(n_mine, 'image')}, {n_mine - n_missing} already done, "
+                 f"{n_missing} to make")
+    with contextlib.ExitStack() as stack:
+        advance = stack.enter_context(console.progress("sampling", n_missing)) if n_missing else None
         for batch, need in zip(todo, missing, strict=True):
             if need:
-                pixels = _generate(bundle.pipe, batch, settings, torch)
+                pixels = _generate(pipe, batch, opts, size, torch)
                 wanted = {job.number for job in need}
                 for job, px in zip(batch, pixels, strict=True):
                     if job.number in wanted:
                         atomic_write_bytes(out_dir / job.name, encode_png(px, image_tag(job, config)))
-                advance(len(need))
+                if advance is not None:
+                    advance(len(need))
             if state is None:
                 for job in batch:
                     emit(record(job))
     if state is not None:
         state.wait_for_everyone()
         if state.is_main_process:
-            for i in (i for batch in my_batches(len(jobs), settings.batch_size, shard, 0, 1) for i in batch):
+            for i in (i for batch in my_batches(len(jobs), opts.batch_size, shard, 0, 1) for i in batch):
                 emit(record(jobs[i]))
     return SampleResult(n_mine, n_missing, n_mine - n_missing)
 
 
-def _generate(pipe: Any, batch: Sequence[Job], settings: SampleSettings, torch: Any) -> Any:
+def _generate(pipe: Any, batch: Sequence[Job], opts: SampleOptions, size: tuple[int, int], torch: Any) -> Any:
     """uint8 (B, H, W, 3) pixels, rounded as diffusers' own ``numpy_to_pil`` does."""
+    width, height = size
     generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in batch]
     with torch.inference_mode():
         images = pipe(prompt=[job.row.prompt for job in batch], generator=generators,
-                      num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                      height=settings.height, width=settings.width, output_type="np").images
+                      num_inference_steps=opts.steps, guidance_scale=opts.guidance,
+                      height=height, width=width, output_type="np").images
     return (images * 255).round().astype("uint8")
