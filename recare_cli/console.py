@@ -20,6 +20,11 @@ def stderr_console() -> Console:
     return Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``1,024 words``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def set_quiet(quiet: bool) -> None:
     _state["quiet"] = quiet
 

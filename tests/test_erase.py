@@ -525,3 +525,17 @@ def test_erase_sampler_never_clips_x0(tiny_sd_dir: Path) -> None:
     expected = 4.0 * (float(ab[prev]) / float(ab[t])) ** 0.5
     assert expected > 1.5  # clipping would bound it by sqrt(ᾱ_prev) < 1
     torch.testing.assert_close(out, torch.full_like(latents, expected))
+
+
+def test_resolution_defaults_to_the_models_own_size(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
+    """Without --resolution, x_t is drawn at the model's own image size (the tiny model's 32 px, not 512), and the
+    weights record the size used while provenance records that it was left to the model."""
+    out = tmp_path / "e.safetensors"
+    args = _erase_args(tiny_sd_dir, care_file, out, "--iterations", "1", "--train-method", "xattn")
+    i = args.index("--resolution")
+    del args[i:i + 2]
+    res = invoke(args)
+    assert res.code == 0, res.stderr
+    _, meta = _tensors(out)
+    assert json.loads(meta["hyperparameters"])["resolution"] == 32
+    assert json.loads(meta["provenance"])["params"]["resolution"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,15 @@ def test_resume_after_an_interrupted_round(tiny_sd_dir: Path, target_images: Pat
     run_invert(opts(out, resume=True), paths)
     assert out.read_bytes() == straight  # the same file, metadata included
     assert not Path(f"{out}.ckpt").exists()
+
+
+def test_resolution_defaults_to_the_models_own_size(tiny_sd_dir: Path, target_images: Path, tmp_path: Path) -> None:
+    """Without --resolution the images are resized to the model's own size (the tiny model's 32 px, not 512)."""
+    out = tmp_path / "adv.safetensors"
+    args = _args(target_images, tiny_sd_dir, out, "--rounds", "1", "--erase-iterations", "1", "--steps", "1")
+    i = args.index("--resolution")
+    del args[i:i + 2]
+    res = invoke(args)
+    assert res.code == 0, res.stderr
+    _, meta = _read(out)
+    assert json.loads(meta["hyperparameters"])["resolution"] == 32

@@ -207,3 +207,9 @@ def test_sha256_file_matches_hashlib_across_read_blocks(tmp_path: Path) -> None:
     assert sha256_file(str(path)) == naive
     path.write_bytes(data[:-1])
     assert sha256_file(path) != naive
+
+
+def test_plural_counts() -> None:
+    from recare_cli.console import plural
+
+    assert [plural(n, "image") for n in (0, 1, 2, 1024)] == ["0 images", "1 image", "2 images", "1,024 images"]

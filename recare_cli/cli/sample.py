@@ -72,7 +72,7 @@ def sample(
     from recare_cli.io.jsonl import dumps_line
     from recare_cli.io.prompts import read_prompts
     from recare_cli.io.streams import open_output
-    from recare_cli.stages.sample import plural, run_sample
+    from recare_cli.stages.sample import run_sample
 
     console.set_quiet(quiet)
     opts = SampleOptions(out=out, images_per_prompt=images_per_prompt, seed=seed, model=model,
@@ -87,4 +87,4 @@ def sample(
             stdout.flush()
 
         result = run_sample(opts, rows, emit=emit)
-    console.info(f"sample: {plural(result.made, 'image')} made, {result.skipped} already present, in {out}")
+    console.info(f"sample: {console.plural(result.made, 'image')} made, {result.skipped} already present, in {out}")

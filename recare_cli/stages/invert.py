@@ -130,7 +130,7 @@ def load_pixels(paths: list[Path], *, strict: bool, resolution: int, source: str
     for path, why in skipped:
         console.warn(f"skipped unreadable image {path}: {why}")
     if skipped:
-        console.warn(f"skipped {len(skipped)} of {len(paths)} images")
+        console.warn(f"skipped {len(skipped)} of {console.plural(len(paths), 'image')}")
     if not arrays:
         raise BadInputError(f"none of the {len(paths)} images could be read", source=source)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), used
@@ -223,7 +223,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
         tokenizer, first_id = extend_tokenizer(pipe.tokenizer, tokens)
     except ValueError as err:
         raise UsageError(f"--target: {err}") from err
-    with console.progress(f"encoding {len(used)} images (and flips) with the VAE", len(used)):
+    with console.progress(f"encoding {console.plural(len(used), 'image')} (and flips) with the VAE", len(used)):
         latents = latent_distributions(pipe.vae, pixels).to(device)
     del pixels
     if opts.keep_erased is not None:
@@ -281,8 +281,8 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
                                        InversionSettings(steps=opts.steps, lr=opts.lr, precision=opts.precision),
                                        generator, flip_p=opts.flip)
             loss = float("nan")
-            with console.progress(f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {len(slices[r])} images",
-                                  opts.steps) as advance:
+            learning = f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {console.plural(len(slices[r]), 'image')}"
+            with console.progress(learning, opts.steps) as advance:
                 for s in range(opts.steps):
                     loss = trainer.step()
                     advance(1)

@@ -119,7 +119,7 @@ def embed_images(bundle: Any, paths: list[Path], *, strict: bool,
         chunks.append(embed_pixel_batch(bundle.model, pixels))
         batch.clear()
 
-    with console.progress(f"embedding {len(paths):,} images", len(paths)) as advance:
+    with console.progress(f"embedding {console.plural(len(paths), 'image')}", len(paths)) as advance:
         for path, image in iter_images(paths, strict=strict, skipped=skipped):
             used.append(path)
             batch.append(image)
@@ -132,7 +132,7 @@ def embed_images(bundle: Any, paths: list[Path], *, strict: bool,
     for path, why in skipped:
         console.warn(f"skipped unreadable image {path}: {why}")
     if skipped:
-        console.warn(f"skipped {len(skipped)} of {len(paths)} images")
+        console.warn(f"skipped {len(skipped)} of {console.plural(len(paths), 'image')}")
     dim = bundle.embed_dim
     return (np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)), used, skipped
 
@@ -210,6 +210,6 @@ def run_mining(opts: MineOptions, paths: list[Path], reference_paths: list[Path]
         records.append({**record, "sim_mean": float(mean), "sim_max": float(best), "hit_sim_mean": float(hit),
                         "embedding": word_emb[i]})
     against = "" if reference_emb is None else f", ranked by lift against {reference_emb.shape[0]} reference images"
-    console.info(f"mined {len(records)} candidate words from {len(used)} images "
+    console.info(f"mined {console.plural(len(records), 'candidate word')} from {console.plural(len(used), 'image')} "
                  f"(vocabulary {len(vocabulary):,}, top-k {opts.top_k}{against})")
     return CandidateStream(header=header, words=records)

@@ -45,11 +45,6 @@ PNG_KEY = "recare"
 _SAFE_CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 @dataclass(frozen=True)
 class SampleOptions:
     """Every option of ``recare sample``; a field's default is the option's default."""
@@ -301,7 +296,7 @@ def _make(opts: SampleOptions, jobs: list[Job], mine: list[range], *, out_dir: P
     n_missing = sum(len(m) for m in missing)
     where = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     where += f" (process {rank}/{world})" if world > 1 else ""
-    console.info(f"sample{where}: {plural(n_mine, 'image')}, {n_mine - n_missing} already done, "
+    console.info(f"sample{where}: {console.plural(n_mine, 'image')}, {n_mine - n_missing} already done, "
                  f"{n_missing} to make")
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(console.progress("sampling", n_missing)) if n_missing else None

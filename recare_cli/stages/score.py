@@ -177,7 +177,7 @@ def per_image_pass(items: Sequence[ImageItem], extractors: dict[str, Extractor],
                    batch_size: int) -> dict[str, Any]:
     """Each extractor's features of ``items``, in order; every image is read once."""
     chunks: dict[str, list[Any]] = {name: [] for name in extractors}
-    with console.progress(f"scoring {len(items):,} images", len(items)) as advance:
+    with console.progress(f"scoring {console.plural(len(items), 'image')}", len(items)) as advance:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
             images = [read_item(item) for item in batch]
