@@ -4,10 +4,10 @@ against a reference, and any metric registered there).
 
 The stage validates every requested metric, loads each per-image extractor they need once, passes
 over the images in batches (each image is read and decoded once, and its file checked against the
-manifest's sha256), then lets each metric compute its per-image rows and its summary. A reference (``--reference``) is
-resolved before the pass: a file is read and checked against the run's models, a folder's images
-are embedded after the scored ones. Features read back with ``--from-features`` stand in for their
-extractors' pass.
+manifest's sha256), then lets each metric compute its per-image rows and its summary. A reference
+(``--reference``) is resolved before the pass: a file is read and checked against the run's
+models, a folder's images are embedded after the scored ones. Features read back with
+``--from-features`` stand in for their extractors' pass.
 
 Under ``accelerate launch`` (or ``torchrun``) each process runs the extractors on a contiguous slice
 of the images; the main process gathers the per-image features in order, computes the scores and
@@ -282,11 +282,12 @@ def write_features(result: ScoreResult, items: Sequence[ImageItem], opts: ScoreO
     models = result.summary["provenance"].get("models", {})
     if opts.features is not None:
         arrays = stored.arrays(result.features, list(result.features), len(items))
-        if not arrays:
-            console.warn("--features: no metric computed per-image features that are arrays; nothing to re-use")
         stored.write(opts.features, items, arrays, {name: models[name] for name in arrays}, source=opts.source)
-        console.info(f"wrote the {', '.join(arrays)} features of {console.plural(len(items), 'image')} to "
-                     f"{opts.features}")
+        if arrays:
+            console.info(f"wrote the {', '.join(arrays)} features of {console.plural(len(items), 'image')} to "
+                         f"{opts.features}")
+        else:
+            console.warn("--features: no metric computed per-image features that are arrays; nothing to re-use")
     if opts.write_reference is not None:
         names = reference.needs()
         reference.write(opts.write_reference, {name: result.features[name] for name in names},
