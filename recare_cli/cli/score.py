@@ -1,4 +1,5 @@
-"""recare score: CARE score, CLIP score, nudity attack success, zero-shot classification (method.md §7)."""
+"""recare score: CARE score, CLIP score, nudity attack success, zero-shot classification (method.md §7),
+CMMD and the CLIP Fréchet distance against a reference."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ SOURCE is a manifest from recare sample (a file, or - for stdin) or a folder of 
 
 {metrics}
 
-Each result carries a 95% interval (Wilson for rates, seeded bootstrap for the clip mean). --fail-under METRIC=VALUE (or --fail-over for rates to keep low) exits 6 when the gate fails, after writing the outputs.
+Each result carries a 95% interval (Wilson for rates, seeded bootstrap for the clip mean; none for the distances cmmd and clipfd). --fail-under METRIC=VALUE (or --fail-over for rates and distances to keep low) exits 6 when the gate fails, after writing the outputs.
+
+--reference is an image folder (embedded with the same --clip in the same run) or a file written by --write-reference (NumPy .npz: the features, their mean and covariance, and the model that made them), so a large reference set is embedded once. A reference made by another model is refused (exit 3). --features DIR writes the per-image features as NPY beside a features.json; --from-features DIR reads them back, so a re-score needs no image model.
 
 Examples:
 
@@ -35,7 +38,11 @@ Examples:
 EXAMPLES = """  recare score manifest.jsonl --metric care --concept person > scores.json
 
   recare score manifest.jsonl -m clip -m care --concept person \\
-    --per-image per_image.jsonl --fail-under care=0.9"""
+    --per-image per_image.jsonl --fail-under care=0.9
+
+  recare score coco_val/ --write-reference coco.npz > coco_scores.json
+
+  recare score manifest.jsonl -m cmmd -m clipfd --reference coco.npz"""
 
 HELP = _help()
 OPTIONS = ScoreOptions
@@ -45,8 +52,8 @@ CLI_ONLY = ("recursive", "root", "quiet")
 def score(
     source: Annotated[str, typer.Argument(help="Manifest JSONL (or - for stdin) or an image folder.",
                                           show_default=False)],
-    metrics: Annotated[list[str], typer.Option("--metric", "-m", help=f"{choices(list(METRICS))}; repeatable.",
-                                               show_default=False)],
+    metrics: Annotated[list[str] | None, typer.Option("--metric", "-m", help=f"{choices(list(METRICS))}; "
+                                                      "repeatable.", show_default=False)] = None,  # ScoreOptions.metrics
     concept: Annotated[str | None, typer.Option("--concept", help="care: the retained concept, e.g. person.",
                                                 show_default=False)] = ScoreOptions.concept,
     labels: Annotated[Path | None, typer.Option(
@@ -72,6 +79,18 @@ def score(
     prompt: Annotated[str | None, typer.Option("--prompt", help="clip: the prompt of every image (folder input, "
                                                                 "or to override the manifest).",
                                                show_default=False)] = ScoreOptions.prompt,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="cmmd, clipfd: the reference set, an image folder or a file from --write-reference.",
+        show_default=False)] = ScoreOptions.reference,
+    write_reference: Annotated[Path | None, typer.Option(
+        "--write-reference", help="Also write the images' features as a reference file (.npz) for --reference; "
+                                  "--metric is then optional.", show_default=False)] = ScoreOptions.write_reference,
+    features: Annotated[Path | None, typer.Option(
+        "--features", help="Also write the per-image features (NPY, rows in --per-image order) and "
+                           "features.json into this folder.", show_default=False)] = ScoreOptions.features,
+    from_features: Annotated[Path | None, typer.Option(
+        "--from-features", help="Read the per-image features from a --features folder instead of the model; "
+                                "the images' sha256 must match.", show_default=False)] = ScoreOptions.from_features,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Folder input: search sub-folders.")] = False,
     root: Annotated[Path | None, typer.Option("--root", help="Resolve the manifest's relative image paths "
                                                              "under this folder.", show_default=False)] = None,
@@ -96,17 +115,18 @@ def score(
     from recare_cli.errors import UsageError, check_choice
     from recare_cli.io.jsonl import dumps_json, write_jsonl
     from recare_cli.io.streams import open_output
-    from recare_cli.stages.score import check_gates, gates, run_score, validate
+    from recare_cli.stages.score import check_gates, gates, run_score, validate, write_features
 
     console.set_quiet(quiet)
-    chosen = list(dict.fromkeys(m.strip().lower() for m in metrics))
+    chosen = list(dict.fromkeys(m.strip().lower() for m in metrics or ()))
     for m in chosen:
         check_choice("--metric", m, METRICS, "metric")
     opts = ScoreOptions(source=source, metrics=chosen, concept=concept, template=template, target=target,
                         label_field=label_field, top_k=top_k, nudity_threshold=nudity_threshold, prompt=prompt,
                         clip=clip, device=device, dtype=dtype, batch_size=batch_size, seed=seed,
                         label_set=label_set, per_image=per_image, fail_under=tuple(fail_under or ()),
-                        fail_over=tuple(fail_over or ()), output=output)
+                        fail_over=tuple(fail_over or ()), output=output, reference=reference,
+                        write_reference=write_reference, features=features, from_features=from_features)
     gate_list = gates(opts)
     if per_image is not None and str(per_image) == "-" and output == "-":
         raise UsageError("--per-image - and the summary cannot both go to stdout; use -o FILE for one")
@@ -118,6 +138,7 @@ def score(
     result = run_score(items, opts)
     if result is None:  # a non-main process of a multi-process launch: the main one writes
         return
+    write_features(result, items, opts)
     if per_image is not None:
         with open_output(per_image, binary=False) as out:
             write_jsonl(out, result.per_image)

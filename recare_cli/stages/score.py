@@ -1,9 +1,13 @@
 """Stage: score images (method.md §7) with the metrics of ``recare_cli.stages.metrics`` (CARE score,
-CLIP score, NudeNet attack success, zero-shot classification, and any metric registered there).
+CLIP score, NudeNet attack success, zero-shot classification, CMMD and the CLIP Fréchet distance
+against a reference, and any metric registered there).
 
 The stage validates every requested metric, loads each per-image extractor they need once, passes
 over the images in batches (each image is read and decoded once, and its file checked against the
-manifest's sha256), then lets each metric compute its per-image rows and its summary.
+manifest's sha256), then lets each metric compute its per-image rows and its summary. A reference
+(``--reference``) is resolved before the pass: a file is read and checked against the run's
+models, a folder's images are embedded after the scored ones. Features read back with
+``--from-features`` stand in for their extractors' pass.
 
 Under ``accelerate launch`` (or ``torchrun``) each process runs the extractors on a contiguous slice
 of the images; the main process gathers the per-image features in order, computes the scores and
@@ -26,13 +30,13 @@ from recare_cli.data.labels import LABEL_SETS
 from recare_cli.errors import BadInputError, GateFailedError, UsageError, check_choice
 from recare_cli.io.digest import sha256_file
 from recare_cli.models.clip import DEFAULT_CLIP
-from recare_cli.stages.metrics import EXTRACTORS, REGISTRY, Extractor, ImageItem, Run, choices
+from recare_cli.stages.metrics import EXTRACTORS, REGISTRY, Extractor, ImageItem, Run, choices, reference, stored
 from recare_cli.stages.metrics.embeddings import embed_texts
-from recare_cli.stages.options import recorded, run_control
+from recare_cli.stages.options import recorded, recorded_if_set, run_control
 
 __all__ = ["FORMAT", "METRICS", "VERSION", "Gate", "ImageItem", "ScoreConfig", "ScoreOptions", "ScoreResult",
            "check_gates", "embed_texts", "gates", "per_image_pass", "read_item", "run_score", "score_params",
-           "validate"]
+           "validate", "write_features"]
 
 METRICS = REGISTRY  # the registered metrics by name, in registration order (a live view)
 FORMAT = "recare.scores"
@@ -66,11 +70,15 @@ class ScoreOptions:
     seed: int = 42  # the clip metric's bootstrap
     label_set: str = "coco80"  # care's other labels when no --labels FILE is given; recorded as labels
     labels_source: str | None = None  # the name recorded for labels (the label file's); None: label_set
+    reference: Path | None = recorded_if_set()  # noqa: RUF009 (cmmd, clipfd: image folder or reference file)
+    from_features: Path | None = recorded_if_set()  # noqa: RUF009 (per-image features read from here)
     # Where the outputs go and the gates: the command line's business, never recorded.
     per_image: Path | None = run_control()  # noqa: RUF009 (run_control makes a dataclasses.field)
     fail_under: tuple[str, ...] = run_control(())
     fail_over: tuple[str, ...] = run_control(())
     output: str = run_control("-")
+    write_reference: Path | None = run_control()  # noqa: RUF009 (also write the features as a reference)
+    features: Path | None = run_control()  # noqa: RUF009 (also write the per-image features here, NPY)
 
     def label_list(self) -> list[str]:
         """The labels: those given, else the label set's."""
@@ -95,6 +103,7 @@ def score_params(opts: ScoreOptions) -> dict[str, Any]:
 class ScoreResult:
     summary: dict[str, Any]
     per_image: list[dict[str, Any]]
+    features: dict[str, Any] = field(default_factory=dict)  # each extractor's per-image features
 
 
 @dataclass(frozen=True)
@@ -146,9 +155,12 @@ def validate(opts: ScoreOptions, items: Sequence[ImageItem] = ()) -> None:
     """Refuse what the requested metrics cannot use; with no items, only the options are checked."""
     for name in opts.metrics:
         check_choice("--metric", name, REGISTRY, "metric")
-    if not opts.metrics:
-        raise UsageError(f"give at least one --metric ({choices(list(REGISTRY))})")
+    if not opts.metrics and opts.write_reference is None:
+        raise UsageError(f"give at least one --metric ({choices(list(REGISTRY))}) or --write-reference FILE")
     check_choice("--label-set", opts.label_set, LABEL_SETS, "label set")
+    if opts.reference is not None and not reference.needs(opts.metrics):
+        users = [name for name, metric in REGISTRY.items() if reference.OPTION in metric.options]
+        raise UsageError(f"--reference is for the metrics that compare with a reference ({choices(users)})")
     for metric in REGISTRY.values():
         if metric.name in opts.metrics:
             metric.validate(opts, items)
@@ -174,10 +186,10 @@ def read_item(item: ImageItem) -> Any:
 
 
 def per_image_pass(items: Sequence[ImageItem], extractors: dict[str, Extractor], *,
-                   batch_size: int) -> dict[str, Any]:
+                   batch_size: int, doing: str = "scoring") -> dict[str, Any]:
     """Each extractor's features of ``items``, in order; every image is read once."""
     chunks: dict[str, list[Any]] = {name: [] for name in extractors}
-    with console.progress(f"scoring {console.plural(len(items), 'image')}", len(items)) as advance:
+    with console.progress(f"{doing} {console.plural(len(items), 'image')}", len(items)) as advance:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
             images = [read_item(item) for item in batch]
@@ -187,13 +199,31 @@ def per_image_pass(items: Sequence[ImageItem], extractors: dict[str, Extractor],
     return {name: extractor.join(chunks[name]) for name, extractor in extractors.items()}
 
 
-def needed_extractors(metrics: Sequence[str]) -> list[str]:
-    """The extractors the metrics need, in registration order."""
-    needs = {need for name in metrics for need in REGISTRY[name].needs}
+def needed_extractors(metrics: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """The extractors the metrics need (and ``extra``), in registration order."""
+    needs = {need for name in metrics for need in REGISTRY[name].needs} | set(extra)
     unknown = needs - set(EXTRACTORS)
     if unknown:
         raise ValueError(f"no extractor registered as {', '.join(sorted(unknown))}")
     return [name for name in EXTRACTORS if name in needs]
+
+
+def gathered_pass(items: Sequence[ImageItem], extractors: dict[str, Extractor], opts: ScoreOptions, rank: int,
+                  world: int, state: Any, doing: str = "scoring") -> dict[str, Any]:
+    """:func:`per_image_pass` over this process's slice of ``items``, gathered in order (every process
+    gets the whole)."""
+    from recare_cli.parallel import part
+
+    if not extractors:
+        return {}
+    mine = [items[i] for i in part(len(items), rank, world)]
+    features = per_image_pass(mine, extractors, batch_size=opts.batch_size, doing=doing)
+    if state is None:
+        return features
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([features])
+    return {name: extractor.join([g[name] for g in gathered]) for name, extractor in extractors.items()}
 
 
 def run_score(items: Sequence[ImageItem], opts: ScoreOptions, *, params: dict[str, Any] | None = None,
@@ -204,25 +234,34 @@ def run_score(items: Sequence[ImageItem], opts: ScoreOptions, *, params: dict[st
     provenance parameters to record instead of :func:`score_params`.
     """
     from recare_cli.io.provenance import provenance
-    from recare_cli.parallel import distributed, part
+    from recare_cli.parallel import distributed
 
     opts = dataclasses.replace(opts, **options) if options else opts
     validate(opts, items)
+    ref, ref_items = reference.load(opts.reference) if opts.reference is not None else (None, [])
+    kept, kept_ids = stored.read(opts.from_features, items) if opts.from_features is not None else ({}, {})
     rank, world, state = distributed(opts.device)
     device = str(state.device) if state is not None and opts.device == "auto" else opts.device
-    extractors = {name: EXTRACTORS[name](opts, device) for name in needed_extractors(opts.metrics)}
+    names = needed_extractors(opts.metrics, reference.needs() if opts.write_reference is not None else ())
+    extractors = {name: stored.extractor(name, kept_ids[name], opts, device, opts.from_features)
+                  if name in kept and opts.from_features is not None else EXTRACTORS[name](opts, device)
+                  for name in names}
+    compared = reference.needs(opts.metrics)
+    if ref is not None and ref.kind == "file":  # checked before any image is embedded
+        for name in compared:
+            ref.check(name, extractors[name].identity())
 
-    mine = [items[i] for i in part(len(items), rank, world)]
-    features = per_image_pass(mine, extractors, batch_size=opts.batch_size)
-    if state is not None:
-        from accelerate.utils import gather_object
+    features = {name: kept[name] for name in names if name in kept}
+    features.update(gathered_pass(items, {n: e for n, e in extractors.items() if n not in kept}, opts, rank, world,
+                                  state))
+    if ref is not None and ref.kind == "folder":
+        ref.features = gathered_pass(ref_items, {n: extractors[n] for n in compared}, opts, rank, world, state,
+                                     doing="embedding the reference's")
+        ref.identities = {name: extractors[name].identity() for name in compared}
+    if state is not None and not state.is_main_process:
+        return None
 
-        gathered = gather_object([features])
-        if not state.is_main_process:
-            return None
-        features = {name: extractor.join([g[name] for g in gathered]) for name, extractor in extractors.items()}
-
-    run = Run(items, opts, features, extractors)
+    run = Run(items, opts, {**features, reference.KEY: ref} if ref is not None else features, extractors)
     per_image: list[dict[str, Any]] = [{"path": str(item.path), **({"line": item.line} if item.line else {}),
                                         "prompt": item.prompt} for item in items]
     results: list[dict[str, Any]] = []
@@ -235,4 +274,24 @@ def run_score(items: Sequence[ImageItem], opts: ScoreOptions, *, params: dict[st
     record = provenance("score", score_params(opts) if params is None else params, **models)
     summary = {"format": FORMAT, "version": VERSION, "source": opts.source, "images": len(items),
                "results": results, "provenance": record}
-    return ScoreResult(summary, per_image)
+    return ScoreResult(summary, per_image, features)
+
+
+def write_features(result: ScoreResult, items: Sequence[ImageItem], opts: ScoreOptions) -> None:
+    """Write what ``--features`` and ``--write-reference`` ask for, from a finished run."""
+    models = result.summary["provenance"].get("models", {})
+    if opts.features is not None:
+        arrays = stored.arrays(result.features, list(result.features), len(items))
+        stored.write(opts.features, items, arrays, {name: models[name] for name in arrays}, source=opts.source)
+        if arrays:
+            console.info(f"wrote the {', '.join(arrays)} features of {console.plural(len(items), 'image')} to "
+                         f"{opts.features}")
+        else:
+            console.warn("--features: no metric computed per-image features that are arrays; nothing to re-use")
+    if opts.write_reference is not None:
+        names = reference.needs()
+        reference.write(opts.write_reference, {name: result.features[name] for name in names},
+                        {name: models[name] for name in names}, source=opts.source,
+                        provenance=result.summary["provenance"])
+        console.info(f"wrote a reference of {console.plural(len(items), 'image')} ({', '.join(names)}) to "
+                     f"{opts.write_reference}")

@@ -6,7 +6,7 @@ paragraph of ``recare score --help``, without a change to the stage. The order o
 the order of the help, and the extractors' order is the order of the models in the provenance.
 """
 
-from recare_cli.stages.metrics import care, classify, clip, embeddings, nudity
+from recare_cli.stages.metrics import care, classify, clip, clipfd, cmmd, embeddings, nudity, reference, stored
 from recare_cli.stages.metrics.base import (
     EXTRACTORS,
     REGISTRY,
@@ -23,8 +23,8 @@ from recare_cli.stages.metrics.base import (
 
 register_extractor(embeddings.NAME, embeddings.load)
 register_extractor(nudity.EXTRACTOR, nudity.load)
-for _metric in (care.METRIC, clip.METRIC, nudity.METRIC, classify.METRIC):
+for _metric in (care.METRIC, clip.METRIC, nudity.METRIC, classify.METRIC, cmmd.METRIC, clipfd.METRIC):
     register(_metric)
 
-__all__ = ["EXTRACTORS", "REGISTRY", "Extractor", "ImageItem", "Metric", "Run", "Scored", "choices", "register",
-           "register_extractor", "summary"]
+__all__ = ["EXTRACTORS", "REGISTRY", "Extractor", "ImageItem", "Metric", "Run", "Scored", "choices", "reference",
+           "register", "register_extractor", "stored", "summary"]
