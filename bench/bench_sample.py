@@ -6,15 +6,14 @@ Both sampling paths include loading the model and writing PNG files; recare also
 model, checks for finished images, hashes every file and emits the manifest. Each measurement is
 the best of --repeat interleaved runs, as wall time and as this process's CPU time.
 
-    python bench/bench_sample.py            # 16 images, 4 steps, 64 px; CARE on 128 images (minutes on 2 cores)
-    python bench/bench_sample.py --quick    # smoke run
+    python -m bench.bench_sample            # 16 images, 4 steps, 64 px; CARE on 128 images (minutes on 2 cores)
+    python -m bench.bench_sample --quick    # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,9 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from recare_cli import console
 from recare_cli.io.prompts import PromptRow
@@ -98,7 +94,7 @@ def main() -> None:
         wall = {b: min(t[0] for t in ts) for b, ts in results.items()}
         cpu = {b: min(t[1] for t in ts) for b, ts in results.items()}
 
-        from bench_vocab import vit_b32_clip
+        from bench.bench_vocab import vit_b32_clip
 
         clip_dir = work / "clip-b32"
         vit_b32_clip(clip_dir)
@@ -123,7 +119,7 @@ def main() -> None:
           f"model load included\n")
     print("| run | time (s) | images/s |\n|---|---|---|")
     print(f"| recare score -m care --concept person | {t_score:.2f} | {n_score / t_score:.1f} |")
-    print(f"\nreproduce: python bench/bench_sample.py{' --quick' if args.quick else ''} --repeat {args.repeat}")
+    print(f"\nreproduce: python -m bench.bench_sample{' --quick' if args.quick else ''} --repeat {args.repeat}")
 
 
 def score_care(folder: Path, clip_dir: Path) -> None:

@@ -6,20 +6,17 @@ commands do (same seed, perplexity, drop and alpha) on copies of the embeddings 
 order — and reports how many distinct partitions and distinct CARE-sets come out, and how often
 each word is kept. Prints a table and the command to reproduce it.
 
-    python bench/cluster_stability.py recare-demo/nudity/candidates.jsonl -n 4 --prop object
+    python -m experiments.cluster_stability recare-demo/nudity/candidates.jsonl -n 4 --prop object
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recare_cli import console
 from recare_cli.core.clustering import SPACES
@@ -77,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for word in sorted(words, key=lambda w: (-kept[w], w)):
         print(f"| {word} | {kept[word]}/{args.trials} | {'kept' if word in base_care else 'dropped'} |")
-    print(f"\nReproduce: python bench/cluster_stability.py {args.candidates} -n {args.clusters} "
+    print(f"\nReproduce: python -m experiments.cluster_stability {args.candidates} -n {args.clusters} "
           f"--drop-extremes {args.drop_extremes} --alpha {args.alpha} --prop {args.prop} --seed {args.seed} "
           f"--space {args.space} --eps {args.eps:g} --trials {args.trials}")
     return 0
