@@ -379,7 +379,7 @@ def check_same_loss(what: str, losses: dict[str, float], rtol: float = LOSS_RTOL
     if off:
         sys.exit(f"bench_erase: {what}: the first losses differ beyond {rtol:g} relative: reference {ref!r}, "
                  + ", ".join(f"{impl} {loss!r}" for impl, loss in off.items())
-                 + "; the two sides no longer compute the same erase iteration")
+                 + "; the two sides do not compute the same erase iteration")
     print(f"{what}: first losses agree within {rtol:g} relative: "
           + ", ".join(f"{impl} {loss:.9g}" for impl, loss in losses.items()), file=sys.stderr)
 

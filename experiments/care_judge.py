@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# Templates tried per label kind: raw text (the demo's until session 17), the world's own caption of an
+# Templates tried per label kind: raw label text (no --template), the world's own caption of an
 # object alone ("a person"), method.md's optional "A photo of a …" (the reference's a/an rule) and a
 # lower-case photo caption as the world writes them. Backgrounds take no article ("a water").
 TEMPLATES: dict[str, tuple[str | None, ...]] = {
