@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="demo task folders, e.g. recare-demo/nudity")
     parser.add_argument("--detector", type=Path, default=None,
-                        help="a detector safetensors file (python -m recare_cli.toyworld.detector --out); "
+                        help="a detector safetensors file (recare toyworld detector --out); "
                              "default: the shipped one")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

@@ -44,7 +44,7 @@ class DemoTask:
     retain_weight: float = 1.0
     # The CARE score's label template (score --template): None is raw label text. Chosen per task on the base
     # model's held-out samples of every photo scene by the judge's recall of the concept less its false rate
-    # (bench/care_judge.py; docs/toyworld.md, "The CARE judge"); raw stays where no template beat it.
+    # (experiments/care_judge.py; docs/toyworld.md, "The CARE judge"); raw stays where no template beat it.
     care_template: str | None = None
 
 
