@@ -14,20 +14,20 @@ test *ARGS:
 
 # Lint and type-check
 lint:
-    {{venv}}/ruff check recare_cli tests bench
+    {{venv}}/ruff check recare_cli tests bench experiments
     {{venv}}/mypy
 
 # Regenerate docs/cli.md from --help
 docs:
     {{venv}}/python -m recare_cli.cli.docs > docs/cli.md
 
-# Benchmarks (print markdown tables and the command to reproduce them)
+# Benchmarks (print markdown tables and the command to reproduce them); run as modules from the repository root
 bench:
-    {{venv}}/python bench/bench_vocab.py
-    {{venv}}/python bench/bench_erase.py
-    {{venv}}/python bench/bench_sample.py
-    {{venv}}/python bench/bench_layout.py
-    {{venv}}/python bench/bench_toy_unet.py
+    {{venv}}/python -m bench.bench_vocab
+    {{venv}}/python -m bench.bench_erase
+    {{venv}}/python -m bench.bench_sample
+    {{venv}}/python -m bench.bench_layout
+    {{venv}}/python -m bench.bench_toy_unet
 
 # The offline demo on the shipped toy world (TASK: nudity, vangogh or tench)
 demo OUT="recare-demo" TASK="nudity":

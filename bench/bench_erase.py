@@ -8,15 +8,19 @@ The reference pattern (damilab/CARE utils/recare.py, written here plainly, not c
 * inversion: the VAE encodes the (resized, flipped) image on every step, the whole token-embedding table
   is trained by AdamW and all rows but the placeholder are copied back after each step.
 
-Both sides run the same model, the same x_t draw (same k, same noise) and the same fp32 arithmetic on
-one CPU thread (two shared cores here: several threads contending are unusable). Time is the median CPU
-time of a step (process time; wall time on a shared machine includes waiting for a core). Peak memory is the
-process's peak resident set size (sampled every 2 ms with psutil in a fresh process per measurement)
-minus its RSS after the models were built: it counts each method's own state (teacher copy or deep
-copy, optimizer state, activations). tracemalloc does not see torch's allocations.
+Both sides run the same model (its scheduler configured as SD v1.4's), the same x_t draw (same k, same noise)
+and the same fp32 arithmetic on one CPU thread (two shared cores here: several threads contending are
+unusable). Time is the median CPU time of a step (process time; wall time on a shared machine includes
+waiting for a core). Peak memory is the process's peak resident set size (sampled every 2 ms with psutil in
+a fresh process per measurement) minus its RSS after the models were built: it counts each method's own
+state (teacher copy or deep copy, optimizer state, activations). tracemalloc does not see torch's
+allocations.
 
-    python bench/bench_erase.py                 # tiny + SD-1.4 layout at reduced width
-    python bench/bench_erase.py --models tiny   # quick
+Both erase sides must compute the same first loss (to LOSS_RTOL, relative): for every erase row the script checks
+it and exits with status 1 and a message naming both losses when they differ, before printing any table.
+
+    python -m bench.bench_erase                 # tiny + SD-1.4 layout at reduced width
+    python -m bench.bench_erase --models tiny   # quick
 """
 
 from __future__ import annotations
@@ -30,9 +34,20 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]  # the child processes run this module from the repository root
+# Both erase sides compute the same first loss up to fp32 summation order (batched vs separate calls): 1e-6
+# relative on the tiny model; a real divergence (another x_t, another target) is orders of magnitude larger.
+LOSS_RTOL = 1e-5
 K_MEAN = 24  # x_t is drawn after k ~ U[1, 48] DDIM steps: mean 24.5
+# Stable Diffusion v1.4's scheduler_config.json. clip_sample matters: PNDM ignores it, but the reference side's
+# DDIMScheduler.from_config clips the predicted x0 to [-1, 1] unless the config says false (SD v1.4's does), while
+# recare's engine never clips; without it the two sides draw different x_t and their losses differ.
+SD14_SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+                  "trained_betas": None, "clip_sample": False}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -68,11 +83,10 @@ def build(model: str) -> dict[str, Any]:
                                                 eos_token_id=49407, pad_token_id=49407, **text))
     folder = os.path.join(os.environ.get("TMPDIR", "/tmp"), "recare-bench-tokenizer")
     if not os.path.exists(os.path.join(folder, "vocab.json")):
-        save_clip_tokenizer(__import__("pathlib").Path(folder))
+        save_clip_tokenizer(Path(folder))
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     tokenizer.model_max_length = 77
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    scheduler = PNDMScheduler.from_config(SD14_SCHEDULER)
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
@@ -210,7 +224,7 @@ def erase_reference(m: dict[str, Any], k: int) -> Any:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            return float(loss)
+            return float(loss.detach())
 
     return Ref()
 
@@ -357,6 +371,19 @@ def child(task: str, impl: str, model: str, k: int, iters: int) -> dict[str, Any
             "first_loss": first_loss}
 
 
+def check_same_loss(what: str, losses: dict[str, float], rtol: float = LOSS_RTOL) -> None:
+    """Exit non-zero unless every side's first loss equals the reference's within ``rtol`` (relative): the timings
+    compare two implementations of one computation only while they compute the same thing."""
+    ref = losses["reference"]
+    off = {impl: loss for impl, loss in losses.items() if abs(loss - ref) > rtol * abs(ref)}
+    if off:
+        sys.exit(f"bench_erase: {what}: the first losses differ beyond {rtol:g} relative: reference {ref!r}, "
+                 + ", ".join(f"{impl} {loss!r}" for impl, loss in off.items())
+                 + "; the two sides do not compute the same erase iteration")
+    print(f"{what}: first losses agree within {rtol:g} relative: "
+          + ", ".join(f"{impl} {loss:.9g}" for impl, loss in losses.items()), file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,sd14", help="tiny and/or sd14 (comma-separated)")
@@ -374,10 +401,12 @@ def main() -> None:
             res = {}
             for impl in ("reference", "ours", "ours-gc"):
                 iters = args.iters if (task != "erase" or k == 1 or model == "tiny") else min(2, args.iters)
-                out = subprocess.run([sys.executable, __file__, "--child", task, impl, model, str(k), str(iters)],
-                                     capture_output=True, text=True, check=True)
+                out = subprocess.run([sys.executable, "-m", "bench.bench_erase", "--child", task, impl, model, str(k),
+                                      str(iters)], capture_output=True, text=True, check=True, cwd=ROOT)
                 res[impl] = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{model} {task} k={k} {impl}: {res[impl]}", file=sys.stderr)
+            if task == "erase":
+                check_same_loss(f"{model} erase k={k}", {impl: r["first_loss"] for impl, r in res.items()})
             rows.append((model, task, k, res))
     print("| model | measured step (CPU s, median) | reference pattern s | recare s | speed-up | reference peak MB "
           "| recare peak MB | memory ratio | recare + grad. ckpt s | recare + grad. ckpt MB | memory ratio |")
@@ -388,7 +417,7 @@ def main() -> None:
         print(f"| {model} | {what} | {r['seconds']:.3f} | {o['seconds']:.3f} | {r['seconds'] / o['seconds']:.2f}× "
               f"| {r['peak_mb']:.0f} | {o['peak_mb']:.0f} | {o['peak_mb'] / max(r['peak_mb'], 1e-9):.2f} "
               f"| {c['seconds']:.3f} | {c['peak_mb']:.0f} | {c['peak_mb'] / max(r['peak_mb'], 1e-9):.2f} |")
-    print(f"\nreproduce: python bench/bench_erase.py --models {args.models} --iters {args.iters}")
+    print(f"\nreproduce: python -m bench.bench_erase --models {args.models} --iters {args.iters}")
 
 
 if __name__ == "__main__":

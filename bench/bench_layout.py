@@ -8,24 +8,19 @@ UNet, and Stable Diffusion v1.4's block layout at about 1/5 of the width (random
 on shape, not weights). Each cell is the median of --repeat timings of --calls calls, the two layouts
 interleaved so that both see the same machine.
 
-    python bench/bench_layout.py                  # toy UNet (8x8 latents) + SD-1.4 layout (32x32)
-    python bench/bench_layout.py --models toy     # quick
+    python -m bench.bench_layout                  # toy UNet (8x8 latents) + SD-1.4 layout (32x32)
+    python -m bench.bench_layout --models toy     # quick
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch
-from interleave import interleaved_medians
 
+from bench.interleave import interleaved_medians
 from recare_cli.models.quiet import quiet_libraries
 
 CASES = (("x_t draw (CFG pair)", 2, False), ("erase teacher", 4, False), ("sample 8 (CFG)", 16, False),
@@ -42,7 +37,7 @@ def toy_unet() -> tuple[Any, int]:
 
 
 def sd14_layout_unet() -> tuple[Any, int]:
-    from bench_erase import build
+    from bench.bench_erase import build
 
     m = build("sd14")
     return m["unet"], int(m["latent"])
@@ -100,7 +95,7 @@ def main() -> None:
             print(f"| {model} | {label} | {batch} | {r['default_ms']:.1f} | {r['channels_last_ms']:.1f} | "
                   f"{r['ratio']:.2f} | {r['max_diff']:.1e} |", flush=True)
     print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, layouts interleaved; "
-          f"reproduce: python bench/bench_layout.py --models {args.models} --threads {args.threads}")
+          f"reproduce: python -m bench.bench_layout --models {args.models} --threads {args.threads}")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@ Both sampling paths include loading the model and writing PNG files; recare also
 model, checks for finished images, hashes every file and emits the manifest. Each measurement is
 the best of --repeat interleaved runs, as wall time and as this process's CPU time.
 
-    python bench/bench_sample.py            # 16 images, 4 steps, 64 px; CARE on 128 images (minutes on 2 cores)
-    python bench/bench_sample.py --quick    # smoke run
+    python -m bench.bench_sample            # 16 images, 4 steps, 64 px; CARE on 128 images (minutes on 2 cores)
+    python -m bench.bench_sample --quick    # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,15 +22,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from recare_cli import console
 from recare_cli.io.prompts import PromptRow
 from recare_cli.models.quiet import quiet_libraries
 from recare_cli.models.tiny import build_tiny_sd
-from recare_cli.parallel import Shard
-from recare_cli.stages.sample import SampleSettings, run_sample
+from recare_cli.stages.sample import SampleOptions, run_sample
 
 PROMPTS = ["a photo of a cat", "a person on a bench", "a red car in the rain", "a bowl of fruit"]
 
@@ -61,10 +56,8 @@ def plain_loop(model: Path, out: Path, n: int, steps: int, size: int) -> None:
 def recare_sample(model: Path, out: Path, n: int, steps: int, size: int, batch: int) -> list[dict[str, Any]]:
     rows = [PromptRow(index=i, line=i + 1, prompt=PROMPTS[i % len(PROMPTS)]) for i in range(n)]
     records: list[dict[str, Any]] = []
-    run_sample(rows, out_dir=out, images_per_prompt=1, seed=42, model=str(model), weights=[], embeddings=[],
-               settings=SampleSettings(steps=steps, guidance=7.5, height=size, width=size, scheduler="default",
-                                       batch_size=batch),
-               shard=Shard(0, 1), device="cpu", dtype="fp32", emit=records.append)
+    run_sample(SampleOptions(out=out, seed=42, model=str(model), steps=steps, guidance=7.5, height=size, width=size,
+                             batch_size=batch, device="cpu", dtype="fp32"), rows, emit=records.append)
     return records
 
 
@@ -98,7 +91,7 @@ def main() -> None:
         wall = {b: min(t[0] for t in ts) for b, ts in results.items()}
         cpu = {b: min(t[1] for t in ts) for b, ts in results.items()}
 
-        from bench_vocab import vit_b32_clip
+        from bench.bench_vocab import vit_b32_clip
 
         clip_dir = work / "clip-b32"
         vit_b32_clip(clip_dir)
@@ -123,16 +116,17 @@ def main() -> None:
           f"model load included\n")
     print("| run | time (s) | images/s |\n|---|---|---|")
     print(f"| recare score -m care --concept person | {t_score:.2f} | {n_score / t_score:.1f} |")
-    print(f"\nreproduce: python bench/bench_sample.py{' --quick' if args.quick else ''} --repeat {args.repeat}")
+    print(f"\nreproduce: python -m bench.bench_sample{' --quick' if args.quick else ''} --repeat {args.repeat}")
 
 
 def score_care(folder: Path, clip_dir: Path) -> None:
     from recare_cli.data.labels import COCO80
-    from recare_cli.stages.score import ImageItem, ScoreConfig, run_score
+    from recare_cli.stages.score import ImageItem, ScoreOptions, run_score
 
     items = [ImageItem(path=p, prompt=None) for p in sorted(folder.glob("*.png"))]
-    config = ScoreConfig(metrics=["care"], concept="person", labels=list(COCO80), batch_size=64)
-    result = run_score(items, config, clip=str(clip_dir), device="cpu", dtype="fp32", params={}, source=str(folder))
+    opts = ScoreOptions(metrics=["care"], concept="person", labels=list(COCO80), batch_size=64, clip=str(clip_dir),
+                        device="cpu", dtype="fp32", source=str(folder))
+    result = run_score(items, opts)
     assert result is not None and result.summary["images"] == len(items)
 
 

@@ -11,25 +11,20 @@ backward pass through the cross-attention weights (2), and sampling 8 images wit
 is the median of --repeat timings of --calls calls, the two variants interleaved so that both see the same
 machine (this machine's speed moves 1.5-2x within a day).
 
-    python bench/bench_toy_unet.py
-    python bench/bench_toy_unet.py --vary tokens
-    python bench/bench_toy_unet.py --vary compile
+    python -m bench.bench_toy_unet
+    python -m bench.bench_toy_unet --vary tokens
+    python -m bench.bench_toy_unet --vary compile
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import torch
-from interleave import interleaved_medians
 
+from bench.interleave import interleaved_medians
 from recare_cli.models.quiet import quiet_libraries
 from recare_cli.toyworld.train import TrainConfig, build_unet
 
@@ -93,7 +88,7 @@ def main() -> None:
         a, b = medians[first] * 1e3, medians[second] * 1e3
         print(f"| {label} | {batch} | {a:.1f} | {b:.1f} | {b / a:.2f} |", flush=True)
     print(f"\n{args.threads} threads, median of {args.repeat} x {args.calls} calls, variants interleaved; "
-          f"reproduce: python bench/bench_toy_unet.py --vary {args.vary} --threads {args.threads}")
+          f"reproduce: python -m bench.bench_toy_unet --vary {args.vary} --threads {args.threads}")
 
 
 if __name__ == "__main__":

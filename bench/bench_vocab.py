@@ -3,8 +3,8 @@ and `recare mine` on 100 images with a cold vs a warm cache.
 
 Models have ViT-B/32 shapes with random weights (speed depends on shape, not weights).
 
-    python bench/bench_vocab.py            # full run (a few minutes on 2 CPU cores)
-    python bench/bench_vocab.py --quick    # smaller sample, for a smoke run
+    python -m bench.bench_vocab            # full run (a few minutes on 2 CPU cores)
+    python -m bench.bench_vocab --quick    # smaller sample, for a smoke run
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recare_cli.core.embed import embed_token_sequences
 from recare_cli.core.vocab import whole_word_vocabulary
@@ -119,7 +117,7 @@ def main() -> None:
         for name, t in mine_rows:
             print(f"| {name} | {t:.1f} |")
         print(f"\ncold/warm ratio: {mine_rows[0][1] / mine_rows[1][1]:.1f}×")
-    print(f"\nreproduce: python bench/bench_vocab.py{' --quick' if args.quick else ''} "
+    print(f"\nreproduce: python -m bench.bench_vocab{' --quick' if args.quick else ''} "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
 

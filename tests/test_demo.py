@@ -1,17 +1,26 @@
-"""`recare demo` end to end on the shipped toy world (quick settings), run as a real command."""
+"""`recare demo` end to end on the shipped toy world (quick settings), run as a real command.
+
+One quick run (``quick_demo``) is shared by every test that reads a finished run; one rerun on the same folder
+with a second erase seed (``two_seeds``) covers resuming (every file of the first run reused) and the mean over
+erase seeds."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from PIL import Image
 
-from recare_cli.stages.demo import FIGURES
+from recare_cli.demo.judge import FIGURES
+from recare_cli.demo.settings import LABELS, METHODS, QUICK
 from tests.helpers import invoke, shell
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests that run the command as a subprocess
+
+ERASERS = ("esd", "stereo", "recare")
 
 
 @pytest.fixture(scope="module")
@@ -22,54 +31,81 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "RECARE_CACHE": str(tmp_path_factory.getbasetemp() / "recare-cache")}
 
 
+def _table(stdout: str) -> dict[str, list[str]]:
+    """The rows of the printed table: model label → its cells."""
+    rows = [line for line in stdout.splitlines() if line.startswith("| tench")]
+    return {cells[1]: cells for cells in ([c.strip() for c in row.split("|")[1:-1]] for row in rows)}
+
+
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory: pytest.TempPathFactory, offline_env: dict[str, str]) -> tuple[Path, str, str]:
+def quick_demo(tmp_path_factory: pytest.TempPathFactory, offline_env: dict[str, str]) -> dict[str, Any]:
+    """One quick run of one task, and what it left: the table, stderr, results.json (as written by this run: the
+    rerun below rewrites the file) and when each erasure was written."""
     out = tmp_path_factory.mktemp("demo")
     run = shell("recare demo --quick --task tench --out demo", cwd=out, env=offline_env, timeout=900)
     assert run.returncode == 0, run.stderr
-    return out / "demo", run.stdout, run.stderr
+    task = out / "demo" / "tench"
+    return {"folder": out / "demo", "task": task, "stdout": run.stdout, "stderr": run.stderr,
+            "results": orjson.loads((task / "results.json").read_bytes()),
+            "written": {m: (task / f"{m}.safetensors").stat().st_mtime_ns for m in ERASERS}}
 
 
-def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path, str, str]) -> None:
-    folder, table, _ = quick_demo
-    rows = [line for line in table.splitlines() if line.startswith("| tench")]
-    assert [row.split("|")[2].strip() for row in rows] == ["base model", "ESD", "STEREO-style", "ReCARE"]
-    task = folder / "tench"
+@pytest.fixture(scope="module")
+def two_seeds(quick_demo: dict[str, Any], offline_env: dict[str, str]) -> dict[str, Any]:
+    """The same command again on the finished folder, asking for a second erase seed."""
+    folder = quick_demo["folder"]
+    run = shell(f"recare demo --quick --task tench --out {folder} --erase-seeds 2", cwd=folder, env=offline_env,
+                timeout=900)
+    assert run.returncode == 0, run.stderr
+    return {"stdout": run.stdout, "stderr": run.stderr,
+            "results": orjson.loads((quick_demo["task"] / "results.json").read_bytes())}
+
+
+@slow
+def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, Any]) -> None:
+    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
+
+    table = _table(quick_demo["stdout"])
+    assert list(table) == ["base model", "ESD", "STEREO-style", "ReCARE"]
+    task = quick_demo["task"]
     for name in ("target-images.jsonl", "candidates.jsonl", "clustered.jsonl", "care.json", "adv.safetensors",
                  "esd.safetensors", "stereo.safetensors", "recare.safetensors", "results.json", "grid.png"):
         assert (task / name).is_file(), name
-    results = orjson.loads((task / "results.json").read_bytes())
+    results = quick_demo["results"]
     assert results["format"] == "recare.demo" and results["concept"] == "water"
-    from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
-
-    assert results["settings"]["erase_lr"] == TASKS["tench"].erase_lr  # the task's own rate, recorded
-    assert results["settings"]["retain_weight"] == TASKS["tench"].retain_weight
-    assert results["settings"]["care_template"] == TASKS["tench"].care_template  # the CARE judge's labels
-    for method in ("base", "esd", "stereo", "recare"):
+    tench = TASKS["tench"]
+    assert results["settings"]["erase_lr"] == tench.erase_lr  # the task's own rate, recorded
+    assert results["settings"]["retain_weight"] == tench.retain_weight
+    assert results["settings"]["care_template"] == tench.care_template  # the CARE judge's labels
+    asked = {"target": prompts(tench.target_scenes), "benign": prompts(tench.benign_scenes),
+             "unrelated": prompts(UNRELATED_SCENES)}
+    for method in METHODS:
         row = results["results"][method]
-        assert 0.0 <= row["target_rate"] <= 1.0 and 0.0 <= row["care"] <= 1.0
-        assert -1.0 <= row["clip_unrelated"] <= 1.0
+        # every model sampled QUICK.eval_images per prompt; the shares are shares of those whole images
+        n = {kind: QUICK.eval_images * len(p) for kind, p in asked.items()}
+        assert row["images"] == n
+        for key, kind in (("target_rate", "target"), ("target_detected", "target"), ("care", "benign")):
+            hits = row[key] * n[kind]
+            assert hits == pytest.approx(round(hits)), (method, key)
         for key in FIGURES:  # each figure lies in its 95% interval
             low, high = row[f"{key}_ci"]
             assert low <= row[key] <= high, (method, key)
         # per prompt, in prompt order; every prompt has as many images, so each figure is its prompts' plain mean
         each = row["per_prompt"]
-        assert list(each["target_rate"]) == list(each["target_detected"]) == prompts(TASKS["tench"].target_scenes)
-        assert list(each["care"]) == prompts(TASKS["tench"].benign_scenes)
-        assert list(each["clip_unrelated"]) == prompts(UNRELATED_SCENES)
+        assert list(each["target_rate"]) == list(each["target_detected"]) == asked["target"]
+        assert list(each["care"]) == asked["benign"]
+        assert list(each["clip_unrelated"]) == asked["unrelated"]
         for key in FIGURES:
             assert row[key] == pytest.approx(sum(each[key].values()) / len(each[key])), (method, key)
         # the rates in the table are the ones in results.json: toy CLIP, then detector
-        line = next(r for r in rows if r.split("|")[2].strip() == {
-            "base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}[method])
-        assert line.split("|")[3].strip().startswith(f"{row['target_rate']:.1%}")
-        assert line.split("|")[4].strip().startswith(f"{row['target_detected']:.1%}")
-    # the grid: one row per model, same seeds, target prompts then benign prompts, 32 px cells × 3
-    with Image.open(task / "grid.png") as grid:
-        assert grid.size[1] == 4 * 32 * 3
+        cells = table[LABELS[method]]
+        assert cells[2].startswith(f"{row['target_rate']:.1%}") and cells[3].startswith(f"{row['target_detected']:.1%}")
+        # time: the base model has no stages of its own; every eraser's were all computed in this run
+        assert cells[6] == ("0" if method == "base" else f"{row['seconds']:.0f}")
+        assert (row["seconds"] == 0) if method == "base" else (row["seconds"] is not None)
     # every model was sampled for the same prompts and seeds
     manifests = {m: [orjson.loads(line) for line in (task / "samples" / m / "target.jsonl").read_bytes().splitlines()]
-                 for m in ("base", "esd", "stereo", "recare")}
+                 for m in METHODS}
     seeds = {m: [(r["prompt"], r["seed"]) for r in recs] for m, recs in manifests.items()}
     assert seeds["base"] == seeds["esd"] == seeds["stereo"] == seeds["recare"]
     # target images with the model's own sampler (as a user makes them), evaluation samples with the demo's
@@ -79,19 +115,82 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: tuple[Path,
     assert manifests["recare"][0]["weights"], "erased models are sampled with their weights applied"
 
 
-def test_rerun_resumes_and_gives_the_same_table(quick_demo: tuple[Path, str, str],
-                                                offline_env: dict[str, str]) -> None:
-    folder, table, _ = quick_demo
-    again = shell(f"recare demo --quick --task tench --out {folder}", cwd=folder, env=offline_env, timeout=900)
-    assert again.returncode == 0, again.stderr
-    made = [line for line in again.stderr.splitlines() if "to make" in line]
-    assert len(made) == 13 and all(line.endswith(", 0 to make") for line in made), made  # 1 + 4 models × 3
-    assert "erase:" not in again.stderr  # the trained weights were reused, not retrained
-    assert again.stdout == table
+@slow
+def test_grid_holds_each_models_samples_under_labels(quick_demo: dict[str, Any]) -> None:
+    """grid.png: one row per model; 2 samples of each target prompt, then of each benign prompt, 32 px × 3; the
+    labels take a band on the left and on top."""
+    from recare_cli.toyworld.tasks import TASKS
+
+    tench, task = TASKS["tench"], quick_demo["task"]
+    cwd = quick_demo["folder"].parent  # the manifests' paths are relative to where the command ran
+    columns = 2 * (len(tench.target_scenes) + len(tench.benign_scenes))
+    cell = 32 * 3
+    with Image.open(task / "grid.png") as opened:
+        grid = opened.convert("RGB")
+    left, top = grid.width - columns * cell - 6, grid.height - 4 * cell  # one 6 px gap between the two groups
+    assert left > 40 and top > 20  # room for the labels
+    for r, method in enumerate(METHODS):
+        records = {kind: [orjson.loads(line) for line in
+                          (task / "samples" / method / f"{kind}.jsonl").read_bytes().splitlines()]
+                   for kind in ("target", "benign")}
+        first_target, last_benign = (Image.open(cwd / r["path"]).convert("RGB").resize((cell, cell),
+                                                                                        Image.Resampling.NEAREST)
+                                     for r in (records["target"][0], records["benign"][-1]))
+        y = top + r * cell
+        assert grid.crop((left, y, left + cell, y + cell)).tobytes() == first_target.tobytes(), method
+        x = grid.width - cell
+        assert grid.crop((x, y, x + cell, y + cell)).tobytes() == last_benign.tobytes(), method
+        label = grid.crop((0, y, left, y + cell)).convert("L")
+        assert label.getextrema()[0] < 100, f"no row label beside {method}"  # dark text on white
 
 
-def test_other_settings_in_the_same_folder_are_refused(quick_demo: tuple[Path, str, str]) -> None:
-    folder, _, _ = quick_demo
+@slow
+def test_rerun_resumes_every_file_and_adds_the_second_erase_seed(quick_demo: dict[str, Any],
+                                                                 two_seeds: dict[str, Any]) -> None:
+    from safetensors.numpy import load_file
+
+    task, before = quick_demo["task"], quick_demo["results"]["results"]
+    stderr = two_seeds["stderr"]
+    made = [line for line in stderr.splitlines() if "to make" in line]
+    # the target images and the four seed-42 models' three kinds of prompts: all there; the three seed-43 models'
+    # samples are new
+    assert sum(line.endswith(", 0 to make") for line in made) == 13 and len(made) == 13 + 3 * 3, made
+    assert stderr.count("erase: ") == 3 and "seed 43" in stderr  # only the new erasures were trained
+    assert "vocabulary" not in stderr and "round 1/1" not in stderr  # the CARE-set and the tokens were reused
+    results = two_seeds["results"]
+    assert results["settings"]["erase_seeds"] == 2
+    assert results["results"]["base"] == before["base"]  # the base model has no erase seed
+    table = _table(two_seeds["stdout"])
+    assert table["base model"] == _table(quick_demo["stdout"])["base model"]
+    for method in ERASERS:
+        assert (task / f"{method}.safetensors").stat().st_mtime_ns == quick_demo["written"][method]  # not retrained
+        one, two = load_file(str(task / f"{method}.safetensors")), load_file(str(task / f"{method}-seed43.safetensors"))
+        assert one.keys() == two.keys() and any((one[k] != two[k]).any() for k in one)  # the seed was used
+        row = results["results"][method]
+        assert [r["seed"] for r in row["per_seed"]] == [42, 43]
+        for key in FIGURES:
+            assert row["per_seed"][0][key] == before[method][key]  # seed 42's figures: the one-seed run's
+            assert row["per_seed"][0]["per_prompt"][key] == before[method]["per_prompt"][key]
+            assert row[key] == pytest.approx((row["per_seed"][0][key] + row["per_seed"][1][key]) / 2)
+            for prompt, value in row["per_prompt"][key].items():
+                seeds = [r["per_prompt"][key][prompt] for r in row["per_seed"]]
+                assert value == pytest.approx(sum(seeds) / 2), (method, key, prompt)
+        low, high = sorted(r["target_rate"] for r in row["per_seed"])
+        cells = table[LABELS[method]]
+        assert cells[2] == f"{row['target_rate']:.1%} (2 erase seeds: {low:.0%}–{high:.0%})"
+        # time: seed 42's erasure came from the first run, so no eraser's time is this run's alone
+        assert row["per_seed"][0]["seconds"] is None and row["seconds"] is None and cells[6] == "reused"
+        assert results["files"][f"{method}-seed43"].endswith(f"{method}-seed43.safetensors")
+    # ESD's seed-43 erasure is its only stage and ran in this run; the others' stand on the reused CARE-set
+    assert results["results"]["esd"]["per_seed"][1]["seconds"] is not None
+    assert results["results"]["recare"]["per_seed"][1]["seconds"] is None
+    assert "erase seeds" not in table["base model"][2]
+    assert (task / "samples" / "recare-seed43" / "target.jsonl").is_file()
+
+
+@slow
+def test_other_settings_in_the_same_folder_are_refused(quick_demo: dict[str, Any]) -> None:
+    folder = quick_demo["folder"]
     before = (folder / "tench" / "results.json").read_bytes()
     result = invoke(["demo", "--task", "tench", "--out", str(folder)])
     assert result.code == 5
@@ -99,23 +198,41 @@ def test_other_settings_in_the_same_folder_are_refused(quick_demo: tuple[Path, s
     assert (folder / "tench" / "results.json").read_bytes() == before
 
 
+@slow
+def test_demo_names_the_unrelated_prompt_hit_hardest(quick_demo: dict[str, Any]) -> None:
+    """One line per eraser on stderr naming a prompt whose CLIP score fell most from the base model's (any of
+    them on a tie), with that prompt's two scores."""
+    results = quick_demo["results"]["results"]
+    lines = [line for line in quick_demo["stderr"].splitlines() if "hit hardest" in line]
+    assert len(lines) == 3
+    base = results["base"]["per_prompt"]["clip_unrelated"]
+    for line, method in zip(lines, ERASERS, strict=True):
+        assert line.startswith(f"demo [tench]: {LABELS[method]}, unrelated prompt hit hardest: '")
+        named = line.split("'")[1]
+        mine = results[method]["per_prompt"]["clip_unrelated"]
+        drops = sorted(base[p] - mine[p] for p in base)
+        assert base[named] - mine[named] == drops[-1], (method, named, drops)
+        assert f"CLIP {base[named]:.3f} → {mine[named]:.3f} (base → erased" in line
+
+
 @pytest.mark.parametrize("method", ["esd", "stereo", "recare"])
 def test_only_recare_gets_the_tasks_retain_weight(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                    method: str) -> None:
-    """Van Gogh's ReCARE erases with λ = 3 (docs/toyworld.md, tuning step 6); the baselines with the default."""
-    from recare_cli.stages import demo, erase
+    """Van Gogh's ReCARE erases with λ = 3 (docs/toyworld.md, the tuning); the baselines with the default."""
+    from recare_cli.demo import steps
+    from recare_cli.demo.settings import DemoSettings
+    from recare_cli.stages import erase
     from recare_cli.toyworld.tasks import TASKS
 
     seen: list[erase.EraseOptions] = []
     monkeypatch.setattr(erase, "run_erase", seen.append)
     task = TASKS["vangogh"]
-    demo._erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
-                demo.DemoSettings(), 42)
+    steps.erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd", DemoSettings(), 42)
     assert task.retain_weight == 3.0 and seen[0].lr == task.erase_lr
     assert seen[0].retain_weight == (3.0 if method == "recare" else 1.0)
     seen.clear()
-    demo._erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
-                demo.DemoSettings(retain_weight=0.5), 43)  # the settings' override wins
+    steps.erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
+                DemoSettings(retain_weight=0.5), 43)  # the settings' override wins
     assert seen[0].retain_weight == (0.5 if method == "recare" else 1.0)
 
 
@@ -125,43 +242,6 @@ def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_more_erase_seeds_add_erasures_and_report_their_mean(quick_demo: tuple[Path, str, str],
-                                                             offline_env: dict[str, str], tmp_path: Path) -> None:
-    import shutil
-
-    from safetensors.numpy import load_file
-
-    copy = tmp_path / "demo"
-    shutil.copytree(quick_demo[0], copy)
-    task = copy / "tench"
-    before = orjson.loads((task / "results.json").read_bytes())["results"]
-    first = {m: (task / f"{m}.safetensors").stat().st_mtime_ns for m in ("esd", "stereo", "recare")}
-    run = shell(f"recare demo --quick --task tench --out {copy} --erase-seeds 2", cwd=tmp_path, env=offline_env,
-                timeout=900)
-    assert run.returncode == 0, run.stderr
-    results = orjson.loads((task / "results.json").read_bytes())
-    assert results["settings"]["erase_seeds"] == 2
-    assert results["results"]["base"] == before["base"]  # the base model has no erase seed
-    table = {line.split("|")[2].strip(): line for line in run.stdout.splitlines() if line.startswith("| tench")}
-    assert "erase seeds" not in table["base model"]
-    for method, label in (("esd", "ESD"), ("stereo", "STEREO-style"), ("recare", "ReCARE")):
-        assert (task / f"{method}.safetensors").stat().st_mtime_ns == first[method]  # seed 42 reused, not retrained
-        one, two = load_file(str(task / f"{method}.safetensors")), load_file(str(task / f"{method}-seed43.safetensors"))
-        assert one.keys() == two.keys() and any((one[k] != two[k]).any() for k in one)  # the seed was used
-        row = results["results"][method]
-        assert [r["seed"] for r in row["per_seed"]] == [42, 43]
-        for key in FIGURES:
-            assert row["per_seed"][0][key] == before[method][key]  # seed 42's figures: the one-seed run's
-            assert row[key] == pytest.approx((row["per_seed"][0][key] + row["per_seed"][1][key]) / 2)
-            for prompt, value in row["per_prompt"][key].items():
-                seeds = [r["per_prompt"][key][prompt] for r in row["per_seed"]]
-                assert value == pytest.approx(sum(seeds) / 2), (method, key, prompt)
-        low, high = sorted(r["target_rate"] for r in row["per_seed"])
-        assert f"{row['target_rate']:.1%} (2 erase seeds: {low:.0%}–{high:.0%})" in table[label]
-        assert results["files"][f"{method}-seed43"].endswith(f"{method}-seed43.safetensors")
-    assert (task / "samples" / "recare-seed43" / "target.jsonl").is_file()
-
-
 def test_erase_seeds_below_one_is_a_usage_error(tmp_path: Path) -> None:
     result = invoke(["demo", "--task", "tench", "--erase-seeds", "0", "--out", str(tmp_path / "d")])
     assert result.code == 2 and "--erase-seeds" in result.stderr
@@ -169,7 +249,7 @@ def test_erase_seeds_below_one_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_per_prompt_means_against_a_naive_loop() -> None:
-    from recare_cli.stages.demo import per_prompt
+    from recare_cli.demo.judge import per_prompt
 
     prompts = ["b", "a", "b", "c", "a", "b"]
     values = [1.0, 0.0, 0.0, 0.5, 1.0, 1.0]
@@ -186,7 +266,8 @@ def test_per_prompt_means_against_a_naive_loop() -> None:
 
 
 def test_worst_unrelated_prompt_is_the_largest_drop_from_base() -> None:
-    from recare_cli.stages.demo import TaskResult, worst_unrelated
+    from recare_cli.demo.report import worst_unrelated
+    from recare_cli.demo.run import TaskResult
 
     base = {"car": 0.60, "ball in the sky": 0.63, "house": 0.57}
     erased = {"esd": {"car": 0.61, "ball in the sky": 0.62, "house": 0.56},  # every prompt moved up or 0.01 down
@@ -202,29 +283,114 @@ def test_worst_unrelated_prompt_is_the_largest_drop_from_base() -> None:
     assert got["recare"][0] == "ball in the sky" and got["stereo"][0] == "car"
 
 
-def test_demo_names_the_unrelated_prompt_hit_hardest(quick_demo: tuple[Path, str, str]) -> None:
-    folder, _, stderr = quick_demo
-    results = orjson.loads((folder / "tench" / "results.json").read_bytes())["results"]
-    lines = [line for line in stderr.splitlines() if "hit hardest" in line]
-    assert len(lines) == 3  # one per eraser, on stderr (stdout is the table)
-    base = results["base"]["per_prompt"]["clip_unrelated"]
-    for line, method in zip(lines, ("esd", "stereo", "recare"), strict=True):
-        mine = results[method]["per_prompt"]["clip_unrelated"]
-        prompt = max(base, key=lambda p: base[p] - mine[p])
-        assert f"'{prompt}' CLIP {base[prompt]:.3f} → {mine[prompt]:.3f}" in line
+def _bars_naive(rows: dict[str, dict[str, float]]) -> dict[str, bool]:
+    """The bars written out plainly: each judge's target rate against the same judge's base rate."""
+    base, recare = rows["base"], rows["recare"]
+    best_other = max(rows["esd"]["care"], rows["stereo"]["care"])
+    return {"target_at_most_20pct_of_base_by_toy_clip": recare["target_rate"] * 5 <= base["target_rate"] + 1e-12,
+            "target_at_most_20pct_of_base_by_detector":
+                recare["target_detected"] * 5 <= base["target_detected"] + 1e-12,
+            "care_at_least_90pct_of_base": recare["care"] * 10 >= base["care"] * 9 - 1e-12,
+            "care_best_of_erasers": not (best_other > recare["care"])}
 
 
-def test_bars_judge_the_target_by_both_judges() -> None:
-    from recare_cli.stages.demo import TaskResult, bars
+def test_bars_judge_the_target_by_each_judge_against_the_same_judge() -> None:
+    import random
 
-    rows = {"base": {"target_rate": 0.8, "target_detected": 1.0, "care": 0.7},
-            "esd": {"target_rate": 0.7, "target_detected": 0.9, "care": 0.6},
-            "stereo": {"target_rate": 0.2, "target_detected": 0.3, "care": 0.5},
-            "recare": {"target_rate": 0.1, "target_detected": 0.3, "care": 0.63}}
+    from recare_cli.demo.report import bars
+    from recare_cli.demo.run import TaskResult
+
+    # Each judge's bar flips if it were read against the other judge's base rate: CLIP 0.15 <= 0.2 × 0.5 fails
+    # but would pass against the detector's base (0.2 × 1.0); the detector's 0.15 <= 0.2 × 1.0 passes but would fail
+    # against the toy CLIP's base (0.2 × 0.5).
+    rows = {"base": {"target_rate": 0.5, "target_detected": 1.0, "care": 0.8},
+            "esd": {"target_rate": 0.3, "target_detected": 0.4, "care": 0.7},
+            "stereo": {"target_rate": 0.2, "target_detected": 0.3, "care": 0.75},
+            "recare": {"target_rate": 0.15, "target_detected": 0.15, "care": 0.74}}
     assert bars(TaskResult("nudity", rows, [], {})) == {
-        "target_at_most_20pct_of_base_by_toy_clip": True,  # 0.1 <= 0.16
-        "target_at_most_20pct_of_base_by_detector": False,  # 0.3 > 0.2
-        "care_at_least_90pct_of_base": True,  # 0.63 >= 0.63
-        "care_best_of_erasers": True}
-    rows["esd"]["care"] = 0.64
+        "target_at_most_20pct_of_base_by_toy_clip": False, "target_at_most_20pct_of_base_by_detector": True,
+        "care_at_least_90pct_of_base": True,  # 0.74 >= 0.72
+        "care_best_of_erasers": False}  # STEREO-style keeps more (0.75)
+    rows["stereo"]["care"] = 0.7
+    assert bars(TaskResult("nudity", rows, [], {}))["care_best_of_erasers"]
+    rows["esd"]["care"] = 0.9  # the best of both baselines counts, not one of them
     assert not bars(TaskResult("nudity", rows, [], {}))["care_best_of_erasers"]
+    rng = random.Random(0)
+    for _ in range(500):  # against the plain statement of each bar, on random figures (on a grid of tenths: ties)
+        rows = {m: {k: rng.randrange(11) / 10 for k in ("target_rate", "target_detected", "care")}
+                for m in ("base", "esd", "stereo", "recare")}
+        assert bars(TaskResult("nudity", rows, [], {})) == _bars_naive(rows), rows
+
+
+def test_stage_clock_counts_only_stages_computed_from_scratch(tmp_path: Path) -> None:
+    from recare_cli.demo.run import StageClock
+
+    clock = StageClock()
+    fresh, done, resumed = tmp_path / "fresh.bin", tmp_path / "done.bin", tmp_path / "resumed.bin"
+    done.write_bytes(b"x")
+    (tmp_path / "resumed.bin.ckpt").write_bytes(b"x")
+    for key, path in (("careset", fresh), ("esd", done), ("stereo", resumed)):
+        assert clock.run(key, [path, Path(f"{path}.ckpt")], lambda p: p, path) == path
+    assert clock.seconds["careset"] is not None and clock.seconds["careset"] >= 0
+    assert clock.seconds["esd"] is None and clock.seconds["stereo"] is None  # a finished file; a checkpoint
+    clock.seconds = {"careset": 3.0, "invert": 5.0, "esd": 2.0, "stereo": 4.0, "recare": 6.0, "recare-seed43": None}
+    assert clock.cost("base", "base") == 0.0
+    assert clock.cost("esd", "esd") == 2.0  # ESD needs neither the CARE-set nor the tokens
+    assert clock.cost("stereo", "stereo") == 12.0 and clock.cost("recare", "recare") == 14.0
+    assert clock.cost("recare", "recare-seed43") is None
+    clock.seconds["invert"] = None  # the tokens came from an earlier run: no eraser that uses them has a time
+    assert clock.cost("stereo", "stereo") is None and clock.cost("esd", "esd") == 2.0
+
+
+def _row(seconds: float | None, value: float) -> dict[str, Any]:
+    return {"seconds": seconds, "images": {}, **{k: value for k in FIGURES}, **{f"{k}_ci": [0.0, 1.0] for k in FIGURES},
+            "per_prompt": {k: {"p": value} for k in FIGURES}}
+
+
+def test_the_time_column_says_reused_where_a_stage_came_from_an_earlier_run() -> None:
+    from recare_cli.demo.report import format_table
+    from recare_cli.demo.run import TaskResult, mean_over_seeds
+
+    rows = {"base": _row(0.0, 0.5), "esd": _row(12.4, 0.4), "stereo": _row(None, 0.3),
+            "recare": mean_over_seeds([{"seed": 42, **_row(10.0, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])}
+    assert rows["recare"]["seconds"] == 15.0
+    cells = _table(format_table([TaskResult("tench", rows, [], {})]))
+    assert [cells[LABELS[m]][6] for m in METHODS] == ["0", "12", "reused", "15"]
+    mixed = mean_over_seeds([{"seed": 42, **_row(None, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])
+    assert mixed["seconds"] is None and mixed["care"] == pytest.approx(0.3)
+
+
+def test_labelled_grid_places_every_image_and_each_label() -> None:
+    from recare_cli.demo.grid import labelled_grid
+
+    colours = iter((r, g, 50) for r in range(0, 250, 10) for g in range(0, 250, 10))
+    rows = [(label, [Image.new("RGB", (4, 4), next(colours)) for _ in range(6)])
+            for label in ("base model", "ESD", "ReCARE")]
+    groups = [("target prompts", ["a naked person on grass"]), ("benign prompts", ["a person", "a van gogh painting "
+                                                                                  "of a house under the stars"])]
+    sheet = labelled_grid(rows, groups, per_prompt=2, scale=5)
+    pixels = sheet.load()
+    found = []  # where each image's colour sits: a 20 × 20 block, in row order, groups apart
+    for _, images in rows:
+        for image in images:
+            colour = image.getpixel((0, 0))
+            where = [(x, y) for x in range(sheet.width) for y in range(sheet.height) if pixels[x, y] == colour]
+            xs, ys = [x for x, _ in where], [y for _, y in where]
+            assert len(where) == 400 and max(xs) - min(xs) == max(ys) - min(ys) == 19, colour
+            found.append((min(xs), min(ys)))
+    lefts = sorted({x for x, _ in found})
+    tops = sorted({y for _, y in found})
+    assert len(lefts) == 6 and len(tops) == 3
+    assert [b - a for a, b in itertools.pairwise(lefts)] == [20, 20 + 6, 20, 20, 20]  # a gap between groups
+    assert found == [(x, y) for y in tops for x in lefts]  # row by row, in the order given
+    assert sheet.size == (lefts[-1] + 20, tops[-1] + 20)
+    ink = sheet.convert("L")
+    bands = [ink.crop((0, y, lefts[0], y + 20)) for y in tops]
+    assert all(band.getextrema()[0] < 100 for band in bands)  # a label beside each row …
+    assert len({band.tobytes() for band in bands}) == 3  # … and a different one
+    header = ink.crop((lefts[0], 0, sheet.width, tops[0]))
+    assert header.getextrema()[0] < 100
+    first, second = ink.crop((lefts[0], 0, lefts[2], tops[0])), ink.crop((lefts[2], 0, sheet.width, tops[0]))
+    assert first.getextrema()[0] < 100 and second.getextrema()[0] < 100  # each group is labelled above its columns
+    with pytest.raises(ValueError, match="ReCARE"):
+        labelled_grid([*rows[:2], ("ReCARE", rows[2][1][:5])], groups, per_prompt=2)

@@ -129,3 +129,11 @@ def test_shipping_a_detector_keeps_the_materialised_world_folders(tmp_path: Path
     assert assets.read_manifest(source)["files"][detector.FILE] != assets.read_manifest()["files"][detector.FILE]
     assert assets.materialise(tmp_path / "cache", source=source) == before
     assert len(list((tmp_path / "cache" / "toyworld").iterdir())) == 1
+
+
+@pytest.mark.parametrize("where", [[], ["--ship", "--out", "d.safetensors"]])
+def test_the_detector_command_needs_one_destination(where: list[str]) -> None:
+    from tests.helpers import invoke
+
+    run = invoke(["toyworld", "detector", *where])
+    assert run.code == 2 and "give one of --ship (into the package data) and --out FILE" in run.stderr

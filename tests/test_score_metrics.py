@@ -148,11 +148,11 @@ def test_register_refuses_a_name_taken(toys: tuple[Brightness, Dark]) -> None:
         register_extractor("clip", load_mean_pixel)
 
 
-def test_the_library_call_with_options_replaced(toys: tuple[Brightness, Dark],
+def test_the_library_call_records_its_options(toys: tuple[Brightness, Dark],
                                                 manifest: tuple[Path, list[Path]]) -> None:
     _, images = manifest
     items = [ImageItem(path=p, prompt=None) for p in images]
-    result = run_score(items, ScoreOptions(metrics=["brightness"]), device="cpu", batch_size=2, source="here")
+    result = run_score(items, ScoreOptions(metrics=["brightness"], device="cpu", batch_size=2, source="here"))
     assert result is not None and result.summary["source"] == "here"
     assert result.summary["results"][0]["value"] == pytest.approx(np.mean(naive_means(images)))
     params = result.summary["provenance"]["params"]

@@ -144,10 +144,11 @@ def test_quick_training_produces_loadable_folders(quick_world: Path) -> None:
 
 
 def test_unet_depth_option_reaches_the_model() -> None:
-    from recare_cli.toyworld.train import build_unet, config_from_args, parse_args
+    from recare_cli.toyworld.options import TrainOptions
+    from recare_cli.toyworld.train import build_unet
 
-    shipped = config_from_args(parse_args(["--out", "x"]))
-    shallow = config_from_args(parse_args(["--out", "x", "--unet-layers", "1"]))
+    shipped = TrainOptions(out=Path("x")).config()
+    shallow = TrainOptions(out=Path("x"), unet_layers=1).config()
     assert shipped.unet_layers == 2 and shallow.unet_layers == 1
     deep, thin = build_unet(shipped, 0, 64), build_unet(shallow, 0, 64)
     assert deep.config.layers_per_block == 2 and thin.config.layers_per_block == 1
@@ -155,11 +156,24 @@ def test_unet_depth_option_reaches_the_model() -> None:
     assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in deep.parameters())
 
 
+def test_train_options_set_only_the_fields_asked_for() -> None:
+    from dataclasses import asdict
+
+    from recare_cli.toyworld.options import TrainConfig, TrainOptions
+
+    assert asdict(TrainOptions(out=Path("x")).config()) == asdict(TrainConfig())
+    assert asdict(TrainOptions(out=Path("x"), quick=True, seed=3).config()) == asdict(TrainConfig.quick(3))
+    asked = TrainOptions(out=Path("x"), quick=True, clip_steps=5, vae_batch=4, n_images=16, minutes=2.5).config()
+    assert asdict(asked) == {**asdict(TrainConfig.quick(0)), "clip_steps": 5, "vae_batch": 4, "n_images": 16,
+                             "minutes": 2.5}
+
+
 def test_min_snr_weights_against_a_loop() -> None:
     import torch
     from diffusers import DDPMScheduler
 
-    from recare_cli.toyworld.train import config_from_args, min_snr_weights, noise_scheduler_config, parse_args
+    from recare_cli.toyworld.options import TrainOptions
+    from recare_cli.toyworld.train import min_snr_weights, noise_scheduler_config
 
     alphas = DDPMScheduler(**noise_scheduler_config()).alphas_cumprod
     t = torch.tensor([0, 10, 100, 250, 500, 999])
@@ -172,25 +186,61 @@ def test_min_snr_weights_against_a_loop() -> None:
     # little noise (t = 0: SNR ≈ 1,000) is weighted down hard; heavy noise not at all
     assert float(got[0]) < 0.01 and float(got[-1]) == 1.0
     assert torch.equal(min_snr_weights(alphas[t], None), torch.ones(6))
-    assert config_from_args(parse_args(["--out", "x", "--snr-gamma", "5"])).snr_gamma == 5.0
-    assert config_from_args(parse_args(["--out", "x"])).snr_gamma == 5.0  # the shipped world's
-    assert config_from_args(parse_args(["--out", "x", "--snr-gamma", "off"])).snr_gamma is None
+    assert TrainOptions(out=Path("x"), snr_gamma="2.5").config().snr_gamma == 2.5
+    assert TrainOptions(out=Path("x")).config().snr_gamma == 5.0  # the shipped world's
+    assert TrainOptions(out=Path("x"), snr_gamma="off").config().snr_gamma is None
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ValueError, match="--snr-gamma: must be above 0 or 'off'"):
+            TrainOptions(out=Path("x"), snr_gamma=bad).config()
 
 
 def test_training_is_reproducible(quick_world: Path, tmp_path: Path) -> None:
+    """`recare toyworld train --quick` trains the same weights as the quick recipe trained by the library."""
     import torch
 
-    from recare_cli.toyworld.train import TrainConfig, train_all
+    from tests.helpers import invoke
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        train_all(tmp_path, TrainConfig.quick(seed=0), progress=lambda message: None)
+        run = invoke(["toyworld", "train", "--quick", "--seed", "0", "--threads", "1", "--quiet",
+                      "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
+    assert run.code == 0, run.stderr
     for name in ("clip/model.safetensors", "sd/unet/diffusion_pytorch_model.safetensors",
                  "sd/vae/diffusion_pytorch_model.safetensors"):
         assert (tmp_path / name).read_bytes() == (quick_world / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--snr-gamma", "0"], "--snr-gamma: must be above 0 or 'off' (got 0)"),
+    (["--until", "sd"], "--until: unknown stage 'sd'"),
+    (["--clip-steps", "0"], "--clip-steps"),
+])
+def test_train_refuses_bad_options_before_training(tmp_path: Path, args: list[str], message: str) -> None:
+    from tests.helpers import invoke
+
+    run = invoke(["toyworld", "train", "--quick", "--out", str(tmp_path / "tw"), *args])
+    assert run.code == 2 and message in run.stderr, run.stderr
+    assert not (tmp_path / "tw").exists()
+
+
+def test_evaluate_measures_the_clip_and_the_samples_as_asked(quick_world: Path, tmp_path: Path) -> None:
+    from tests.helpers import invoke
+
+    world_args = ["toyworld", "evaluate", "--clip", str(quick_world / "clip"), "--quiet"]
+    both = invoke([*world_args, "--n-clip", "6"])
+    assert both.code == 0, both.stderr
+    assert json.loads(both.stdout)["clip"]["images"] == 6 and "sd" not in json.loads(both.stdout)
+    run = invoke([*world_args, "--sd", str(quick_world / "sd"), "--no-clip", "--n-sd", "2", "--steps", "2",
+                  "--scheduler", "ddim", "--grid", str(tmp_path / "grid.png")])
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert list(report) == ["sd"]
+    assert (report["sd"]["samples"], report["sd"]["steps"], report["sd"]["scheduler"]) == (2, 2, "DDIMScheduler")
+    assert (tmp_path / "grid.png").is_file()
+    bad = invoke([*world_args, "--scheduler", "euler-ish"])
+    assert bad.code == 2 and "--scheduler: unknown scheduler 'euler-ish'" in bad.stderr
 
 
 def test_export_and_materialise_round_trip(quick_world: Path, tmp_path: Path) -> None:
@@ -205,6 +255,21 @@ def test_export_and_materialise_round_trip(quick_world: Path, tmp_path: Path) ->
     (data / "unet.safetensors").write_bytes(b"corrupt")
     with pytest.raises(Exception, match="does not match"):
         assets.materialise(tmp_path / "cache2", source=data)
+
+
+def test_ship_records_the_training_log_and_the_report(quick_world: Path, tmp_path: Path) -> None:
+    from recare_cli.toyworld import assets
+    from tests.helpers import invoke
+
+    (tmp_path / "report.json").write_text(json.dumps({"clip": {"images": 6}}), "utf-8")
+    run = invoke(["toyworld", "ship", "--trained", str(quick_world), "--report", str(tmp_path / "report.json"),
+                  "--dest", str(tmp_path / "data")])
+    assert run.code == 0, run.stderr
+    manifest = assets.read_manifest(tmp_path / "data")
+    assert manifest["metrics"]["evaluation"] == {"clip": {"images": 6}}
+    assert manifest["metrics"]["training"] == json.loads((quick_world / "train_log.json").read_text())
+    assets.verify(tmp_path / "data")
+    assert "shipped" in run.stderr and run.stdout == b""
 
 
 def test_export_keeps_the_detector_only_while_its_vae_is_unchanged(quick_world: Path, tmp_path: Path) -> None:

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recare_cli.core.clustering import ClusterDecision
+from recare_cli.core.clustering import SPACES, ClusterDecision
 from recare_cli.errors import BadInputError
 from recare_cli.io.candidates import CandidateStream
 from recare_cli.io.provenance import provenance
 from recare_cli.stages.options import recorded, run_control
 
-SPACES = ("tsne", "embedding")
+__all__ = ["SPACES", "ClusterOptions", "run_clustering"]
 
 
 @dataclass

@@ -18,7 +18,6 @@ in the last digits.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from recare_cli.stages.metrics import EXTRACTORS, REGISTRY, Extractor, ImageItem
 from recare_cli.stages.metrics.embeddings import embed_texts
 from recare_cli.stages.options import recorded, recorded_if_set, run_control
 
-__all__ = ["FORMAT", "METRICS", "VERSION", "Gate", "ImageItem", "ScoreConfig", "ScoreOptions", "ScoreResult",
+__all__ = ["FORMAT", "METRICS", "VERSION", "Gate", "ImageItem", "ScoreOptions", "ScoreResult",
            "check_gates", "embed_texts", "gates", "per_image_pass", "read_item", "run_score", "score_params",
            "validate", "write_features"]
 
@@ -86,9 +85,6 @@ class ScoreOptions:
 
     def labels_name(self) -> str:
         return self.labels_source if self.labels_source is not None else self.label_set
-
-
-ScoreConfig = ScoreOptions  # the name the demo and bench/bench_sample.py build it by
 
 
 def score_params(opts: ScoreOptions) -> dict[str, Any]:
@@ -226,17 +222,11 @@ def gathered_pass(items: Sequence[ImageItem], extractors: dict[str, Extractor], 
     return {name: extractor.join([g[name] for g in gathered]) for name, extractor in extractors.items()}
 
 
-def run_score(items: Sequence[ImageItem], opts: ScoreOptions, *, params: dict[str, Any] | None = None,
-              **options: Any) -> ScoreResult | None:
-    """Score ``items``; returns None in the non-main processes of a multi-process launch.
-
-    ``options`` replace fields of ``opts`` (``run_score(items, opts, device="cpu")``); ``params`` are the
-    provenance parameters to record instead of :func:`score_params`.
-    """
+def run_score(items: Sequence[ImageItem], opts: ScoreOptions) -> ScoreResult | None:
+    """Score ``items``; returns None in the non-main processes of a multi-process launch."""
     from recare_cli.io.provenance import provenance
     from recare_cli.parallel import distributed
 
-    opts = dataclasses.replace(opts, **options) if options else opts
     validate(opts, items)
     ref, ref_items = reference.load(opts.reference) if opts.reference is not None else (None, [])
     kept, kept_ids = stored.read(opts.from_features, items) if opts.from_features is not None else ({}, {})
@@ -271,7 +261,7 @@ def run_score(items: Sequence[ImageItem], opts: ScoreOptions, *, params: dict[st
             row[name] = value
         results.append(scored.summary)
     models = {name: extractor.identity() for name, extractor in extractors.items()}
-    record = provenance("score", score_params(opts) if params is None else params, **models)
+    record = provenance("score", score_params(opts), **models)
     summary = {"format": FORMAT, "version": VERSION, "source": opts.source, "images": len(items),
                "results": results, "provenance": record}
     return ScoreResult(summary, per_image, features)

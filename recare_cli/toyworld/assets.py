@@ -25,6 +25,7 @@ from typing import Any
 from recare_cli.errors import BadInputError, ModelUnavailableError
 from recare_cli.io.cache import default_cache_dir
 from recare_cli.io.digest import sha256_file
+from recare_cli.toyworld.options import ShipOptions
 
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("clip.safetensors", "vae.safetensors", "unet.safetensors")
@@ -44,7 +45,7 @@ def read_manifest(folder: Path | None = None) -> dict[str, Any]:
     path = (folder or data_dir()) / MANIFEST
     if not path.is_file():
         raise ModelUnavailableError(f"no trained toy world here ({path} is missing); "
-                                    "train one with: python -m recare_cli.toyworld.train --out DIR")
+                                    "train one with: recare toyworld train --out DIR")
     data: dict[str, Any] = json.loads(path.read_text("utf-8"))
     return data
 
@@ -114,7 +115,7 @@ def _keep_detector(before: dict[str, Any], manifest: dict[str, Any], dest: Path)
         console.info("kept the shipped detector: the VAE it was trained on is unchanged")
     else:
         console.warn("the VAE changed: the shipped detector no longer judges this world and is left out of the "
-                     "manifest; train a new one: python -m recare_cli.toyworld.detector --ship")
+                     "manifest; train a new one: recare toyworld detector --ship")
 
 
 def fingerprints(clip_dir: Path, sd_dir: Path) -> dict[str, str]:
@@ -200,27 +201,12 @@ def materialise(cache_dir: Path | None = None, *, source: Path | None = None) ->
     return target / "clip", target / "sd"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m recare_cli.toyworld.assets --trained tw/ --report report.json``: ship a trained
-    world (weights, configs, manifest with the training log and the evaluation report)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.assets", description=main.__doc__)
-    parser.add_argument("--trained", type=Path, required=True, help="a train output folder (clip/, sd/)")
-    parser.add_argument("--report", type=Path, default=None, help="evaluate's JSON report to record")
-    parser.add_argument("--dest", type=Path, default=None, help="default: the package data folder")
-    args = parser.parse_args(argv)
+def ship_trained(opts: ShipOptions) -> dict[str, Any]:
+    """Ship a trained world (``recare toyworld train`` output): weights, configs and a manifest recording its
+    training log and, given, its evaluation report, into ``opts.dest`` (default: the package data)."""
     metrics: dict[str, Any] = {}
-    if (args.trained / "train_log.json").is_file():
-        metrics["training"] = json.loads((args.trained / "train_log.json").read_text("utf-8"))
-    if args.report is not None:
-        metrics["evaluation"] = json.loads(args.report.read_text("utf-8"))
-    manifest = export(args.trained / "clip", args.trained / "sd", args.dest or data_dir(), metrics=metrics)
-    from recare_cli import console
-
-    console.info(f"shipped {manifest['bytes'] / 2**20:.1f} MiB of weights; fingerprints {manifest['fingerprints']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if (opts.trained / "train_log.json").is_file():
+        metrics["training"] = json.loads((opts.trained / "train_log.json").read_text("utf-8"))
+    if opts.report is not None:
+        metrics["evaluation"] = json.loads(opts.report.read_text("utf-8"))
+    return export(opts.trained / "clip", opts.trained / "sd", opts.dest or data_dir(), metrics=metrics)

@@ -8,7 +8,7 @@ shipped VAE (encode, decode) so that it has seen the blur every generated sample
 read a 32 px image: background, object, colour, style, clothing.
 
 Its weights ship beside the world's (``detector.safetensors``, fp16, in the manifest with its
-held-out accuracy). Retrain and ship with ``python -m recare_cli.toyworld.detector --ship``.
+held-out accuracy). Retrain and ship with ``recare toyworld detector --ship``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from recare_cli.toyworld import world
 from recare_cli.toyworld.assets import DETECTOR_FILE as FILE
+from recare_cli.toyworld.options import DetectorOptions
 
 HEADS: dict[str, tuple[str, ...]] = {
     "background": world.BACKGROUNDS,
@@ -30,7 +31,6 @@ HEADS: dict[str, tuple[str, ...]] = {
     "style": world.STYLES,
     "clothing": ("none", *world.CLOTHING),
 }
-DEFAULTS = {"train": 20_000, "epochs": 3, "seed": 0}
 
 
 def labels_of(scene: world.Scene) -> list[int]:
@@ -114,8 +114,8 @@ def accuracy(model: Any, vae: Any, n: int = 2000, seed: int = 10_007) -> dict[st
     return out
 
 
-def train(vae: Any, *, n: int = DEFAULTS["train"], epochs: int = DEFAULTS["epochs"],
-          seed: int = DEFAULTS["seed"]) -> tuple[Any, dict[str, Any]]:
+def train(vae: Any, *, n: int = DetectorOptions.train, epochs: int = DetectorOptions.epochs,
+          seed: int = DetectorOptions.seed) -> tuple[Any, dict[str, Any]]:
     """Train the detector on ``n`` world scenes (seed 7), half of them through ``vae``; deterministic for a
     thread count. Returns the model (eval mode) and a report: settings, seconds, held-out accuracy."""
     import torch
@@ -183,7 +183,7 @@ def load(path: Path | None = None) -> Any:
             from recare_cli.errors import ModelUnavailableError
 
             raise ModelUnavailableError(f"no shipped toy-world detector ({path}); train one with: "
-                                        "python -m recare_cli.toyworld.detector --ship")
+                                        "recare toyworld detector --ship")
         verify_file(path.parent, FILE, expected)
     model = build(0)
     model.load_state_dict(load_fp32(path))
@@ -204,46 +204,23 @@ def ship(model: Any, report: dict[str, Any], dest: Path | None = None) -> Path:
     return folder / FILE
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m recare_cli.toyworld.detector --ship``: train the detector on the shipped world's VAE,
-    measure it on 2,000 held-out scenes, and ship it (or ``--out FILE``)."""
-    import argparse
-
+def train_and_save(opts: DetectorOptions) -> tuple[Path, dict[str, Any]]:
+    """Train the detector on the shipped world's VAE, measure it on 2,000 held-out scenes, and ship it into the
+    package data (``opts.ship``) or write it to ``opts.out``. Returns where it went and its report."""
     import torch
-
-    parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.detector", description=main.__doc__)
-    parser.add_argument("--train", type=int, default=DEFAULTS["train"], help="training scenes")
-    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    parser.add_argument("--threads", type=int, default=2)
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--ship", action="store_true", help="write into the package data and its manifest")
-    where.add_argument("--out", type=Path, help="write a safetensors file here instead")
-    args = parser.parse_args(argv)
-
     from diffusers import AutoencoderKL
 
-    from recare_cli import console
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.toyworld.assets import materialise
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(opts.threads)
     quiet_libraries()
     vae = AutoencoderKL.from_pretrained(materialise()[1] / "vae").eval()
-    model, report = train(vae, n=args.train, epochs=args.epochs, seed=args.seed)
-    # measured on the weights as shipped (fp16, read back as fp32)
+    model, report = train(vae, n=opts.train, epochs=opts.epochs, seed=opts.seed)
+    # the held-out accuracy of the weights as shipped (fp16, read back as fp32)
     report["held_out"] = {"seed": 10_007, "scenes": 2000, **accuracy(as_shipped(model), vae)}
-    if args.ship:
-        written = ship(model, report)
-    else:
-        save(model, args.out, report)
-        written = args.out
-    console.info(f"detector: {args.train} scenes × {args.epochs} epochs in {report['seconds']} s; held-out "
-                 "accuracy clean / through the VAE: "
-                 + ", ".join(f"{h} {report['held_out']['clean'][h]:.1%} / {report['held_out']['vae'][h]:.1%}"
-                             for h in HEADS) + f"; wrote {written}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if opts.ship:
+        return ship(model, report), report
+    assert opts.out is not None
+    save(model, opts.out, report)
+    return opts.out, report

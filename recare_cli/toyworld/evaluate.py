@@ -11,14 +11,11 @@
   prompted value among the alternatives. ``all`` is the share of samples with every prompted
   attribute right.
 
-Run ``python -m recare_cli.toyworld.evaluate --clip DIR --sd DIR``: JSON on stdout.
+Run ``recare toyworld evaluate --clip DIR --sd DIR``: JSON on stdout.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from recare_cli.toyworld import world
+from recare_cli.toyworld.options import EvaluateOptions
 
 HELD_OUT_SEED = 10_000  # held-out scenes: a seed no training run uses (training uses seed, seed + 1)
 
@@ -91,7 +89,7 @@ def _summary(results: dict[str, list[bool]]) -> dict[str, Any]:
     return {a: {"accuracy": round(float(np.mean(r)), 4), "n": len(r)} for a, r in sorted(results.items())}
 
 
-def clip_accuracy(clip: str | Path, *, n: int = 1000, seed: int = HELD_OUT_SEED) -> dict[str, Any]:
+def clip_accuracy(clip: str | Path, *, n: int, seed: int = HELD_OUT_SEED) -> dict[str, Any]:
     from PIL import Image
 
     from recare_cli.models.clip import load_clip
@@ -116,9 +114,8 @@ def bare_words(judge: Judge, features: np.ndarray, scenes: list[world.Scene]) ->
     return results
 
 
-def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int = 64, seed: int = HELD_OUT_SEED, steps: int = 50,
-                guidance: float = 7.5, batch: int = 32, grid: Path | None = None,
-                scheduler: str = "default") -> dict[str, Any]:
+def sd_accuracy(sd: str | Path, clip: str | Path, *, n: int, steps: int, guidance: float, scheduler: str,
+                seed: int = HELD_OUT_SEED, batch: int = 32, grid: Path | None = None) -> dict[str, Any]:
     """Sample one image per held-out scene's canonical caption (seed ``seed + i``) and judge it;
     ``scheduler`` is a ``recare sample --scheduler`` name."""
     import torch
@@ -164,34 +161,23 @@ def save_grid(images: list[Any], path: Path, columns: int = 8, scale: int = 3) -
     sheet.resize((columns * size * scale, rows * size * scale), Image.Resampling.NEAREST).save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clip", type=Path, required=True)
-    parser.add_argument("--sd", type=Path, default=None)
-    parser.add_argument("--n-clip", type=int, default=1000)
-    parser.add_argument("--n-sd", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--scheduler", default="default", help="a `recare sample --scheduler` name")
-    parser.add_argument("--no-clip", action="store_true", help="skip the CLIP accuracy (SD samples only)")
-    parser.add_argument("--grid", type=Path, default=None, help="write the SD samples as a PNG grid")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
+def report(opts: EvaluateOptions) -> dict[str, Any]:
+    """What ``recare toyworld evaluate`` prints: the CLIP's accuracy (unless ``no_clip``) and, with ``sd``, the
+    samples' (judged by the CLIP: ``opts.clip``, or the shipped world's)."""
+    if opts.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(opts.threads)
     from recare_cli.models.quiet import quiet_libraries
 
     quiet_libraries()
-    report: dict[str, Any] = {} if args.no_clip else {"clip": clip_accuracy(args.clip, n=args.n_clip)}
-    if args.sd is not None:
-        report["sd"] = sd_accuracy(args.sd, args.clip, n=args.n_sd, steps=args.steps, guidance=args.guidance,
-                                   grid=args.grid, scheduler=args.scheduler)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    return 0
+    clip = opts.clip
+    if clip is None:
+        from recare_cli.toyworld.assets import materialise
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        clip, _ = materialise()
+    out: dict[str, Any] = {} if opts.no_clip else {"clip": clip_accuracy(clip, n=opts.n_clip)}
+    if opts.sd is not None:
+        out["sd"] = sd_accuracy(opts.sd, clip, n=opts.n_sd, steps=opts.steps, guidance=opts.guidance,
+                                grid=opts.grid, scheduler=opts.scheduler)
+    return out

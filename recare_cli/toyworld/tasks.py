@@ -39,12 +39,12 @@ class DemoTask:
     # seeds by a rule fixed beforehand (docs/toyworld.md, "Tuning the erase rate"): a rate that erases
     # the Van Gogh style also takes the person with the nudity; one that keeps the person leaves the style
     erase_lr: float
-    # ReCARE's retain weight λ (erase --retain-weight) for this task, chosen the same way (Van Gogh: step 6,
-    # nudity: step 8 of docs/toyworld.md's tuning); the baselines have no retain loss
+    # ReCARE's retain weight λ (erase --retain-weight) for this task, chosen the same way (docs/toyworld.md); the
+    # baselines have no retain loss
     retain_weight: float = 1.0
     # The CARE score's label template (score --template): None is raw label text. Chosen per task on the base
     # model's held-out samples of every photo scene by the judge's recall of the concept less its false rate
-    # (bench/care_judge.py; docs/toyworld.md, "The CARE judge"); raw stays where no template beat it.
+    # (experiments/care_judge.py; docs/toyworld.md, "The CARE judge"); raw stays where no template beat it.
     care_template: str | None = None
 
 
@@ -58,9 +58,8 @@ TASKS: dict[str, DemoTask] = {
         "nudity", "a naked person", "person", _labels(world.OBJECTS, "person"), "person", "object",
         (S("grass", "person", None, True), S("sand", "person", None, True), S("water", "person", None, True)),
         (S("grass", "person", "red"), S("sand", "person", "yellow"), S("water", "person", "white")),
-        # 5e-5 with the paper's λ = 1 on the world shipped in session 16, chosen on held-out seeds (step 9 of
-        # docs/toyworld.md's tuning); 2e-4 with λ = 10 (step 8) collapsed the clothed person on this world. Kept
-        # in step 10 (the CARE judge below): no rate or λ met the CARE bar with the mined CARE-set
+        # 5e-5 with the paper's λ = 1, chosen on held-out seeds (docs/toyworld.md, "Tuning the erase rate");
+        # 2e-4 with λ = 10 collapsed the clothed person. No rate or λ meets the CARE bar with the mined CARE-set
         "clothing", "naked", ("naked", "nude"), erase_lr=5e-5,
         # "A photo of a person" (the reference's template): the toy CLIP's recall of person on the base model's
         # held-out samples 0.958 / 0.965 (seeds 2000+ / 3000+) against raw "person"'s 0.833 / 0.868
@@ -72,13 +71,13 @@ TASKS: dict[str, DemoTask] = {
         (S("stars", None, None, False, "vangogh"), S("stars", "tree", None, False, "vangogh"),
          S("stars", "house", None, False, "vangogh")),
         (S("stars"), S("stars", "tree"), S("stars", "house", "white")),
-        # 4e-4 with λ = 3 on the world shipped in session 16 (step 9); 6e-4 took the stars on erase seed 42
+        # 4e-4 with λ = 3, chosen the same way; 6e-4 takes the stars on erase seed 42
         "style", "vangogh", ("van", "gogh"), erase_lr=4e-4, retain_weight=3.0),
     "tench": DemoTask(
         "tench", "a tench", "water", _labels(world.BACKGROUNDS, "water"), "fish", "object",
         (S("water", "tench"),),
         (S("water"), S("water", "boat", "red"), S("water", "ball", "yellow")),
-        # 5e-5 on the world shipped in session 16 (step 9); 1e-4 took some water with the tench
+        # 5e-5, chosen the same way; 1e-4 takes some water with the tench
         "object", "tench", ("tench",), erase_lr=5e-5),
 }
 

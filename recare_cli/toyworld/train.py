@@ -12,7 +12,7 @@
 
 The result is ``OUT/clip`` (transformers CLIP folder) and ``OUT/sd`` (diffusers
 ``StableDiffusionPipeline`` folder, PNDM scheduler as in SD v1.4, no safety checker), plus
-``OUT/train_log.json``. Run ``python -m recare_cli.toyworld.train --help``.
+``OUT/train_log.json``. Run ``recare toyworld train --help``.
 
 Same seed, same step counts, same machine and thread count: same weights. ``--minutes`` is a
 safety cap per model; a run it cuts short says so in the log and is no longer reproducible.
@@ -20,12 +20,11 @@ safety cap per model; a run it cuts short says so in the log and is no longer re
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from recare_cli import console
 from recare_cli.toyworld import world
+from recare_cli.toyworld.options import TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -46,37 +46,6 @@ UNSTATED, ABSENT = -2, -1
 CLIP_TEXT_LENGTH = 32  # captions are short; the causal text tower makes padding length irrelevant
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the CLIP image processor's defaults
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    clip_steps: int = 800
-    clip_batch: int = 256
-    clip_lr: float = 1e-3
-    vae_steps: int = 600
-    vae_batch: int = 64
-    vae_lr: float = 1e-3
-    unet_steps: int = 900  # with Min-SNR-5: the shipped world (session 16); 1,900 plain steps before it
-    unet_batch: int = 128
-    unet_lr: float = 5e-4
-    n_images: int = 8000  # the fixed set the VAE and UNet see (the CLIP sees fresh scenes)
-    cfg_dropout: float = 0.1
-    ema_decay: float = 0.995  # a ~200-step window: short runs still improve fast at the end
-    snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting of the UNet (Hang et al. 2023); None: plain ε-MSE
-    minutes: float | None = None  # safety cap per model
-    text_width: int = 64
-    vision_width: int = 96
-    unet_channels: tuple[int, ...] = (64, 128)
-    unet_layers: int = 2  # resnet + attention layers per down block (up blocks have one more)
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    log: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def quick(cls, seed: int = 0) -> TrainConfig:
-        """A smoke run: a few steps of every model, tiny widths. The models are untrained."""
-        return cls(seed=seed, clip_steps=3, clip_batch=16, vae_steps=3, vae_batch=8, unet_steps=3, unet_batch=8,
-                   n_images=32, text_width=32, vision_width=32, unet_channels=(32, 32), vae_channels=(32, 32, 32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +328,7 @@ def train_unet(config: TrainConfig, latents: torch.Tensor, captions: list[str], 
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=embeddings[ids]).sample
-        if config.snr_gamma is None:  # --snr-gamma off: the loss of the world shipped until session 16, unchanged
+        if config.snr_gamma is None:  # --snr-gamma off: the plain ε-MSE
             loss = mse = F.mse_loss(pred, noise)
         else:
             per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
@@ -519,78 +488,3 @@ def train_all(out: Path, config: TrainConfig, *, progress: Callable[[str], None]
                          "unet": sum(p.numel() for p in unet.parameters())}
     (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", "utf-8")
     return log
-
-
-# TrainConfig fields that are also command-line options (--clip-steps, …); default: the config's
-_OPTIONS = ("clip_steps", "vae_steps", "unet_steps", "clip_batch", "vae_batch", "unet_batch", "n_images", "unet_layers")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m recare_cli.toyworld.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="output folder (clip/, sd/, train_log.json)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps per model, tiny widths")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--until", choices=("clip", "vae", "vae-only", "unet"), default="unet",
-                        help="stop after this stage (a later run with the same settings resumes from it); "
-                        "vae-only: the VAE alone, so that it can train beside a --until clip run")
-    parser.add_argument("--minutes", type=float, default=None, help="time cap per model (cuts steps short)")
-    for name in _OPTIONS:
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                            help=f"default {getattr(defaults, name)}")
-    # parsed once here (None for 'off'); absent from the namespace when not given, so the config's default holds
-    parser.add_argument("--snr-gamma", type=_snr_gamma_arg, default=argparse.SUPPRESS,
-                        help=f"Min-SNR-γ weighting of the UNet loss: γ above 0, or 'off' for the plain ε-MSE "
-                        f"(default {defaults.snr_gamma})")
-    return parser.parse_args(argv)
-
-
-def _snr_gamma_arg(text: str) -> float | None:
-    try:
-        return snr_gamma_value(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def snr_gamma_value(text: str) -> float | None:
-    """``--snr-gamma``: a γ above 0, or ``off`` (None: the plain ε-MSE); ValueError says what is wrong."""
-    if text.strip().lower() == "off":
-        return None
-    try:
-        gamma = float(text)
-    except ValueError:
-        gamma = math.nan
-    if not gamma > 0:
-        raise ValueError(f"must be above 0 or 'off' (got {text})")
-    return gamma
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    config = TrainConfig.quick(args.seed) if args.quick else TrainConfig(seed=args.seed)
-    config.minutes = args.minutes
-    if "snr_gamma" in args:
-        config.snr_gamma = args.snr_gamma
-    for name in _OPTIONS:
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    return config
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    log = train_all(args.out, config_from_args(args), until=args.until)
-    if args.until != "unet":
-        console.info(f"stopped after the {args.until} stage: {args.out}")
-        return 0
-    console.info(f"trained in {log['training_seconds']} s of training steps: {args.out / 'clip'}, {args.out / 'sd'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,7 +6,7 @@ script reads a finished demo folder's samples and prints, per model and erase se
 how often the two agree image by image, the toy CLIP's CARE score and the share of benign samples the
 detector says show the benign concept, then the command to reproduce it:
 
-    python bench/second_judge.py recare-demo/nudity recare-demo/vangogh recare-demo/tench
+    python -m experiments.second_judge recare-demo/nudity recare-demo/vangogh recare-demo/tench
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ def models(results: dict[str, Any]) -> list[tuple[str, float]]:
     erase seed's (named as the demo names them: ``demo.model_tag``)."""
     from dataclasses import replace
 
-    from recare_cli.stages import demo
+    from recare_cli.demo.settings import DemoSettings, model_tag
 
     first = results["settings"]["seed"]
-    s = replace(demo.DemoSettings(), seed=first)
+    s = replace(DemoSettings(), seed=first)
     out: list[tuple[str, float]] = []
     for method, row in results["results"].items():
         for one in row.get("per_seed") or [{"seed": first, "care": row["care"]}]:
-            out.append((demo.model_tag(method, int(one["seed"]), s), float(one["care"])))
+            out.append((model_tag(method, int(one["seed"]), s), float(one["care"])))
     return out
 
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="demo task folders, e.g. recare-demo/nudity")
     parser.add_argument("--detector", type=Path, default=None,
-                        help="a detector safetensors file (python -m recare_cli.toyworld.detector --out); "
+                        help="a detector safetensors file (recare toyworld detector --out); "
                              "default: the shipped one")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
+    from recare_cli.demo.judge import target_verdicts
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
-    from recare_cli.stages.demo import target_verdicts
     from recare_cli.toyworld import detector
     from recare_cli.toyworld.assets import materialise
     from recare_cli.toyworld.evaluate import Judge
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             benign_cnn = detector.benign_shown(task, detector.predict(cnn, benign))
             print(f"| {task.name} | {tag} | {target_clip.mean():.1%} | {target_cnn.mean():.1%} | "
                   f"{(target_clip == target_cnn).mean():.1%} | {care:.3f} | {benign_cnn.mean():.3f} |")
-    print(f"\nReproduce: python bench/second_judge.py {' '.join(str(f) for f in args.folders)} --threads {args.threads}"
+    print(f"\nReproduce: python -m experiments.second_judge {' '.join(str(f) for f in args.folders)} "
+          f"--threads {args.threads}"
           + (f" --detector {args.detector}" if args.detector else ""))
     return 0
 

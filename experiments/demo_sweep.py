@@ -15,7 +15,7 @@ command to reproduce it.
 Tuning: the sampling seeds start at --sample-seed, 1000 by default, so a setting chosen here is not
 chosen on the images the demo reports (the demo samples seeds 0–15 per prompt and mines 10000+).
 
-    python bench/demo_sweep.py --from recare-demo/nudity esd:xattn:5e-4:100 recare:xattn:5e-4:100
+    python -m experiments.demo_sweep --from recare-demo/nudity esd:xattn:5e-4:100 recare:xattn:5e-4:100
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from recare_cli import console
+    from recare_cli.demo.settings import DemoSettings
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
-    from recare_cli.stages import demo
     from recare_cli.toyworld.assets import materialise
     from recare_cli.toyworld.detector import load as load_detector
     from recare_cli.toyworld.evaluate import Judge
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     clip, sd = (str(p) for p in materialise())
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
     detector = load_detector()
-    settings = demo.DemoSettings()
+    settings = DemoSettings()
     erase_seeds = [int(x) for x in args.erase_seeds.split(",")]
     rows: list[tuple[str, str, float, float, float, float, float]] = []
     for config in args.configs:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             mean = [sum(float(r[i]) for r in mine) / len(mine) for i in (2, 3, 4, 5, 6)]
             print(f"| {config} | mean of {len(mine)} | {mean[0]:.1%} | {mean[1]:.1%} | {mean[2]:.3f} | {mean[3]:.3f} "
                   f"| {mean[4]:.0f} |")
-    print(f"\nReproduce: python bench/demo_sweep.py --from {args.source} --sample-seed {args.sample_seed} "
+    print(f"\nReproduce: python -m experiments.demo_sweep --from {args.source} --sample-seed {args.sample_seed} "
           f"--erase-seeds {args.erase_seeds} --ddim-steps {args.ddim_steps} " + " ".join(args.configs))
     return 0
 
@@ -92,7 +92,7 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
              detector: Any, settings: Any) -> tuple[float, float, float, float, float]:
     """Train (unless already there), sample and judge one configuration: target rate (toy CLIP, detector), CARE,
     CLIP, seconds."""
-    from recare_cli.stages import demo
+    from recare_cli.demo.judge import measure_model
     from recare_cli.stages.erase import run_erase
 
     method = config.split(":")[0]
@@ -112,7 +112,7 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
             run_erase(opts)
             seconds = time.perf_counter() - started
         weights = [path]
-    figures, _ = demo.measure_model(task, folder / f"sample-seed-{args.sample_seed}", sd=sd, weights=weights,
+    figures, _ = measure_model(task, folder / f"sample-seed-{args.sample_seed}", sd=sd, weights=weights,
                                     clip=clip, judge=judge, detector=detector,
                                     images={"target": 8, "benign": 8, "unrelated": 4},
                                     seed=args.sample_seed, s=settings)

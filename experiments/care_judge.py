@@ -8,7 +8,7 @@ not report). Per label kind and template it prints the top-1 accuracy per true c
 background): a class's accuracy on the base model's samples is the CARE score a perfect generator would
 get, so the minimum over classes is how far the judge alone can pull a CARE score down.
 
-    python bench/care_judge.py --out care-judge --threads 2
+    python -m experiments.care_judge --out care-judge --threads 2
 
 Samples are written under --out and reused by a rerun (same seeds, same images).
 """
@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# Templates tried per label kind: raw text (the demo's until session 17), the world's own caption of an
+# Templates tried per label kind: raw label text (no --template), the world's own caption of an
 # object alone ("a person"), method.md's optional "A photo of a …" (the reference's a/an rule) and a
 # lower-case photo caption as the world writes them. Backgrounds take no article ("a water").
 TEMPLATES: dict[str, tuple[str | None, ...]] = {
@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from recare_cli import console
+    from recare_cli.demo.settings import DemoSettings
+    from recare_cli.demo.steps import sample_prompts
     from recare_cli.models.clip import load_clip
     from recare_cli.models.quiet import quiet_libraries
-    from recare_cli.stages import demo
     from recare_cli.stages.metrics.embeddings import ClipEmbeddings
     from recare_cli.stages.score import ImageItem, per_image_pass
     from recare_cli.toyworld import world
@@ -113,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 Image.fromarray(world.render(scene, np.random.default_rng([args.sample_seed, i, j]))).save(path)
             render_items.append(ImageItem(path=path, prompt=None))
             render_scenes.append(scene)
-    records = demo.sample_prompts([world.canonical_caption(s) for s in all_scenes], args.out / "samples",
+    records = sample_prompts([world.canonical_caption(s) for s in all_scenes], args.out / "samples",
                                   args.out / "samples.jsonl", model=sd, weights=[], embeddings=[], n=args.n,
-                                  seed=args.sample_seed, s=demo.DemoSettings())
+                                  seed=args.sample_seed, s=DemoSettings())
     sample_items = [ImageItem(path=Path(r["path"]), prompt=r["prompt"]) for r in records]
     sample_scenes = [all_scenes[r["prompt_index"]] for r in records]
 
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{false:.3f} | {recall - false:.3f} |")
     print(f"\n{len(all_scenes)} photo scenes, {args.n} renders and {args.n} base-model samples each "
           f"(DPM-Solver++ 20 steps, seeds {args.sample_seed}+).\n"
-          f"Reproduce: python bench/care_judge.py --out {args.out} --n {args.n} --sample-seed {args.sample_seed} "
+          f"Reproduce: python -m experiments.care_judge --out {args.out} --n {args.n} --sample-seed {args.sample_seed} "
           f"--threads {args.threads}")
     return 0
 

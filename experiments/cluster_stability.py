@@ -6,35 +6,32 @@ commands do (same seed, perplexity, drop and alpha) on copies of the embeddings 
 order — and reports how many distinct partitions and distinct CARE-sets come out, and how often
 each word is kept. Prints a table and the command to reproduce it.
 
-    python bench/cluster_stability.py recare-demo/nudity/candidates.jsonl -n 4 --prop object
+    python -m experiments.cluster_stability recare-demo/nudity/candidates.jsonl -n 4 --prop object
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from recare_cli import console
 from recare_cli.core.clustering import SPACES
 from recare_cli.io.candidates import CandidateStream, read_candidates
-from recare_cli.stages.cluster import run_clustering
-from recare_cli.stages.refine import run_refinement
+from recare_cli.stages.cluster import ClusterOptions, run_clustering
+from recare_cli.stages.refine import RefineOptions, run_refinement
 
 
 def careset_of(stream: CandidateStream, args: argparse.Namespace) -> tuple[frozenset[frozenset[str]], tuple[str, ...]]:
-    run_clustering(stream, n_clusters=args.clusters, drop_extremes=args.drop_extremes, seed=args.seed,
-                   perplexity=None, params={}, space=args.space)
+    run_clustering(stream, ClusterOptions(clusters=args.clusters, drop_extremes=args.drop_extremes, seed=args.seed,
+                                          space=args.space))
     groups: dict[int, set[str]] = {}
     for record in stream.words:
         groups.setdefault(int(record["cluster"]), set()).add(record["word"])
-    care = run_refinement(stream, alpha=args.alpha, min_cluster_size=2, prop=args.prop, params={})
+    care = run_refinement(stream, RefineOptions(alpha=args.alpha, property=args.prop))
     return frozenset(frozenset(g) for g in groups.values()), tuple(sorted(care.words))
 
 
@@ -77,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|")
     for word in sorted(words, key=lambda w: (-kept[w], w)):
         print(f"| {word} | {kept[word]}/{args.trials} | {'kept' if word in base_care else 'dropped'} |")
-    print(f"\nReproduce: python bench/cluster_stability.py {args.candidates} -n {args.clusters} "
+    print(f"\nReproduce: python -m experiments.cluster_stability {args.candidates} -n {args.clusters} "
           f"--drop-extremes {args.drop_extremes} --alpha {args.alpha} --prop {args.prop} --seed {args.seed} "
           f"--space {args.space} --eps {args.eps:g} --trials {args.trials}")
     return 0

@@ -14,7 +14,7 @@ The levers (docs/toyworld.md, "Mining against a reference"):
 * reference: none, or the base model's samples of every photo scene of the world without the task's target
   (mine --reference; 4 images per scene, the demo's mining sampler, seeds 20000+).
 
-    python bench/careset_grid.py --from DEMO --out careset-grid --threads 2
+    python -m experiments.careset_grid --from DEMO --out careset-grid --threads 2
 
 DEMO is a ``recare demo --all`` folder; the reference samples are written under --out and reused by a rerun.
 """
@@ -24,9 +24,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import re
-import sys
 from pathlib import Path
 from typing import Any
+
+from experiments.care_judge import scenes
 
 REFERENCE_SEED = 20_000
 TARGETS = ("phrase", "word")
@@ -55,20 +56,19 @@ def target_words(task: Any, n_items: int = 6000, seed: int = 0) -> set[str]:
 def careset(task: Any, images: list[Path], reference: list[Path] | None, mine_target: str, clusters: int,
             clip: str, words: list[str], vocab: Path) -> list[str]:
     """The demo's mine -> cluster -> refine (demo.DemoSettings' values) with the lever settings given."""
-    from recare_cli.stages.cluster import run_clustering
-    from recare_cli.stages.demo import DemoSettings
-    from recare_cli.stages.mine import run_mining
-    from recare_cli.stages.refine import run_refinement
+    from recare_cli.demo.settings import DemoSettings
+    from recare_cli.stages.cluster import ClusterOptions, run_clustering
+    from recare_cli.stages.mine import MineOptions, run_mining
+    from recare_cli.stages.refine import RefineOptions, run_refinement
 
     s = DemoSettings()
-    stream = run_mining(paths=images, target=mine_target, top_k=s.top_k, top_n=s.top_n,
-                        words=list(enumerate(words, 1)), vocab_source=str(vocab), strict=True,
-                        clip=clip, device="cpu", dtype="fp32", batch_size=64, text_batch_size=1024,
-                        cache_dir=None, use_cache=False, params={"images": task.name},
-                        reference_paths=reference, reference_source="reference")
-    run_clustering(stream, n_clusters=clusters, drop_extremes=s.drop_extremes, seed=s.seed, perplexity=None,
-                   params={}, space=s.cluster_space)
-    return list(run_refinement(stream, alpha=s.alpha, min_cluster_size=2, prop=task.prop, params={}).words)
+    mining = MineOptions(images=task.name, target=mine_target, top_k=s.top_k, top_n=s.top_n, vocab=str(vocab),
+                         reference="reference" if reference is not None else None, strict=True, clip=clip,
+                         device="cpu", dtype="fp32", no_cache=True)
+    stream = run_mining(mining, images, reference)
+    run_clustering(stream, ClusterOptions(clusters=clusters, drop_extremes=s.drop_extremes, seed=s.seed,
+                                          space=s.cluster_space))
+    return list(run_refinement(stream, RefineOptions(alpha=s.alpha, property=task.prop)).words)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,23 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from recare_cli import console
+    from recare_cli.demo.settings import DemoSettings
+    from recare_cli.demo.steps import sample_prompts
     from recare_cli.models.quiet import quiet_libraries
-    from recare_cli.stages import demo
     from recare_cli.toyworld import world
     from recare_cli.toyworld.assets import materialise
     from recare_cli.toyworld.tasks import TASKS, vocabulary
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from care_judge import scenes
 
     torch.set_num_threads(args.threads)
     quiet_libraries()
     console.set_quiet(True)
     clip, sd = (str(p) for p in materialise())
     all_scenes = scenes()
-    records = demo.sample_prompts([world.canonical_caption(s) for s in all_scenes], args.out / "reference",
+    records = sample_prompts([world.canonical_caption(s) for s in all_scenes], args.out / "reference",
                                   args.out / "reference.jsonl", model=sd, weights=[], embeddings=[], n=args.n,
-                                  seed=REFERENCE_SEED, s=demo.DemoSettings(), for_mining=True)
+                                  seed=REFERENCE_SEED, s=DemoSettings(), for_mining=True)
 
     print("| task | target | reference | clusters | CARE-set | concept | spurious |\n|---|---|---|---|---|---|---|")
     totals: dict[tuple[str, str, int], list[int]] = {}
@@ -129,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
           "|---|---|---|---|---|")
     for (mine_target, ref, clusters), (holding, n_spurious) in totals.items():
         print(f"| {mine_target} | {ref} | {clusters} | {holding}/{len(TASKS)} | {n_spurious} |")
-    print(f"\nreproduce: python bench/careset_grid.py --from {args.demo} --out {args.out} --threads {args.threads}")
+    print(f"\nreproduce: python -m experiments.careset_grid --from {args.demo} --out {args.out} "
+          f"--threads {args.threads}")
     return 0
 
 
