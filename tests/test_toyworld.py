@@ -342,3 +342,28 @@ def test_demo_target_judge_on_rendered_scenes(tmp_path: Path) -> None:
                     images = [Image.fromarray(world.render(scene, np.random.default_rng([5, i]))) for i in range(4)]
                     verdict = shows_target(judge, judge.images(images), task, [asked] * len(images))
                     assert verdict.tolist() == [shown] * len(images), (task.name, asked, scene)
+
+
+@shipped
+def test_the_shipped_clip_is_mined_over_its_worlds_words(tmp_path: Path) -> None:
+    """The toy CLIP knows only its world's words: its folder ships them, and `recare mine` with the toy CLIP and
+    no --vocab (the `recare toyworld path --help` example) mines over them instead of CLIP's whole vocabulary."""
+    from PIL import Image
+
+    from recare_cli.io.wordlist import VOCABULARY_FILE
+    from recare_cli.toyworld import assets
+    from recare_cli.toyworld.tasks import vocabulary
+    from tests.helpers import invoke
+
+    clip_dir, _ = assets.materialise(tmp_path / "cache")
+    words = vocabulary()
+    assert (clip_dir / VOCABULARY_FILE).read_text().split("\n")[:-1] == words
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(world.item(0, i)[0]).save(images / f"{i}.png")
+    result = invoke(["mine", str(images), "--target", "naked", "--clip", str(clip_dir), "--device", "cpu",
+                     "--top-k", "3", "--top-n", "10"])
+    assert result.code == 0, result.stderr
+    mined = [json.loads(line) for line in result.stdout.splitlines()[1:]]
+    assert mined and {r["word"] for r in mined} <= set(words)

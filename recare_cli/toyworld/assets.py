@@ -140,6 +140,9 @@ def load_fp32(path: Path) -> dict[str, Any]:
     return fp32_state(load_file(str(path)))
 
 
+FOLDER_LAYOUT = 2  # 2: the CLIP folder carries the world's words (io.wordlist.VOCABULARY_FILE)
+
+
 def build_folders(source: Path, out: Path) -> tuple[Path, Path]:
     """Write ``out/clip`` and ``out/sd`` from the files in ``source`` (fp32 weights)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -179,9 +182,11 @@ def materialise(cache_dir: Path | None = None, *, source: Path | None = None) ->
     """The ``(clip_dir, sd_dir)`` of the shipped toy world, built into the cache on first use."""
     source = source or data_dir()
     manifest = read_manifest(source)
-    # keyed by the files the folders are built from (not the detector, which ships beside them)
+    # keyed by the files the folders are built from (not the detector, which ships beside them) and by what
+    # build_folders writes into them (FOLDER_LAYOUT), so a cache built by an older recare is built anew
     built_from = {f: d for f, d in manifest["files"].items() if f in (*WEIGHT_FILES, *CONFIG_FILES)}
-    key = hashlib.sha256(json.dumps(built_from, sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {**built_from, "layout": FOLDER_LAYOUT}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     target = (cache_dir or default_cache_dir()) / "toyworld" / key
     if (target / "clip" / "config.json").is_file() and (target / "sd" / "model_index.json").is_file():
         return target / "clip", target / "sd"

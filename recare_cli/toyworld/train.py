@@ -356,8 +356,13 @@ def train_unet(config: TrainConfig, latents: torch.Tensor, captions: list[str], 
 
 
 def save_clip_folder(model: Any, folder: Path) -> Path:
+    """A transformers CLIP folder, with the world's words as the folder's own mining vocabulary: the toy
+    CLIP was trained on the world's captions only, so ``recare mine`` over CLIP's whole vocabulary would
+    rank words its text tower never saw."""
+    from recare_cli.io.wordlist import VOCABULARY_FILE
     from recare_cli.models.bpe import save_clip_tokenizer
     from recare_cli.models.clip import image_processor_class
+    from recare_cli.toyworld.tasks import vocabulary
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -365,6 +370,7 @@ def save_clip_folder(model: Any, folder: Path) -> Path:
     size = world.IMAGE_SIZE
     image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                             resample=3).save_pretrained(folder)
+    (folder / VOCABULARY_FILE).write_text("".join(f"{w}\n" for w in vocabulary()), encoding="utf-8")
     return folder
 
 
