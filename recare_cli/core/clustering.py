@@ -34,7 +34,7 @@ def cluster_space(embeddings: np.ndarray, points: np.ndarray, space: str) -> np.
     """What k-means runs on: the t-SNE points (the reference) or the unit-length embeddings.
 
     t-SNE of a few dozen words is chaotic: a relative change of 1e-6 in the embeddings (float32
-    rounding, another CPU's summation order) regroups the words (bench/cluster_stability.py). k-means
+    rounding, another CPU's summation order) regroups the words (experiments/cluster_stability.py). k-means
     on the unit vectors (cosine geometry, as CLIP compares them) does not have that amplifier."""
     if space == "tsne":
         return points

@@ -4,7 +4,7 @@ No paths, no printing, no ``from_pretrained``: modules, tensors and generators c
 randomness is drawn from one CPU ``torch.Generator`` (its state goes into checkpoints) and a
 ``numpy`` generator used once, up front, for the balanced schedules.
 
-Efficiency choices (each measured in ``bench/bench_erase.py``):
+Efficiency choices (each measured by ``python -m bench.bench_erase``):
 
 * the frozen teacher is not a second UNet: only the original values of the *trained*
   parameters are kept, and the teacher forward runs the same module with those values swapped in
