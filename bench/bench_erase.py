@@ -106,8 +106,9 @@ RETAINS = [f"A photo of {w}" for w in ("person", "man", "woman", "girl", "boy", 
 def erase_ours(m: dict[str, Any], k: int) -> Any:
     import torch
 
-    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseSettings, EraseTrainer, encode_prompts
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseTrainer, encode_prompts
     from recare_cli.core.guidance import select_parameters
+    from recare_cli.stages.erase import EraseOptions, erase_settings
 
     def enc(p: list[str]) -> torch.Tensor:
         return encode_prompts(m["tokenizer"], m["text_encoder"], p, device=torch.device("cpu"))
@@ -117,7 +118,8 @@ def erase_ours(m: dict[str, Any], k: int) -> Any:
     schedule = EraseSchedule(erase=[i % 3 for i in range(n)], anchor=[i % 10 for i in range(n)],
                              retain=[i % 10 for i in range(n)])
     trainer = EraseTrainer(m["unet"], select_parameters(m["unet"], "noxattn"), prompts, schedule,
-                           EraseSettings(iterations=n, latent_size=m["latent"]), m["scheduler"].config,
+                           erase_settings(EraseOptions(target="bench", output="-", iterations=n), m["latent"]),
+                           m["scheduler"].config,
                            torch.Generator().manual_seed(0))
 
     class Fixed:
@@ -263,7 +265,7 @@ def invert_ours(m: dict[str, Any]) -> Any:
         latent_distributions,
         tokenize,
     )
-    from recare_cli.stages.invert import OBJECT_TEMPLATES
+    from recare_cli.stages.invert import OBJECT_TEMPLATES, InvertOptions
 
     tok, first = extend_tokenizer(m["tokenizer"], ["<adv0>"])
     pixels = torch.cat([to_pixels(im, m["resolution"], False) for im in images(m)])
@@ -271,7 +273,8 @@ def invert_ours(m: dict[str, Any]) -> Any:
     init = m["text_encoder"].get_input_embeddings().weight[2533:2534]
     ids = tokenize(tok, [t.format("<adv0>") for t in OBJECT_TEMPLATES])
     trainer = InversionTrainer(m["unet"], m["text_encoder"], first, init[:0], init, lat, ids, m["scheduler"].config,
-                               InversionSettings(), torch.Generator().manual_seed(0))
+                               InversionSettings(steps=InvertOptions.steps, lr=InvertOptions.lr,
+                                                 precision=InvertOptions.precision), torch.Generator().manual_seed(0))
 
     class Ours:
         def step(self) -> float:

@@ -98,7 +98,7 @@ def test_demo_sweep_passes_every_field_to_erase() -> None:
 
 def test_demo_sweep_fields_left_out_take_erases_defaults_and_esd_takes_no_careset() -> None:
     opts = _options("esd:xattn:2e-4:100")
-    defaults = EraseOptions(target="x")
+    defaults = EraseOptions(target="x", output="-")
     assert opts.care is None and opts.adversarial is None and opts.retain_weight == 1.0
     assert (opts.timesteps, opts.lr_schedule, opts.xt_batch) == (defaults.timesteps, defaults.lr_schedule,
                                                                  defaults.xt_batch)
