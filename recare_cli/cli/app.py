@@ -52,6 +52,7 @@ def _root(
 
 
 def _register() -> None:
+    from recare_cli.cli import attack as attack_cmd
     from recare_cli.cli import cluster, demo, mine, refine
     from recare_cli.cli import erase as erase_cmd
     from recare_cli.cli import invert as invert_cmd
@@ -67,6 +68,7 @@ def _register() -> None:
     app.command("score", help=score_cmd.HELP, no_args_is_help=True)(score_cmd.score)
     app.command("invert", help=invert_cmd.HELP, no_args_is_help=True)(invert_cmd.invert)
     app.command("erase", help=erase_cmd.HELP, no_args_is_help=True)(erase_cmd.erase)
+    app.command("attack", help=attack_cmd.HELP, no_args_is_help=True)(attack_cmd.attack)
     app.add_typer(toyworld_cmd.app, name="toyworld", help=toyworld_cmd.HELP)
 
 

@@ -380,11 +380,15 @@ class EraseTrainer:
 
 @dataclass
 class InversionSettings:
-    """No defaults: ``stages.invert.InvertOptions`` declares them."""
+    """No defaults: the stages' options objects declare them (``stages.invert.InvertOptions``,
+    ``stages.attack.AttackOptions``). An optimizer step averages ``accumulation`` micro-batches of
+    ``batch_size`` samples (the textual-inversion reference's gradient accumulation)."""
 
     steps: int
     lr: float
     precision: str
+    batch_size: int = 1
+    accumulation: int = 1
 
 
 class InversionTrainer:
@@ -416,28 +420,61 @@ class InversionTrainer:
     def vector(self) -> torch.Tensor:
         return self.param.detach().clone()
 
-    def step(self) -> float:
-        g = self.generator
+    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One micro-batch's (noisy latents, noise, timesteps, template ids). The draws come from the run's
+        generator in a fixed order (per sample: image, flip, template; then the latent samples, the noises,
+        the timesteps), so a batch of one draws exactly as a plain loop over single samples does."""
+        g, b = self.generator, self.settings.batch_size
         n = self.latents.shape[0]
-        index = int(torch.randint(0, n, (1,), generator=g).item())
-        flip = int(torch.rand((1,), generator=g).item() < self.flip_p)
-        template = int(torch.randint(0, self.template_ids.shape[0], (1,), generator=g).item())
-        mean, std = self.latents[index, flip]
-        sample = mean + std * torch.randn(mean.shape, generator=g).to(self.device)
-        noise = torch.randn(sample.shape, generator=g).to(self.device)
-        t = torch.randint(0, self.num_train_timesteps, (1,), generator=g).to(self.device)
-        noisy = self.noise_scheduler.add_noise(sample.unsqueeze(0), noise.unsqueeze(0), t)
-        ids = self.template_ids[template:template + 1].to(self.device)
-        extra = torch.cat([self.fixed, self.param])
-        with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
-                autocast(self.device, self.settings.precision):
-            enc = self.text_encoder(ids)[0]
-            pred = self.unet(noisy, t, encoder_hidden_states=enc).sample
-        loss = mse(pred, noise.unsqueeze(0))
+        picks = []
+        for _ in range(b):
+            index = int(torch.randint(0, n, (1,), generator=g).item())
+            flip = int(torch.rand((1,), generator=g).item() < self.flip_p)
+            template = int(torch.randint(0, self.template_ids.shape[0], (1,), generator=g).item())
+            picks.append((index, flip, template))
+        samples = []
+        for index, flip, _ in picks:
+            mean, std = self.latents[index, flip]
+            samples.append(mean + std * torch.randn(mean.shape, generator=g).to(self.device))
+        sample = torch.stack(samples)
+        noise = torch.stack([torch.randn(sample.shape[1:], generator=g) for _ in range(b)]).to(self.device)
+        t = torch.randint(0, self.num_train_timesteps, (b,), generator=g).to(self.device)
+        noisy = self.noise_scheduler.add_noise(sample, noise, t)
+        ids = self.template_ids[[template for _, _, template in picks]].to(self.device)
+        return noisy, noise, t, ids
+
+    def step(self) -> float:
+        """One optimizer step over ``accumulation`` micro-batches; returns their mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for _ in range(self.settings.accumulation):
+            noisy, noise, t, ids = self._micro_batch()
+            extra = torch.cat([self.fixed, self.param])
+            with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
+                    autocast(self.device, self.settings.precision):
+                enc = self.text_encoder(ids)[0]
+                pred = self.unet(noisy, t, encoder_hidden_states=enc).sample
+            loss = mse(pred, noise)
+            (loss / self.settings.accumulation).backward()
+            total += float(loss.detach())
         self.optimizer.step()
-        return float(loss.detach())
+        return total / self.settings.accumulation
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The vector, AdamW's state and the generator: what a resumed run needs to continue exactly."""
+        out = {"vector": self.param.detach().cpu().clone(), "rng": self.generator.get_state().clone()}
+        for key, value in self.optimizer.state.get(self.param, {}).items():
+            out[f"adam/{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.param.copy_(tensors["vector"].to(self.param.device))
+        self.generator.set_state(tensors["rng"])
+        state = {k[len("adam/"):]: v.clone().to(self.param.device) if v.dim() else v.clone()
+                 for k, v in tensors.items() if k.startswith("adam/")}
+        if state:
+            self.optimizer.state[self.param] = state
 
 
 @torch.no_grad()
