@@ -56,6 +56,7 @@ def _register() -> None:
     from recare_cli.cli import cluster, demo, mine, refine
     from recare_cli.cli import erase as erase_cmd
     from recare_cli.cli import invert as invert_cmd
+    from recare_cli.cli import report as report_cmd
     from recare_cli.cli import sample as sample_cmd
     from recare_cli.cli import score as score_cmd
     from recare_cli.cli import toyworld as toyworld_cmd
@@ -66,6 +67,7 @@ def _register() -> None:
     app.command("demo", help=demo.HELP)(demo.demo)
     app.command("sample", help=sample_cmd.HELP, no_args_is_help=True)(sample_cmd.sample)
     app.command("score", help=score_cmd.HELP, no_args_is_help=True)(score_cmd.score)
+    app.command("report", help=report_cmd.HELP, no_args_is_help=True)(report_cmd.report)
     app.command("invert", help=invert_cmd.HELP, no_args_is_help=True)(invert_cmd.invert)
     app.command("erase", help=erase_cmd.HELP, no_args_is_help=True)(erase_cmd.erase)
     app.command("attack", help=attack_cmd.HELP, no_args_is_help=True)(attack_cmd.attack)
