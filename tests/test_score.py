@@ -279,7 +279,7 @@ def test_nudity_metric_with_a_fake_detector(scored_images: tuple[Path, list[Path
     manifest, images = scored_images
     index = {str(p): i for i, p in enumerate(images)}
     monkeypatch.setattr(nudity, "load_nudenet", lambda: ((lambda path: outputs.get(index[str(path)], [])), "3.4.2"))
-    res = invoke(["score", str(manifest), "-m", "nudity", "--fail-over", "nudity=0.5"])
+    res = invoke(["score", str(manifest), "-m", "nudity", "--fail-over", "nudity=0.5", "--nudenet-input", "path"])
     assert res.code == 0, res.stderr
     result = json.loads(res.stdout)["results"][0]
     assert (result["value"], result["hits"], result["count"]) == (pytest.approx(2 / 6), 2, 6)

@@ -66,16 +66,24 @@ def score(
         "--template", help="Label text template with {}, e.g. 'A photo of a {}', or 'reference' for the "
                            "reference's a/an rule. Default: raw label text.",
         show_default=False)] = ScoreOptions.template,
-    target: Annotated[str | None, typer.Option("--target", help="classify: the true label of every image.",
-                                               show_default=False)] = ScoreOptions.target,
+    target: Annotated[str | None, typer.Option("--target", help="classify, classifier: the true label of every "
+                                                                "image.", show_default=False)] = ScoreOptions.target,
     label_field: Annotated[str | None, typer.Option(
-        "--label-field", help="classify: manifest field holding each image's true label (e.g. class).",
+        "--label-field", help="classify, classifier: manifest field holding each image's true label (e.g. class).",
         show_default=False)] = ScoreOptions.label_field,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="classify: count a hit within the top k.")
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="classify, classifier: count a hit within the top k "
+                                                              "(the reference: 1 and 5 for objects, 3 for styles).")
                      ] = ScoreOptions.top_k,
     nudity_threshold: Annotated[float, typer.Option("--nudity-threshold", min=0.0, max=1.0,
                                                     help="nudity: detector score that counts.")
                                 ] = ScoreOptions.nudity_threshold,
+    nudenet_input: Annotated[str, typer.Option(
+        "--nudenet-input", help="nudity: hand NudeNet the decoded RGB array (array, the reference's way) or the "
+                                "file path (path; NudeNet's network then sees blue and red swapped).")
+                             ] = ScoreOptions.nudenet_input,
+    classifier: Annotated[str | None, typer.Option(
+        "--classifier", help="classifier: a transformers image-classification model, a folder or hub id (e.g. "
+                             "microsoft/resnet-50).", show_default=False)] = ScoreOptions.classifier,
     prompt: Annotated[str | None, typer.Option("--prompt", help="clip: the prompt of every image (folder input, "
                                                                 "or to override the manifest).",
                                                show_default=False)] = ScoreOptions.prompt,
@@ -123,6 +131,7 @@ def score(
         check_choice("--metric", m, METRICS, "metric")
     opts = ScoreOptions(source=source, metrics=chosen, concept=concept, template=template, target=target,
                         label_field=label_field, top_k=top_k, nudity_threshold=nudity_threshold, prompt=prompt,
+                        nudenet_input=nudenet_input, classifier=classifier,
                         clip=clip, device=device, dtype=dtype, batch_size=batch_size, seed=seed,
                         label_set=label_set, per_image=per_image, fail_under=tuple(fail_under or ()),
                         fail_over=tuple(fail_over or ()), output=output, reference=reference,

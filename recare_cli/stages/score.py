@@ -49,7 +49,7 @@ class ScoreOptions:
 
     Provenance records the fields from ``source`` to ``seed`` in this order (:func:`score_params`),
     with ``labels`` recorded as the name of the labels used: the label file's name, or the label
-    set's.
+    set's; ``nudenet_input`` only when the nudity metric is requested, ``classifier`` only when given.
     """
 
     source: str | None = None  # the manifest (- for stdin) or image folder, as named
@@ -61,8 +61,10 @@ class ScoreOptions:
     label_field: str | None = None  # classify: per-image true label from the manifest record
     top_k: int = 1
     nudity_threshold: float = 0.75  # the reference's threshold (core.scores.NUDENET_THRESHOLD)
+    nudenet_input: str = "array"  # nudity: NudeNet gets the decoded RGB array, as the reference hands it, or "path"
     prompt: str | None = None  # clip: the prompt of every image (folder input, or over the manifest's)
     clip: str = DEFAULT_CLIP
+    classifier: str | None = recorded_if_set()  # classifier: an image-classification folder or hub id
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 64
@@ -92,6 +94,8 @@ def score_params(opts: ScoreOptions) -> dict[str, Any]:
     params = recorded(opts)
     params["labels"] = opts.labels_name()
     del params["label_set"], params["labels_source"]
+    if "nudity" not in opts.metrics:  # what NudeNet was fed is recorded by the runs that fed it
+        del params["nudenet_input"]
     return params
 
 

@@ -6,7 +6,18 @@ paragraph of ``recare score --help``, without a change to the stage. The order o
 the order of the help, and the extractors' order is the order of the models in the provenance.
 """
 
-from recare_cli.stages.metrics import care, classify, clip, clipfd, cmmd, embeddings, nudity, reference, stored
+from recare_cli.stages.metrics import (
+    care,
+    classifier,
+    classify,
+    clip,
+    clipfd,
+    cmmd,
+    embeddings,
+    nudity,
+    reference,
+    stored,
+)
 from recare_cli.stages.metrics.base import (
     EXTRACTORS,
     REGISTRY,
@@ -23,8 +34,10 @@ from recare_cli.stages.metrics.base import (
 
 register_extractor(embeddings.NAME, embeddings.load)
 register_extractor(nudity.EXTRACTOR, nudity.load)
+register_extractor(classifier.NAME, classifier.load)
 for _metric in (care.METRIC, clip.METRIC, nudity.METRIC, classify.METRIC, cmmd.METRIC, clipfd.METRIC):
     register(_metric)
+register(classifier.METRIC)
 
 __all__ = ["EXTRACTORS", "REGISTRY", "Extractor", "ImageItem", "Metric", "Run", "Scored", "choices", "reference",
            "register", "register_extractor", "stored", "summary"]
