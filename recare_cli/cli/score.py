@@ -114,7 +114,7 @@ def score(
     clip: Clip = ScoreOptions.clip,
     device: Device = ScoreOptions.device,
     dtype: Dtype = ScoreOptions.dtype,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per CLIP forward pass.")
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass of the scoring models (CLIP, the classifier).")
                           ] = ScoreOptions.batch_size,
     seed: Seed = ScoreOptions.seed,
     output: Output = ScoreOptions.output,
