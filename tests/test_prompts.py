@@ -343,3 +343,102 @@ def test_prompt_lengths_count_as_the_text_encoder_sees_them(tiny_sd_dir: Path) -
     assert truncation_note(lengths[:3], 77) == "1 prompt is longer than CLIP's 77 tokens (78) and is truncated"
     assert truncation_note(lengths, 77) == ("2 prompts are longer than CLIP's 77 tokens (longest 102) and are "
                                             "truncated")
+
+
+def _careset_file(folder: Path, name: str, doc: dict) -> Path:
+    import json
+
+    path = folder / name
+    path.write_text(json.dumps(doc), "utf-8")
+    return path
+
+
+def test_recare_prompts_for_a_concept_follow_the_reference_protocol(tmp_path: Path) -> None:
+    """--concept person: "A photo of person", 10 rows (images) with the reference's seeds 42 + i, case numbers
+    0…9; the CSV reads back as sample reads it; -o writes the same bytes atomically."""
+    from tests.helpers import invoke
+
+    res = invoke(["prompts", "--concept", "person"])
+    assert res.code == 0, res.stderr
+    lines = res.text.splitlines()
+    assert lines[0] == "prompt,evaluation_seed,case_number,concept"
+    assert lines[1:] == [f"A photo of person,{42 + i},{i},person" for i in range(10)]
+    assert "1 prompt for 1 word, 10 images each: 10 rows" in res.stderr
+    out = tmp_path / "person.csv"
+    assert invoke(["prompts", "-c", "person", "-o", str(out)]).code == 0
+    assert out.read_bytes() == res.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["person.csv"]  # no temporary file left
+    rows = read_prompts(out)
+    assert [(r.prompt, r.seed, r.case_number, r.extra) for r in rows[:2]] == [
+        ("A photo of person", 42, 0, {"concept": "person"}), ("A photo of person", 43, 1, {"concept": "person"})]
+
+
+def test_recare_prompts_from_a_careset_of_either_layout(tmp_path: Path) -> None:
+    from recare_cli.io.careset import CareSet
+    from tests.helpers import invoke
+
+    style = CareSet.from_words("Van Gogh", "style", ["stars", "sky"])
+    recare_file = _careset_file(tmp_path, "care.json", style.to_recare())
+    res = invoke(["prompts", str(recare_file), "-n", "2", "--seed", "7"])
+    assert res.code == 0, res.stderr
+    assert res.text.splitlines()[1:] == ["A painting of stars,7,0,stars", "A painting of stars,8,1,stars",
+                                         "A painting of sky,7,2,sky", "A painting of sky,8,3,sky"]
+    # The reference layout, hand-edited prompts kept; a --concept joins (the CARE-set's template), repeats
+    # are left out; stdin works.
+    reference = {"nudity_care_word": ["A person", "A woman"],
+                 "nudity_care_word_photo": ["A photo of a person, smiling", "A photo of woman"]}
+    data = _careset_file(tmp_path, "ref.json", reference).read_bytes()
+    res = invoke(["prompts", "-", "-n", "1", "-c", "person", "-c", "body"], stdin=data)
+    assert res.code == 0, res.stderr
+    assert res.text.splitlines()[1:] == ['"A photo of a person, smiling",42,0,person', "A photo of woman,42,1,woman",
+                                         "A photo of person,42,2,person", "A photo of body,42,3,body"]
+    # --template replaces the prompts, one prompt per word and template.
+    res = invoke(["prompts", str(recare_file), "-n", "1", "-t", "{} at night", "-t", "a drawing of {}"])
+    assert [line.split(",")[0] for line in res.text.splitlines()[1:]] == [
+        "stars at night", "a drawing of stars", "sky at night", "a drawing of sky"]
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--concept", "person", "-t", "A photo"], 2, "--template 'A photo': needs exactly one {}"),
+    (["--concept", " "], 2, "--concept: an empty word"),
+    (["-n", "0", "--concept", "x"], 2, "-n"),
+    (["--seed", "3"], 2, "give a CARE-set file, or --concept WORD"),
+    (["nothere.json"], 3, "nothere.json: no such file"),
+])
+def test_recare_prompts_bad_input(args: list[str], code: int, message: str) -> None:
+    from tests.helpers import invoke
+
+    res = invoke(["prompts", *args])
+    assert res.code == code and message in res.stderr and not res.stdout, res.stderr
+
+
+def test_recare_prompts_refuses_an_empty_careset_and_bad_json(tmp_path: Path) -> None:
+    from recare_cli.io.careset import CareSet
+    from tests.helpers import invoke
+
+    empty = _careset_file(tmp_path, "empty.json", CareSet.from_words("nudity", "object", []).to_recare())
+    res = invoke(["prompts", str(empty)])
+    assert res.code == 3 and "empty.json field 'words': the CARE-set has no words and no --concept was given" \
+        in res.stderr, res.stderr
+    assert invoke(["prompts", str(empty), "-c", "person", "-n", "1"]).text.splitlines()[1:] == [
+        "A photo of person,42,0,person"]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{", "utf-8")
+    res = invoke(["prompts", str(bad), "-o", str(tmp_path / "out.csv")])
+    assert res.code == 3 and "bad.json: not valid JSON" in res.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_recare_prompts_feed_recare_sample(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """recare prompts | recare sample -: one image per row, image i of the prompt seeded 42 + i."""
+    from tests.helpers import invoke
+
+    csv_bytes = invoke(["prompts", "-c", "person", "-n", "2"]).stdout
+    res = invoke(["sample", "-", "--out", str(tmp_path / "imgs"), "--model", str(tiny_sd_dir), "--steps", "1",
+                  "--device", "cpu"], stdin=csv_bytes)
+    assert res.code == 0, res.stderr
+    import json
+
+    records = [json.loads(line) for line in res.text.splitlines()]
+    assert [(r["prompt"], r["seed"], r["case_number"], r["extra"]) for r in records] == [
+        ("A photo of person", 42, 0, {"concept": "person"}), ("A photo of person", 43, 1, {"concept": "person"})]
