@@ -96,4 +96,4 @@ def sample(
             stdout.flush()
 
         result = run_sample(opts, rows, emit=emit)
-    console.info(f"sample: {console.plural(result.made, 'image')} made, {result.skipped} already present, in {out}")
+    console.info(f"sample: {console.plural(result.made, 'image')} made, {result.skipped:,} already present, in {out}")

@@ -362,8 +362,8 @@ def _make(opts: SampleOptions, work: Work, *, out_dir: Path, shard: Shard, rank:
     n_missing = sum(len(m) for m in missing)
     where = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     where += f" (process {rank}/{world})" if world > 1 else ""
-    console.info(f"sample{where}: {console.plural(n_mine, 'image')}, {n_mine - n_missing} already done, "
-                 f"{n_missing} to make")
+    console.info(f"sample{where}: {console.plural(n_mine, 'image')}, {n_mine - n_missing:,} already done, "
+                 f"{n_missing:,} to make")
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(console.progress("sampling", n_missing)) if n_missing else None
         for batch, need in zip(todo, missing, strict=True):
