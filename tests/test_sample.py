@@ -387,3 +387,148 @@ def test_long_prompts_are_reported_once(tiny_sd_dir: Path, tmp_path: Path) -> No
     assert warnings == [f"warning: 2 prompts are longer than CLIP's 77 tokens (longest {longest}) and are "
                         "truncated"], res.stderr
 
+
+
+def test_plan_batches_against_a_naive_grouping() -> None:
+    """Batches never mix settings, hold at most --batch-size jobs of one setting in job order, come in the
+    order of their first job, and cover every job once; with one setting they are the consecutive cut
+    that shards and processes always used."""
+    import random
+
+    from recare_cli.parallel import Shard, my_batches
+    from recare_cli.stages.sample import pick_batches, plan_batches
+
+    rng = random.Random(0)
+    for trial in range(50):
+        n, size = rng.randrange(1, 60), rng.randrange(1, 7)
+        keys = [rng.choice("aab" if trial % 2 else "abcde") for _ in range(n)]
+        batches = plan_batches(keys, size)
+        naive = []
+        for key in dict.fromkeys(keys):
+            members = [i for i in range(n) if keys[i] == key]
+            naive += [members[s:s + size] for s in range(0, len(members), size)]
+        assert batches == sorted(naive)  # first jobs differ, so this sorts by first job
+        assert sorted(i for b in batches for i in b) == list(range(n))
+        same = plan_batches(["k"] * n, size)
+        assert same == [list(r) for r in my_batches(n, size, Shard(0, 1), 0, 1)]
+        for count in (1, 3, 7):
+            parts = [pick_batches(batches, Shard(i, count), 0, 1) for i in range(count)]
+            assert [b for p in parts for b in p] == batches
+            assert pick_batches(same, Shard(1 % count, count), 0, 1) == [
+                list(r) for r in my_batches(n, size, Shard(1 % count, count), 0, 1)]
+
+
+def test_row_settings_use_each_rows_guidance_and_size(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """--row-settings: a row's guidance and size are the ones its image is made with (the same bytes as a run
+    that gives them as options), rows of other settings never share a batch, the manifest records each
+    image's settings in batch order, and shards still concatenate to the whole run."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("case_number,prompt,evaluation_seed,evaluation_guidance,sd_image_height,sd_image_width\n"
+                    "0,a red car,1,3.0,,\n1,a blue boat,2,9,40,40\n2,a green tree,3,3,,\n3,a cat,4,,,\n", "utf-8")
+    base = ["--out", str(tmp_path / "out"), "--model", str(tiny_sd_dir), "--steps", "1", "--device", "cpu",
+            "--batch-size", "4"]
+    res = invoke(["sample", str(rows), "--row-settings", *base])
+    assert res.code == 0, res.stderr
+    assert "--row-settings: 3 settings of guidance and size, 3 batches" in res.stderr
+    whole = res.stdout
+    records = _records(whole)
+    assert [r["case_number"] for r in records] == [0, 2, 1, 3]  # batches [0, 2], [1], [3]
+    assert [(r["sampling"]["guidance"], r["sampling"]["height"], r["sampling"]["width"]) for r in records] == [
+        (3.0, 32, 32), (3.0, 32, 32), (9.0, 40, 40), (7.5, 32, 32)]
+    assert records[0]["extra"] == {} and len({r["config"] for r in records}) == 3
+    with Image.open(tmp_path / "out" / "case-1_0000.png") as im:
+        assert im.size == (40, 40)
+
+    # The same images from plain runs with those settings as options (same batches: same bytes).
+    (tmp_path / "b.csv").write_text("case_number,prompt,evaluation_seed\n1,a blue boat,2\n", "utf-8")
+    (tmp_path / "ac.csv").write_text("case_number,prompt,evaluation_seed\n0,a red car,1\n2,a green tree,3\n", "utf-8")
+    for name, options in (("b.csv", ["--guidance", "9", "--height", "40", "--width", "40"]),
+                          ("ac.csv", ["--guidance", "3"])):
+        plain_out = tmp_path / f"plain-{name}"
+        done = invoke(["sample", str(tmp_path / name), *base[2:], "--out", str(plain_out), *options])
+        assert done.code == 0, done.stderr
+        for png in _files(plain_out):
+            assert (plain_out / png).read_bytes() == (tmp_path / "out" / png).read_bytes(), png
+
+    # Without --row-settings the columns are extra and every image takes the options.
+    res = invoke(["sample", str(rows), *base[2:], "--out", str(tmp_path / "flat")])
+    assert res.code == 0, res.stderr
+    assert "are not used" in res.stderr
+    flat = _records(res.stdout)
+    assert [r["case_number"] for r in flat] == [0, 1, 2, 3]
+    assert {r["sampling"]["guidance"] for r in flat} == {7.5}
+    assert flat[1]["extra"] == {"evaluation_guidance": "9", "sd_image_height": "40", "sd_image_width": "40"}
+
+    # Shards split the batch list; their manifests concatenate to the whole run's.
+    parts = []
+    for i in range(2):
+        part = invoke(["sample", str(rows), "--row-settings", *base[2:], "--out", str(tmp_path / "sharded"),
+                       "--shard", f"{i}/2"])
+        assert part.code == 0, part.stderr
+        parts.append(part.stdout.decode())
+    assert "".join(parts) == _relocate(whole, tmp_path / "out", tmp_path / "sharded")
+    assert _files(tmp_path / "sharded") == _files(tmp_path / "out")
+
+
+def test_an_i2p_format_file_of_thousands_of_rows_samples_end_to_end(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """4,703 rows in I2P's evaluation columns (per-row seed, guidance and size, numbers partly written as
+    floats) with three bad rows: every row is read and the whole job list planned; the bad rows are skipped
+    and named in one warning; a shard of the plan samples end to end, resumes, and remakes a lost image with
+    the same bytes. (Sampling all 4,700 images of the tiny model costs minutes: see docs/evaluation.md.)"""
+    from recare_cli.io.prompts import read_prompt_file
+    from recare_cli.parallel import Shard
+    from recare_cli.stages.sample import SampleOptions, job_setting, pick_batches, plan_batches, plan_jobs
+    from tests.test_prompts import write_i2p_format
+
+    bad = {1234: "empty", 2500: "seed", 4000: "fields"}
+    prompts_csv = write_i2p_format(tmp_path / "i2p.csv", 4703, bad=bad, sizes=(32, 40))
+    # The plan: every good row once, in whole batches of one setting; the 500 shards cover it exactly.
+    opts = SampleOptions(out=tmp_path / "out", row_settings=True)
+    prompts = read_prompt_file(prompts_csv, row_settings=True)
+    jobs = plan_jobs(prompts.rows, images_per_prompt=1, seed=42)
+    settings = [job_setting(job.row, opts, (32, 32)) for job in jobs]
+    batches = plan_batches(settings, opts.batch_size)
+    assert sorted(jobs[i].row.case_number for b in batches for i in b) == [k for k in range(4703) if k not in bad]
+    assert all(len({settings[i] for i in b}) == 1 for b in batches)
+    shards = [pick_batches(batches, Shard(i, 500), 0, 1) for i in range(500)]
+    assert [b for s in shards for b in s] == batches
+    assert {s.height for s in settings} == {32, 40} and len({s.guidance for s in settings}) == 6
+
+    args = ["sample", str(prompts_csv), "--out", str(tmp_path / "out"), "--model", str(tiny_sd_dir), "--steps", "1",
+            "--device", "cpu", "--row-settings", "--shard", "0/500"]
+    res = invoke(args)
+    assert res.code == 0, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {prompts_csv}: skipped 3 of 4,703 rows (--strict refuses them): "
+                        "line 1236 (case 1234) field 'prompt': empty prompt; line 2502 (case 2500) field "
+                        "'evaluation_seed': expected a non-negative integer seed, got 'n/a'; line 4002: 9 fields, "
+                        "the header has 16 (unquoted comma?)"]
+    records = _records(res.stdout)
+    mine = [jobs[i] for b in shards[0] for i in b]
+    assert len(records) == len(mine) >= 4
+    for rec, job in zip(records, mine, strict=True):
+        setting = settings[job.number]
+        assert (rec["case_number"], rec["prompt_index"], rec["seed"]) == (job.row.case_number, job.row.index,
+                                                                          job.row.seed)
+        assert (rec["sampling"]["guidance"], rec["sampling"]["height"]) == (setting.guidance, setting.height)
+        assert rec["extra"]["categories"] and rec["extra"]["lexica_url"].startswith("https://lexica.art/")
+        with Image.open(rec["path"]) as im:
+            assert im.size == (setting.width, setting.height)
+    made = _files(tmp_path / "out")
+    assert sorted(made) == sorted(Path(r["path"]).name for r in records)
+
+    # Resume: nothing to make, the same manifest; a lost image is made again with the same bytes.
+    again = invoke(args)
+    assert again.code == 0 and f"{len(records)} already done, 0 to make" in again.stderr
+    assert again.stdout == res.stdout
+    lost = Path(records[-1]["path"])
+    lost.unlink()
+    again = invoke(args)
+    assert again.code == 0 and "1 to make" in again.stderr and again.stdout == res.stdout
+    assert _files(tmp_path / "out") == made
+
+    # --strict refuses the file, naming the first bad row and counting the others; nothing is made.
+    strict = invoke([*args[:3], str(tmp_path / "strict"), *args[4:], "--strict"])
+    assert strict.code == 3
+    assert "i2p.csv:1236 field 'prompt': empty prompt (and 2 more bad rows)" in _error_line(strict.stderr)
+    assert not (tmp_path / "strict").exists()

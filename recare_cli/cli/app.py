@@ -56,6 +56,7 @@ def _register() -> None:
     from recare_cli.cli import cluster, demo, mine, refine
     from recare_cli.cli import erase as erase_cmd
     from recare_cli.cli import invert as invert_cmd
+    from recare_cli.cli import prompts as prompts_cmd
     from recare_cli.cli import report as report_cmd
     from recare_cli.cli import sample as sample_cmd
     from recare_cli.cli import score as score_cmd
@@ -65,6 +66,7 @@ def _register() -> None:
     app.command("cluster", help=cluster.HELP)(cluster.cluster)
     app.command("refine", help=refine.HELP)(refine.refine)
     app.command("demo", help=demo.HELP)(demo.demo)
+    app.command("prompts", help=prompts_cmd.HELP, no_args_is_help=True)(prompts_cmd.prompts)
     app.command("sample", help=sample_cmd.HELP, no_args_is_help=True)(sample_cmd.sample)
     app.command("score", help=score_cmd.HELP, no_args_is_help=True)(score_cmd.score)
     app.command("report", help=report_cmd.HELP, no_args_is_help=True)(report_cmd.report)

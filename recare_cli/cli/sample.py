@@ -13,13 +13,15 @@ from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.sample import SampleOptions
 
 OPTIONS = SampleOptions
-CLI_ONLY = ("prompts", "fmt", "quiet")  # reading the prompt file, and messages
+CLI_ONLY = ("prompts", "fmt", "strict", "quiet")  # reading the prompt file, and messages
 
 HELP = """Generate evaluation images for every prompt and write a manifest.
 
-PROMPTS is a CSV with a prompt column (and optional evaluation_seed, case_number, as in I2P and COCO-30k prompt files), a JSONL file with a prompt field, a text file with one prompt per line, or - for stdin. Images go to --out DIR with stable names; the manifest (one JSON record per image, docs/evaluation.md) goes to stdout.
+PROMPTS is a CSV with a prompt column (and optional evaluation_seed, case_number, as in I2P and COCO-30k prompt files; other columns are kept in the manifest), a JSONL file with a prompt field, a text file with one prompt per line, or - for stdin. Images go to --out DIR with stable names; the manifest (one JSON record per image, docs/evaluation.md) goes to stdout.
 
-Image j (from 0) of a prompt uses seed evaluation_seed + j, or --seed + j when the prompt has none. Images are as large as the model was trained (512 px for SD 1.x) unless --height and --width say otherwise. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
+A bad row (empty prompt, a seed that is not a whole number, a record with the wrong number of fields) is skipped with one warning that names the rows; --strict refuses the file instead. --row-settings honours a row's own guidance and image size (evaluation_guidance, sd_image_height, sd_image_width as in the I2P prompt files).
+
+Image j (from 0) of a prompt uses seed evaluation_seed + j (or a seed or sd_seed column), or --seed + j when the prompt has none. Images are as large as the model was trained (512 px for SD 1.x) unless --height and --width say otherwise. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
 
 Examples:
 
@@ -67,6 +69,13 @@ def sample(
                                                        "job array.")] = SampleOptions.shard,
     device: Device = SampleOptions.device,
     dtype: Dtype = SampleOptions.dtype,
+    row_settings: Annotated[bool, typer.Option(
+        "--row-settings", help="Use each row's own guidance and image size where the prompt file has them "
+                               "(evaluation_guidance or guidance or sd_guidance; height or sd_image_height; width "
+                               "or sd_image_width); other rows take --guidance, --height, --width.")
+                            ] = SampleOptions.row_settings,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a prompt file with any bad row instead of "
+                                                          "skipping the bad rows with a warning.")] = False,
     quiet: Quiet = False,
 ) -> None:
     from recare_cli.io.jsonl import dumps_line
@@ -78,13 +87,13 @@ def sample(
     opts = SampleOptions(out=out, images_per_prompt=images_per_prompt, seed=seed, model=model,
                          weights=tuple(weights or ()), embeddings=tuple(embeddings or ()), steps=steps,
                          guidance=guidance, height=height, width=width, scheduler=scheduler,
-                         batch_size=batch_size, shard=shard, device=device, dtype=dtype)
+                         batch_size=batch_size, shard=shard, device=device, dtype=dtype, row_settings=row_settings)
     opts.validate()  # option errors before the prompt file is read
-    rows = read_prompts(prompts, fmt=fmt)
+    rows = read_prompts(prompts, fmt=fmt, strict=strict, row_settings=row_settings)
     with open_output("-", binary=False) as stdout:
         def emit(record: dict[str, Any]) -> None:
             stdout.write(dumps_line(record))
             stdout.flush()
 
         result = run_sample(opts, rows, emit=emit)
-    console.info(f"sample: {console.plural(result.made, 'image')} made, {result.skipped} already present, in {out}")
+    console.info(f"sample: {console.plural(result.made, 'image')} made, {result.skipped:,} already present, in {out}")

@@ -11,6 +11,11 @@ Work plan, which makes every way of running give the same bytes:
    runs of whole batches, so every image is computed in exactly the batch it would be in a single
    process, and the outputs are identical byte for byte. (Different batch *sizes* give the same
    images up to float rounding: batched matrix products round differently on CPU.)
+   With ``--row-settings`` a row may carry its own guidance and size, and jobs of different settings
+   never share a batch: the jobs of each setting are cut into batches of ``--batch-size`` in job
+   order, and the batches are taken in the order of their first job (:func:`plan_batches`). With one
+   setting for every row this is exactly the consecutive cut. Images and manifest records follow the
+   batch order.
 3. *Resume*: an image is done when its file decodes completely, has the right size and carries
    the same prompt, seed and settings digest (a PNG text chunk). A batch with any missing image
    is recomputed whole (same bytes for the images it already had) and only the missing files are
@@ -38,7 +43,7 @@ from recare_cli.io.manifest import make_record
 from recare_cli.io.prompts import PromptRow, truncation_note
 from recare_cli.models.scheduler import SCHEDULERS, set_scheduler
 from recare_cli.models.sd import DEFAULT_MODEL
-from recare_cli.parallel import Shard, distributed, my_batches
+from recare_cli.parallel import Shard, distributed, part
 from recare_cli.stages.options import run_control
 
 PNG_KEY = "recare"
@@ -64,6 +69,7 @@ class SampleOptions:
     shard: str = run_control("0/1")
     device: str = run_control("auto")
     dtype: str = "auto"
+    row_settings: bool = False  # honour a prompt row's own guidance / height / width (I2P's columns)
 
     def validate(self) -> Shard:
         """Check what can be checked before any file is read; returns the parsed ``--shard``."""
@@ -75,10 +81,46 @@ class SampleOptions:
         check_choice("--scheduler", self.scheduler, SCHEDULERS, "scheduler")
         return Shard.parse(self.shard)
 
-    def sampling(self, *, height: int, width: int, dtype: str) -> dict[str, Any]:
-        """The settings every image record carries (the size and dtype actually used)."""
-        return {"steps": self.steps, "guidance": self.guidance, "height": height, "width": width,
-                "scheduler": self.scheduler, "dtype": dtype, "safety_checker": False}
+    def sampling(self, *, height: int, width: int, dtype: str, guidance: float | None = None) -> dict[str, Any]:
+        """The settings an image record carries (the guidance, size and dtype actually used)."""
+        return {"steps": self.steps, "guidance": self.guidance if guidance is None else guidance,
+                "height": height, "width": width, "scheduler": self.scheduler, "dtype": dtype,
+                "safety_checker": False}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What may differ between the images of one run: guidance and size (``--row-settings``)."""
+
+    guidance: float
+    height: int
+    width: int
+
+
+def job_setting(row: PromptRow, opts: SampleOptions, size: tuple[int, int]) -> Setting:
+    """The row's own guidance and size when ``--row-settings`` is on and the row has them, else the
+    command's (``size``: the command's (height, width))."""
+    height, width = size
+    if not opts.row_settings:
+        return Setting(opts.guidance, height, width)
+    return Setting(opts.guidance if row.guidance is None else row.guidance,
+                   height if row.height is None else row.height, width if row.width is None else row.width)
+
+
+def plan_batches(keys: Sequence[Any], batch_size: int) -> list[list[int]]:
+    """Batches of job numbers: the jobs of each key (setting) cut into consecutive runs of at most
+    ``batch_size`` in job order, ordered by their first job. With one key, the consecutive cut."""
+    groups: dict[Any, list[int]] = {}
+    for number, key in enumerate(keys):
+        groups.setdefault(key, []).append(number)
+    batches = [jobs[s:s + batch_size] for jobs in groups.values() for s in range(0, len(jobs), batch_size)]
+    return sorted(batches, key=lambda batch: batch[0])
+
+
+def pick_batches(batches: list[list[int]], shard: Shard, process: int, processes: int) -> list[list[int]]:
+    """This shard's contiguous run of batches, then this process's contiguous part of it."""
+    in_shard = [batches[i] for i in part(len(batches), shard.index, shard.count)]
+    return [in_shard[i] for i in part(len(in_shard), process, processes)]
 
 
 @dataclass(frozen=True)
@@ -254,20 +296,29 @@ def run_sample(opts: SampleOptions, rows: Sequence[PromptRow], *,
     set_scheduler(bundle.pipe, opts.scheduler)
     applied = load_weights(bundle, opts.weights)
     tokens = load_embeddings(bundle, opts.embeddings)
-    height, width = image_size(opts, bundle.pipe)
+    size = image_size(opts, bundle.pipe)
     identity = bundle.identity()
-    sampling = opts.sampling(height=height, width=width, dtype=dtype_name(bundle.dtype))
-    config = config_digest(identity, applied, tokens, sampling)
-    mine = my_batches(len(jobs), opts.batch_size, shard, rank, world)
+    dtype = dtype_name(bundle.dtype)
+    settings = [job_setting(job.row, opts, size) for job in jobs]
+    plans: dict[Setting, dict[str, Any]] = {}
+    for setting in dict.fromkeys(settings):
+        sampling = opts.sampling(height=setting.height, width=setting.width, dtype=dtype, guidance=setting.guidance)
+        plans[setting] = {"sampling": sampling, "model": identity, "weights": applied, "embeddings": tokens,
+                          "config": config_digest(identity, applied, tokens, sampling)}
+    batches = plan_batches(settings, opts.batch_size)
+    if opts.row_settings:
+        n = len(batches)
+        console.info(f"sample: --row-settings: {console.plural(len(plans), 'setting')} of guidance and size, "
+                     f"{n:,} {'batch' if n == 1 else 'batches'}")
+    mine = pick_batches(batches, shard, rank, world)
     warn_long_prompts(bundle.pipe, list({jobs[i].row.index: jobs[i].row for batch in mine for i in batch}.values()))
 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        fields = {"sampling": sampling, "model": identity, "weights": applied, "embeddings": tokens,
-                  "config": config}
-        return _make(opts, jobs, mine, out_dir=out_dir, shard=shard, rank=rank, world=world, state=state,
-                     pipe=bundle.pipe, size=(width, height), emit=emit, record_fields=fields)
+        work = Work(jobs=jobs, settings=settings, plans=plans, batches=batches, mine=mine)
+        return _make(opts, work, out_dir=out_dir, shard=shard, rank=rank, world=world, state=state,
+                     pipe=bundle.pipe, emit=emit)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -275,35 +326,52 @@ def run_sample(opts: SampleOptions, rows: Sequence[PromptRow], *,
         raise
 
 
-def _make(opts: SampleOptions, jobs: list[Job], mine: list[range], *, out_dir: Path, shard: Shard, rank: int,
-          world: int, state: Any, pipe: Any, size: tuple[int, int], emit: Callable[[dict[str, Any]], None],
-          record_fields: dict[str, Any]) -> SampleResult:
+@dataclass
+class Work:
+    """The whole plan (every job, its setting, the batches) and this process's batches."""
+
+    jobs: list[Job]
+    settings: list[Setting]
+    plans: dict[Setting, dict[str, Any]]  # per setting: the record fields (sampling, model, ..., config)
+    batches: list[list[int]]
+    mine: list[list[int]]
+
+
+def _make(opts: SampleOptions, work: Work, *, out_dir: Path, shard: Shard, rank: int, world: int, state: Any,
+          pipe: Any, emit: Callable[[dict[str, Any]], None]) -> SampleResult:
     """Check the finished images, make the missing ones, emit the records."""
     import torch
 
-    config = record_fields["config"]
+    jobs, settings, plans = work.jobs, work.settings, work.plans
 
     def record(job: Job) -> dict[str, Any]:
         path = out_dir / job.name
         return make_record(path=str(path), sha256=sha256_file(path), prompt=job.row.prompt,
                            prompt_index=job.row.index, case_number=job.row.case_number,
-                           image_index=job.image_index, seed=job.seed, extra=job.row.extra, **record_fields)
+                           image_index=job.image_index, seed=job.seed, extra=job.row.extra,
+                           **plans[settings[job.number]])
 
-    todo = [[jobs[i] for i in batch] for batch in mine]
+    def done(job: Job) -> bool:
+        setting = settings[job.number]
+        return check_existing(out_dir / job.name, size=(setting.width, setting.height),
+                              tag=image_tag(job, plans[setting]["config"]))
+
+    todo = [[jobs[i] for i in batch] for batch in work.mine]
     n_mine = sum(len(b) for b in todo)
-    missing = [[j for j in batch if not check_existing(out_dir / j.name, size=size, tag=image_tag(j, config))]
-               for batch in todo]
+    missing = [[j for j in batch if not done(j)] for batch in todo]
     n_missing = sum(len(m) for m in missing)
     where = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     where += f" (process {rank}/{world})" if world > 1 else ""
-    console.info(f"sample{where}: {console.plural(n_mine, 'image')}, {n_mine - n_missing} already done, "
-                 f"{n_missing} to make")
+    console.info(f"sample{where}: {console.plural(n_mine, 'image')}, {n_mine - n_missing:,} already done, "
+                 f"{n_missing:,} to make")
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(console.progress("sampling", n_missing)) if n_missing else None
         for batch, need in zip(todo, missing, strict=True):
             if need:
-                pixels = _generate(pipe, batch, opts, size, torch)
+                setting = settings[batch[0].number]
+                pixels = _generate(pipe, batch, opts, setting, torch)
                 wanted = {job.number for job in need}
+                config = plans[setting]["config"]
                 for job, px in zip(batch, pixels, strict=True):
                     if job.number in wanted:
                         atomic_write_bytes(out_dir / job.name, encode_png(px, image_tag(job, config)))
@@ -315,17 +383,16 @@ def _make(opts: SampleOptions, jobs: list[Job], mine: list[range], *, out_dir: P
     if state is not None:
         state.wait_for_everyone()
         if state.is_main_process:
-            for i in (i for batch in my_batches(len(jobs), opts.batch_size, shard, 0, 1) for i in batch):
+            for i in (i for batch in pick_batches(work.batches, shard, 0, 1) for i in batch):
                 emit(record(jobs[i]))
     return SampleResult(n_mine, n_missing, n_mine - n_missing)
 
 
-def _generate(pipe: Any, batch: Sequence[Job], opts: SampleOptions, size: tuple[int, int], torch: Any) -> Any:
+def _generate(pipe: Any, batch: Sequence[Job], opts: SampleOptions, setting: Setting, torch: Any) -> Any:
     """uint8 (B, H, W, 3) pixels, rounded as diffusers' own ``numpy_to_pil`` does."""
-    width, height = size
     generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in batch]
     with torch.inference_mode():
         images = pipe(prompt=[job.row.prompt for job in batch], generator=generators,
-                      num_inference_steps=opts.steps, guidance_scale=opts.guidance,
-                      height=height, width=width, output_type="np").images
+                      num_inference_steps=opts.steps, guidance_scale=setting.guidance,
+                      height=setting.height, width=setting.width, output_type="np").images
     return (images * 255).round().astype("uint8")
