@@ -212,21 +212,6 @@ def check_input_files(opts: SampleOptions) -> None:
             check_format(path, read_metadata(path), wanted, takes)
 
 
-def load_weights(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Apply ``recare erase`` outputs in order (``recare_cli.models.weights``); weights made for
-    another base UNet than the loaded model's are refused."""
-    from recare_cli.models.fingerprint import state_fingerprint
-    from recare_cli.models.weights import apply_unet_weights, read_safetensors
-
-    applied: list[dict[str, Any]] = []
-    for path in paths:
-        tensors, _ = read_safetensors(path)
-        meta = apply_unet_weights(bundle.pipe, path, base_unet=bundle.unet_fingerprint)
-        applied.append({"path": str(path), "fingerprint": state_fingerprint(tensors),
-                        "base_unet": meta.get("base_unet"), "tensors": len(tensors)})
-    return applied
-
-
 def load_embeddings(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Add ``recare invert`` tokens (``{token: (n, D)}``) to the tokenizer and text encoder; files that
     record another base text encoder are refused."""
@@ -288,13 +273,14 @@ def run_sample(opts: SampleOptions, rows: Sequence[PromptRow], *,
     jobs = plan_jobs(rows, images_per_prompt=opts.images_per_prompt, seed=opts.seed)
     rank, world, state = distributed(opts.device)
 
+    from recare_cli.models.applied import apply_weight_files
     from recare_cli.models.device import dtype_name
     from recare_cli.models.sd import load_sd
 
     device = str(state.device) if state is not None and opts.device == "auto" else opts.device
     bundle = load_sd(opts.model, device=device, dtype=opts.dtype)
     set_scheduler(bundle.pipe, opts.scheduler)
-    applied = load_weights(bundle, opts.weights)
+    applied = apply_weight_files(bundle, opts.weights)
     tokens = load_embeddings(bundle, opts.embeddings)
     size = image_size(opts, bundle.pipe)
     identity = bundle.identity()
