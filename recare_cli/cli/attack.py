@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Device, Quiet, Seed
+from recare_cli.cli.options import AsList, Device, Flip, Quiet, Recursive, Seed, StrictImages, TrainResolution
 from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.attack import AttackOptions as O
 
@@ -50,15 +50,11 @@ def attack(
                                                             "accumulation (the reference's --scale_lr).")] = O.lr,
     num_images: Annotated[int, typer.Option("--num-images", min=1, help="Images that train the token (the "
                                                                         "first N, sorted).")] = O.num_images,
-    resolution: Annotated[int | None, typer.Option(
-        "--resolution", min=8, help="Training image size in pixels (default: the model's own, 512 for SD 1.x).",
-        show_default=False)] = O.resolution,
-    flip: Annotated[float, typer.Option("--flip", min=0.0, max=1.0, help="Probability of a horizontal "
-                                                                         "flip.")] = O.flip,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")] = O.recursive,
-    as_list: Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")] = O.as_list,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
-                                                          "skipping it.")] = O.strict,
+    resolution: TrainResolution = O.resolution,
+    flip: Flip = O.flip,
+    recursive: Recursive = O.recursive,
+    as_list: AsList = O.as_list,
+    strict: StrictImages = O.strict,
     seed: Seed = O.seed,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
                                        help="Stable Diffusion model: a diffusers folder or a hub id.")] = O.model,

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Device, Quiet, Seed
+from recare_cli.cli.options import AsList, Device, Flip, Quiet, Recursive, Seed, StrictImages, TrainResolution
 from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.invert import InvertOptions as O
 
@@ -54,15 +54,11 @@ def invert(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Textual-inversion steps per round.")] = O.steps,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Textual-inversion learning rate (batch "
                                                             "1).")] = O.lr,
-    resolution: Annotated[int | None, typer.Option(
-        "--resolution", min=8, help="Training image size in pixels (default: the model's own, e.g. 512 for SD 1.x).",
-        show_default=False)] = O.resolution,
-    flip: Annotated[float, typer.Option("--flip", min=0.0, max=1.0, help="Probability of a horizontal "
-                                                                         "flip.")] = O.flip,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")] = O.recursive,
-    as_list: Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")] = O.as_list,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
-                                                          "skipping it.")] = O.strict,
+    resolution: TrainResolution = O.resolution,
+    flip: Flip = O.flip,
+    recursive: Recursive = O.recursive,
+    as_list: AsList = O.as_list,
+    strict: StrictImages = O.strict,
     keep_erased: Annotated[str | None, typer.Option("--keep-erased", help="Folder for each round's erased UNet "
                                                                           "weights (roundN-unet.safetensors).",
                                                     show_default=False)] = O.keep_erased,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Clip, Device, Dtype, Output, Quiet
+from recare_cli.cli.options import AsList, Clip, Device, Dtype, Output, Quiet, Recursive, StrictImages
 from recare_cli.stages.mine import MineOptions as O
 
 OPTIONS = O
@@ -41,10 +41,9 @@ def mine(
                             "words by lift, the share of target images that have them less the share of "
                             "these, and drop words no more frequent in the target images.",
         show_default=False)] = O.reference,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")] = O.recursive,
-    as_list: Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")] = O.as_list,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image "
-                                                          "instead of skipping it.")] = O.strict,
+    recursive: Recursive = O.recursive,
+    as_list: AsList = O.as_list,
+    strict: StrictImages = O.strict,
     clip: Clip = O.clip,
     device: Device = O.device,
     dtype: Dtype = O.dtype,

@@ -19,3 +19,14 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No messages or progr
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same machine: same bytes).")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output file, or - for stdout.")]
 
+
+# The image inputs of mine, invert and attack.
+Recursive = Annotated[bool, typer.Option("--recursive", "-r", help="Search sub-folders.")]
+AsList = Annotated[bool, typer.Option("--list", help="IMAGES is a text file of image paths.")]
+StrictImages = Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image instead of "
+                                                             "skipping it.")]
+# The training images of invert and attack.
+TrainResolution = Annotated[int | None, typer.Option(
+    "--resolution", min=8, help="Training image size in pixels (default: the model's own, 512 for SD 1.x).",
+    show_default=False)]
+Flip = Annotated[float, typer.Option("--flip", min=0.0, max=1.0, help="Probability of a horizontal flip.")]
