@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,24 +167,42 @@ def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: st
     when omitted it is computed from the UNet now, so call this before any other change. Weights made
     for another base model raise ``BadInputError``. Returns the file's metadata.
     """
+    tensors, meta = read_safetensors(path)
+    _load_unet_weights(getattr(pipe, "unet", pipe), tensors, meta, str(path), base_unet)
+    return meta
+
+
+def apply_weight_files(bundle: Any, paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """Apply ``recare erase`` outputs to an ``SDBundle``'s UNet in order, each file read once; returns the
+    record provenance keeps of each (path, fingerprint of its tensors, base UNet, tensor count)."""
+    from recare_cli.models.fingerprint import state_fingerprint
+
+    applied: list[dict[str, Any]] = []
+    for path in paths:
+        tensors, meta = read_safetensors(path)
+        _load_unet_weights(bundle.pipe.unet, tensors, meta, str(path), bundle.unet_fingerprint)
+        applied.append({"path": str(path), "fingerprint": state_fingerprint(tensors),
+                        "base_unet": meta.get("base_unet"), "tensors": len(tensors)})
+    return applied
+
+
+def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], source: str,
+                       base_unet: str | None) -> None:
     from recare_cli.models.fingerprint import module_fingerprint
 
-    unet = getattr(pipe, "unet", pipe)
-    tensors, meta = read_safetensors(path)
     made_for = meta.get("base_unet")
     if made_for is None:
         raise BadInputError("no 'base_unet' fingerprint in the metadata: not weights written by recare erase",
-                            source=str(path), field="base_unet")
+                            source=source, field="base_unet")
     current = base_unet or module_fingerprint(unet)
     if made_for != current:
         raise BadInputError(f"made for base UNet {made_for}, but this model's UNet is {current}",
-                            source=str(path), field="base_unet")
+                            source=source, field="base_unet")
     if not tensors:
-        raise BadInputError("holds no tensors", source=str(path))
-    check_unet_weights(unet, tensors, str(path))
+        raise BadInputError("holds no tensors", source=source)
+    check_unet_weights(unet, tensors, source)
     state = unet.state_dict()
     unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
-    return meta
 
 
 def load_reference_unet(path: str | os.PathLike[str], unet: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -155,9 +155,8 @@ def run_attack(opts: AttackOptions, paths: list[Path], *,
     )
     from recare_cli.io.atomic import atomic_write_bytes
     from recare_cli.io.provenance import provenance
-    from recare_cli.models.applied import apply_weight_files
     from recare_cli.models.sd import load_sd, native_square_resolution
-    from recare_cli.models.weights import read_safetensors, save_embeddings, write_safetensors
+    from recare_cli.models.weights import apply_weight_files, read_safetensors, save_embeddings, write_safetensors
     from recare_cli.stages.invert import initializer_vector, load_pixels
 
     opts.validate()

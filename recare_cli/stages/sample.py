@@ -273,9 +273,9 @@ def run_sample(opts: SampleOptions, rows: Sequence[PromptRow], *,
     jobs = plan_jobs(rows, images_per_prompt=opts.images_per_prompt, seed=opts.seed)
     rank, world, state = distributed(opts.device)
 
-    from recare_cli.models.applied import apply_weight_files
     from recare_cli.models.device import dtype_name
     from recare_cli.models.sd import load_sd
+    from recare_cli.models.weights import apply_weight_files
 
     device = str(state.device) if state is not None and opts.device == "auto" else opts.device
     bundle = load_sd(opts.model, device=device, dtype=opts.dtype)
