@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import AsList, Device, Flip, Quiet, Recursive, Seed, StrictImages, TrainResolution
+from recare_cli.cli.options import (
+    AsList,
+    Device,
+    Flip,
+    Images,
+    Quiet,
+    Recursive,
+    SafetensorsOutput,
+    Seed,
+    StrictImages,
+    TrainResolution,
+)
 from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.attack import AttackOptions as O
 
@@ -29,12 +40,10 @@ Example:
 
 
 def attack(
-    images: Annotated[str, typer.Argument(help="Image folder, a path-list file with --list, or - for a path list "
-                                               "on stdin.", show_default=False)],
+    images: Images,
     target: Annotated[str, typer.Option("--target", "-t", help="The erased concept, e.g. nudity.",
                                         show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output safetensors file (- for stdout).",
-                                        show_default=False)],
+    output: SafetensorsOutput,
     method: Annotated[str, typer.Option("--method", help="cce (the only attack so far).")] = O.method,
     weights: Annotated[list[str] | None, typer.Option(
         "--weights", help="recare erase outputs applied to --model, in order; repeatable. None: attack the "

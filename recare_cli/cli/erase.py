@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Device, Quiet, Seed
+from recare_cli.cli.options import Device, Quiet, SafetensorsOutput, Seed
 from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.erase import EraseOptions as O
 
@@ -31,8 +31,7 @@ Examples:
 def erase(
     target: Annotated[str, typer.Option("--target", "-t", help="The concept to erase, e.g. nudity.",
                                         show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output safetensors file (- for stdout).",
-                                        show_default=False)],
+    output: SafetensorsOutput,
     care: Annotated[str | None, typer.Option("--care", help="CARE-set JSON from recare refine (either layout); "
                                                            "required for recare and stereo.",
                                              show_default=False)] = O.care,

@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import AsList, Device, Flip, Quiet, Recursive, Seed, StrictImages, TrainResolution
+from recare_cli.cli.options import (
+    AsList,
+    Device,
+    Flip,
+    Images,
+    Quiet,
+    Recursive,
+    SafetensorsOutput,
+    Seed,
+    StrictImages,
+    TrainResolution,
+)
 from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.invert import InvertOptions as O
 
@@ -29,12 +40,10 @@ Example:
 
 
 def invert(
-    images: Annotated[str, typer.Argument(help="Image folder, a path-list file with --list, or - for a path "
-                                               "list on stdin.", show_default=False)],
+    images: Images,
     target: Annotated[str, typer.Option("--target", "-t", help="The concept to erase, e.g. nudity.",
                                         show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output safetensors file (- for stdout).",
-                                        show_default=False)],
+    output: SafetensorsOutput,
     initializer: Annotated[str, typer.Option("--initializer", help="Single-token word the new tokens start "
                                                                    "from (person for objects, art for "
                                                                    "styles).")] = O.initializer,

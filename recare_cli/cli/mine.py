@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import AsList, Clip, Device, Dtype, Output, Quiet, Recursive, StrictImages
+from recare_cli.cli.options import AsList, Clip, Device, Dtype, Images, Output, Quiet, Recursive, StrictImages
 from recare_cli.stages.mine import MineOptions as O
 
 OPTIONS = O
@@ -27,8 +27,7 @@ Example:
 
 
 def mine(
-    images: Annotated[str, typer.Argument(help="Image folder, a path-list file with --list, or - "
-                                               "for a path list on stdin.", show_default=False)],
+    images: Images,
     target: Annotated[str, typer.Option("--target", "-t", help="The concept to erase, e.g. nudity.",
                                         show_default=False)],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Words taken per image.")] = O.top_k,

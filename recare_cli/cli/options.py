@@ -30,3 +30,10 @@ TrainResolution = Annotated[int | None, typer.Option(
     "--resolution", min=8, help="Training image size in pixels (default: the model's own, 512 for SD 1.x).",
     show_default=False)]
 Flip = Annotated[float, typer.Option("--flip", min=0.0, max=1.0, help="Probability of a horizontal flip.")]
+Images = Annotated[str, typer.Argument(help="Image folder, a path-list file with --list, or - for a path list on "
+                                            "stdin.", show_default=False)]
+SafetensorsOutput = Annotated[str, typer.Option("--output", "-o", help="Output safetensors file (- for stdout).",
+                                                show_default=False)]
+# Reading a CARE-set file (refine, prompts).
+CareSetKey = Annotated[str | None, typer.Option(
+    "--target", help="Which CARE-set to take from a reference file holding several.", show_default=False)]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Output, Quiet
+from recare_cli.cli.options import CareSetKey, Output, Quiet
 from recare_cli.stages.prompts import PromptsOptions as O
 
 OPTIONS = O
@@ -40,9 +40,7 @@ def prompts(
                                                    help="Rows (images) per prompt.")] = O.images_per_prompt,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of each prompt's first image; image i gets "
                                                             "seed + i.")] = O.seed,
-    target: Annotated[str | None, typer.Option(
-        "--target", help="Which CARE-set to take from a reference file holding several.",
-        show_default=False)] = O.target,
+    target: CareSetKey = O.target,
     output: Output = O.output,
     quiet: Quiet = False,
 ) -> None:

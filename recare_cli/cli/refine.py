@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Output, Quiet
+from recare_cli.cli.options import CareSetKey, Output, Quiet
 from recare_cli.io.careset import PROPERTIES
 from recare_cli.stages.refine import LAYOUTS
 from recare_cli.stages.refine import RefineOptions as O
@@ -42,9 +42,7 @@ def refine(
         "--property", help="object: retain prompts 'A photo of …'; style: 'A painting of …'.")] = Property(O.property),
     format: Annotated[Layout, typer.Option(
         "--format", help="recare (full record) or reference (damilab/CARE careset.json).")] = Layout(O.format),
-    target: Annotated[str | None, typer.Option(
-        "--target", help="Which CARE-set to take from a reference file holding several.",
-        show_default=False)] = O.target,
+    target: CareSetKey = O.target,
     output: Output = O.output,
     quiet: Quiet = False,
 ) -> None:
