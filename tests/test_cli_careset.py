@@ -323,3 +323,41 @@ def test_refine_warns_about_stream_options_given_for_a_careset() -> None:
     assert quiet.code == 0 and "to clustered streams" not in quiet.stderr
     given = invoke(["refine", "-", "--alpha", "0.01"], stdin=care)
     assert given.code == 0 and "--alpha applies to clustered streams" in given.stderr
+
+
+def test_word_embeddings_as_npy_follow_the_stream(mined: Result, tiny_clip_dir: Path, target_images: Path,
+                                                 tmp_path: Path) -> None:
+    """--embeddings-npy writes the stream's word embeddings (row i = the i-th word record) and leaves the stream
+    byte-identical; cluster writes the same rows for its stream."""
+    npy = tmp_path / "words.npy"
+    res = invoke(["mine", str(target_images), "--target", "circle", "--clip", str(tiny_clip_dir),
+                  "--top-k", "20", "--top-n", "40", "--embeddings-npy", str(npy)])
+    assert res.code == 0, res.stderr
+    assert res.stdout == mined.stdout
+    words = _lines(mined)[1:]
+    array = np.load(npy, allow_pickle=False)
+    assert array.dtype == np.float32 and array.shape == (40, 32)
+    for row, record in zip(array, words, strict=True):
+        assert row.tolist() == np.float32(record["embedding"]).tolist()
+    clustered_npy = tmp_path / "clustered.npy"
+    clustered = invoke(["cluster", "-n", "4", "--embeddings-npy", str(clustered_npy)], stdin=mined.stdout)
+    assert clustered.code == 0, clustered.stderr
+    rows = _lines(clustered)
+    out_words = [r for r in rows[1:] if r.get("record", "word") == "word" and "embedding" in r]
+    assert np.array_equal(np.load(clustered_npy), np.float32([w["embedding"] for w in out_words]))
+
+
+@pytest.mark.parametrize(("where", "code", "needle"), [
+    ("-", EXIT_USAGE, "--embeddings-npy needs a file"),
+    ("folder", EXIT_BAD_INPUT, "is a folder"),
+    ("missing/words.npy", EXIT_BAD_INPUT, "does not exist"),
+    ("same", EXIT_USAGE, "name the same file"),
+])
+def test_a_bad_embeddings_npy_destination_is_refused_before_any_work(mined: Result, tmp_path: Path, where: str,
+                                                                     code: int, needle: str) -> None:
+    (tmp_path / "folder").mkdir()
+    out = tmp_path / "clustered.jsonl"
+    dest = {"-": "-", "same": str(out)}.get(where, str(tmp_path / where))
+    res = invoke(["cluster", "-n", "4", "-o", str(out), "--embeddings-npy", dest], stdin=mined.stdout)
+    _one_line_error(res, code, needle)
+    assert not out.exists()

@@ -154,3 +154,17 @@ def test_binary_to_a_real_terminal_is_refused_before_any_work(command: list[str]
     assert "terminal" in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert time.perf_counter() - started < 60  # no model was loaded, nothing was trained
     assert list(tmp_path.iterdir()) == []
+
+
+def test_word_embeddings_npy_beside_a_pipeline(target_images: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    import numpy as np
+
+    cmd = (f"recare mine {target_images} --target circle --top-k 20 --top-n 40 --embeddings-npy mined.npy "
+           "| recare cluster -n 4 --embeddings-npy clustered.npy > clustered.jsonl")
+    done = shell(cmd, tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    words = [orjson.loads(line) for line in (tmp_path / "clustered.jsonl").read_bytes().splitlines()[1:]]
+    embeddings = np.float32([w["embedding"] for w in words if "embedding" in w])
+    assert embeddings.shape == (40, 32)
+    assert np.array_equal(np.load(tmp_path / "clustered.npy"), embeddings)
+    assert np.array_equal(np.sort(np.load(tmp_path / "mined.npy"), axis=0), np.sort(embeddings, axis=0))

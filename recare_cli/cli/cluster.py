@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Output, Quiet, Seed
+from recare_cli.cli.options import EmbeddingsNpy, Output, Quiet, Seed
 from recare_cli.stages.cluster import SPACES
 from recare_cli.stages.cluster import ClusterOptions as O
 
@@ -48,19 +48,25 @@ def cluster(
                         "(t-SNE of a few dozen words can be; see docs/benchmarks.md).")] = Space(O.space),
     seed: Seed = O.seed,
     output: Output = O.output,
+    embeddings_npy: EmbeddingsNpy = O.embeddings_npy,
     quiet: Quiet = False,
 ) -> None:
     opts = O(**{k: v for k, v in locals().items() if k not in CLI_ONLY})
     opts.space = Space(space).value
     console.set_quiet(quiet)
+    from recare_cli.io.arrays import check_npy_destination, write_npy
     from recare_cli.io.candidates import read_candidates
     from recare_cli.io.streams import open_output
     from recare_cli.stages.cluster import run_clustering
 
+    if embeddings_npy is not None:
+        check_npy_destination(embeddings_npy, "--embeddings-npy", output=output)
     stream = read_candidates(candidates)
     decisions = run_clustering(stream, opts)
     with open_output(output, binary=False) as out:
         stream.write(out)
+    if embeddings_npy is not None:
+        write_npy(embeddings_npy, stream.embeddings())
     if not quiet:
         _summary(stream, decisions)
 

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import AsList, Clip, Device, Dtype, Images, Output, Quiet, Recursive, StrictImages
+from recare_cli.cli.options import (
+    AsList,
+    Clip,
+    Device,
+    Dtype,
+    EmbeddingsNpy,
+    Images,
+    Output,
+    Quiet,
+    Recursive,
+    StrictImages,
+)
 from recare_cli.stages.mine import MineOptions as O
 
 OPTIONS = O
@@ -54,11 +65,13 @@ def mine(
         help="Vocabulary-embedding cache (default: $XDG_CACHE_HOME/recare).", show_default=False)] = O.cache_dir,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = O.no_cache,
     output: Output = O.output,
+    embeddings_npy: EmbeddingsNpy = O.embeddings_npy,
     quiet: Quiet = False,
 ) -> None:
     opts = O(**{k: v for k, v in locals().items() if k not in CLI_ONLY})
     console.set_quiet(quiet)
     from recare_cli.errors import UsageError
+    from recare_cli.io.arrays import check_npy_destination, write_npy
     from recare_cli.io.images import resolve_image_inputs
     from recare_cli.io.streams import open_output
     from recare_cli.stages.mine import run_mining
@@ -67,6 +80,8 @@ def mine(
         raise UsageError("--target must not be empty")
     if images == "-" and vocab == "-":
         raise UsageError("only one of IMAGES and --vocab can be read from stdin")
+    if embeddings_npy is not None:
+        check_npy_destination(embeddings_npy, "--embeddings-npy", output=output)
     paths = resolve_image_inputs(images, recursive=recursive, as_list=as_list)
     reference_paths = None
     if reference is not None:
@@ -76,3 +91,5 @@ def mine(
     stream = run_mining(opts, paths, reference_paths)
     with open_output(output, binary=False) as out:
         stream.write(out)
+    if embeddings_npy is not None:
+        write_npy(embeddings_npy, stream.embeddings())

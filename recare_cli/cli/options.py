@@ -37,3 +37,8 @@ SafetensorsOutput = Annotated[str, typer.Option("--output", "-o", help="Output s
 # Reading a CARE-set file (refine, prompts).
 CareSetKey = Annotated[str | None, typer.Option(
     "--target", help="Which CARE-set to take from a reference file holding several.", show_default=False)]
+# The candidate streams' word embeddings as an array (mine, cluster).
+EmbeddingsNpy = Annotated[str | None, typer.Option(
+    "--embeddings-npy", help="Also write the words' CLIP text embeddings as a .npy array (float32, one row per word "
+                             "record of the output stream, in its order), for analysis outside recare.",
+    show_default=False)]

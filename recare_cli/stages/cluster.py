@@ -26,6 +26,7 @@ class ClusterOptions:
     space: str = "tsne"  # what k-means clusters: the t-SNE points (the reference) or the unit embeddings
     seed: int = 42
     output: str = run_control("-")
+    embeddings_npy: str | None = run_control(None)
 
 
 def run_clustering(stream: CandidateStream, opts: ClusterOptions) -> list[ClusterDecision]:

@@ -42,6 +42,7 @@ class MineOptions:
     cache_dir: str | None = run_control(None)
     no_cache: bool = run_control(False)
     output: str = run_control("-")
+    embeddings_npy: str | None = run_control(None)
 
 
 def _vocabulary(bundle: Any, words: list[tuple[int, str]] | None, source: str) -> Any:
