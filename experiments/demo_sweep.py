@@ -124,15 +124,15 @@ def erase_options(config: str, erase_seed: int, *, target: str, source: Path, sd
     """The ``EraseOptions`` of one configuration
     METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]]
     (fields left out take ``erase``'s defaults, but RETAIN_WEIGHT, which is 1) for erase seed ``erase_seed``,
-    with the CARE-set and adversarial token of the demo folder ``source`` (ESD takes neither)."""
-    from recare_cli.stages.erase import EraseOptions
+    with the CARE-set and adversarial token of the demo folder ``source`` (neither ESD takes them)."""
+    from recare_cli.stages.erase import WITHOUT_CARESET, EraseOptions
 
     parts = config.split(":")
     method, train_method, lr, iterations = parts[0], parts[1], float(parts[2]), int(parts[3])
     extra = parts[4:]
     return EraseOptions(
-        target=target, care=None if method == "esd" else str(source / "care.json"),
-        adversarial=None if method == "esd" else str(source / "adv.safetensors"), method=method,
+        target=target, care=None if method in WITHOUT_CARESET else str(source / "care.json"),
+        adversarial=None if method in WITHOUT_CARESET else str(source / "adv.safetensors"), method=method,
         train_method=train_method, iterations=iterations, lr=lr,
         retain_weight=float(extra[0]) if len(extra) > 0 else 1.0,
         timesteps=extra[1] if len(extra) > 1 else EraseOptions.timesteps,

@@ -133,18 +133,18 @@ def test_timestep_draws(tiny_sd_dir: Path) -> None:
     stratified = _trainer(_bundle(tiny_sd_dir), "xattn", iterations=4)
     stratified.schedule.steps = [6, 1, 3, 6]
     ran: list[int] = []
-    original = diffusion.ddim_partial
+    original = diffusion.sample_partial
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         ran.append(kwargs["steps"])
         return original(*args, **kwargs)
 
-    diffusion.ddim_partial = spy  # type: ignore[assignment]
+    diffusion.sample_partial = spy  # type: ignore[assignment]
     try:
         for i in range(4):
             stratified.step(i)
     finally:
-        diffusion.ddim_partial = original  # type: ignore[assignment]
+        diffusion.sample_partial = original  # type: ignore[assignment]
     assert ran == [6, 1, 3, 6]
 
 
@@ -171,12 +171,12 @@ def test_each_sample_pairs_every_condition_with_every_sample(tiny_sd_dir: Path) 
     assert torch.allclose(batched, naive, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["recare", "esd"])
+@pytest.mark.parametrize("method", ["recare", "esd-recare"])
 def test_xt_batch_loss_is_the_mean_of_one_sample_losses(tiny_sd_dir: Path, method: str) -> None:
     """With --xt-batch 2 an iteration draws k, then two noises, and its loss is the mean of the two
     one-sample losses, each computed naively: its own DDIM trajectory, teacher and student at batch 1."""
-    from recare_cli.core.diffusion import ddim_partial, unet_eps
-    from recare_cli.core.guidance import compositional_target, esd_target, training_timestep_index
+    from recare_cli.core.diffusion import sample_partial, unet_eps
+    from recare_cli.core.guidance import compositional_target, esd_recare_target, training_timestep_index
 
     trainer = _trainer(_bundle(tiny_sd_dir), "xattn", method=method, xt_batch=2, lr=0.0)
     p, s = trainer.prompts, trainer.settings
@@ -187,15 +187,15 @@ def test_xt_batch_loss_is_the_mean_of_one_sample_losses(tiny_sd_dir: Path, metho
     losses = []
     with torch.no_grad():
         for b in range(2):
-            x_t = ddim_partial(trainer.unet, trainer.sampler, z[b:b + 1], p.erase, p.uncond, steps=k,
-                               guidance=s.sample_guidance)
+            x_t = sample_partial(trainer.unet, trainer.sampler, z[b:b + 1], p.erase, p.uncond, steps=k,
+                                 guidance=s.sample_guidance)
 
             def teacher(emb: torch.Tensor, x_t: torch.Tensor = x_t) -> torch.Tensor:
                 return unet_eps(trainer.unet, x_t, t, emb, params=trainer.teacher)
 
             u, e = teacher(p.uncond), teacher(p.erase)
-            if method == "esd":
-                loss = ((unet_eps(trainer.unet, x_t, t, p.erase) - esd_target(e, u, s.guidance)) ** 2).mean()
+            if method == "esd-recare":
+                loss = ((unet_eps(trainer.unet, x_t, t, p.erase) - esd_recare_target(e, u, s.guidance)) ** 2).mean()
             else:
                 target = compositional_target(u, e.unsqueeze(0), teacher(p.anchors), s.guidance)
                 loss = ((unet_eps(trainer.unet, x_t, t, p.erase) - target) ** 2).mean() \
@@ -363,12 +363,12 @@ def test_xt_batch_below_one_is_a_usage_error(tiny_sd_dir: Path, care_file: Path,
     assert bad.code == 2 and "--xt-batch" in bad.stderr and not (tmp_path / "f.safetensors").exists()
 
 
-@pytest.mark.parametrize("method", ["esd", "stereo"])
+@pytest.mark.parametrize("method", ["esd", "esd-recare", "stereo"])
 def test_baselines_run(tiny_sd_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / f"{method}.safetensors"
     args = _erase_args(tiny_sd_dir, care_file, out, "--method", method, "--iterations", "2",
                        "--train-method", "xattn")
-    if method == "esd":
+    if method != "stereo":
         args.remove("--care")
         args.remove(str(care_file))
     res = invoke(args)
@@ -505,7 +505,7 @@ def test_erase_sampler_never_clips_x0(tiny_sd_dir: Path) -> None:
     """x_t is drawn with DDIM as the reference's sampler does it: the predicted x0 is not clipped to [-1, 1]
     even when the model's scheduler config does not say clip_sample (DDIMScheduler's default clips).
     One step with ε = 0 from latents of 4 must give sqrt(ᾱ_prev / ᾱ_t) · 4, computed by hand."""
-    from recare_cli.core.diffusion import ddim_partial
+    from recare_cli.core.diffusion import sample_partial
 
     bundle = _bundle(tiny_sd_dir)
     assert "clip_sample" not in bundle.pipe.scheduler.config  # the case under test
@@ -518,7 +518,7 @@ def test_erase_sampler_never_clips_x0(tiny_sd_dir: Path) -> None:
 
     latents = torch.full((1, 4, 2, 2), 4.0)
     emb = torch.zeros(1, 77, 32)
-    out = ddim_partial(ZeroEps(), sampler, latents, emb, emb, steps=1, guidance=3.0)
+    out = sample_partial(ZeroEps(), sampler, latents, emb, emb, steps=1, guidance=3.0)
     t = int(sampler.timesteps[0])
     prev = t - sampler.config.num_train_timesteps // sampler.num_inference_steps
     ab = sampler.alphas_cumprod

@@ -10,6 +10,8 @@ from recare_cli.core.guidance import (
     balanced_schedule,
     compositional_target,
     erase_loss,
+    esd_recare_target,
+    esd_step_choices,
     esd_target,
     lr_factor,
     mse,
@@ -19,15 +21,35 @@ from recare_cli.core.guidance import (
 )
 
 
-def test_esd_target_hand_values() -> None:
+def test_esd_recare_target_hand_values() -> None:
     c = torch.tensor([[1.0, 2.0, 3.0]])
     u = torch.tensor([[0.5, 0.0, -1.0]])
     # g = 2: ε_c − (ε_c − ε_∅) = ε_∅
-    assert torch.equal(esd_target(c, u, 2.0), u)
+    assert torch.equal(esd_recare_target(c, u, 2.0), u)
     # g = 3: ε_c − 2(ε_c − ε_∅) = 2ε_∅ − ε_c = [0, -2, -5]
-    assert torch.allclose(esd_target(c, u, 3.0), torch.tensor([[0.0, -2.0, -5.0]]))
+    assert torch.allclose(esd_recare_target(c, u, 3.0), torch.tensor([[0.0, -2.0, -5.0]]))
     # g = 1: no guidance, the concept itself
-    assert torch.equal(esd_target(c, u, 1.0), c)
+    assert torch.equal(esd_recare_target(c, u, 1.0), c)
+
+
+def test_published_esd_target_hand_values() -> None:
+    c = torch.tensor([[1.0, 2.0, 3.0]])
+    u = torch.tensor([[0.5, 0.0, -1.0]])
+    f = torch.tensor([[2.0, 2.0, 2.0]])
+    # from = c, g = 2: ε_c − 2(ε_c − ε_∅) = 2ε_∅ − ε_c = [0, -2, -5] (the paper's η = 1), not ε_∅
+    assert torch.allclose(esd_target(c, c, u, 2.0), torch.tensor([[0.0, -2.0, -5.0]]))
+    assert not torch.allclose(esd_target(c, c, u, 2.0), u)
+    # the ReCARE reference's step at g is the published one at g − 1
+    assert torch.allclose(esd_target(c, c, u, 2.0), esd_recare_target(c, u, 3.0))
+    # another concept mapped from: ε_from − g(ε_c − ε_∅) = [2, 2, 2] − 2·[0.5, 2, 4] = [1, -2, -6]
+    assert torch.allclose(esd_target(f, c, u, 2.0), torch.tensor([[1.0, -2.0, -6.0]]))
+
+
+def test_published_esd_step_choices_include_both_ends() -> None:
+    """esd_sd.py draws random.randint(0, num_inference_steps - 1): 0 and the last step are both possible."""
+    assert list(esd_step_choices(5)) == [0, 1, 2, 3, 4]
+    steps = stratified_steps(5, 10, np.random.default_rng(0), esd_step_choices(5))
+    assert sorted(steps) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
 def test_compositional_target_hand_values() -> None:

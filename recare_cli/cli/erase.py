@@ -9,14 +9,22 @@ import typer
 from recare_cli import console
 from recare_cli.cli.options import Device, Quiet, SafetensorsOutput, Seed
 from recare_cli.models.sd import MODEL_ENV
+from recare_cli.stages.erase import METHOD_DEFAULTS
 from recare_cli.stages.erase import EraseOptions as O
 
 OPTIONS = O
 CLI_ONLY = ("quiet",)
 
+
+def _per_method(key: str) -> str:
+    """``recare 2e-05, esd 5e-05, …``: each method's own default of an option, from the one table."""
+    return ", ".join(f"{method} {values[key]:g}" if isinstance(values[key], float) else f"{method} {values[key]}"
+                     for method, values in METHOD_DEFAULTS.items())
+
+
 HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
 
-Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts. --method esd is the ESD objective alone; --method stereo uses the anchors without the retain loss.
+Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts. --method stereo uses the anchors without the retain loss. --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. Options left unset take the method's own defaults (docs/erase.md).
 
 Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights, recare_cli.models.weights.apply_unet_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
 
@@ -24,7 +32,9 @@ Examples:
 
   recare erase --target nudity --care care.json --adversarial adv.safetensors -o erased.safetensors
 
-  recare erase --target nudity --method esd -o esd.safetensors --save-pipeline sd-esd/
+  recare erase --target nudity --method esd --train-method esd-u -o esd.safetensors --save-pipeline sd-esd/
+
+  recare erase --target "cowboy hat" --erase-from cowboy --method esd -o hat.safetensors
 """
 
 
@@ -40,17 +50,27 @@ def erase(
                                                     show_default=False)] = O.adversarial,
     num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
                                                  help="How many adversarial tokens join the erase set.")] = O.num_adversarial,
-    method: Annotated[str, typer.Option("--method", help="recare, esd or stereo.")] = O.method,
-    train_method: Annotated[str, typer.Option("--train-method", help="Trained UNet parameters: noxattn, xattn, "
-                                                                     "selfattn or full.")] = O.train_method,
+    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare or stereo.")] = O.method,
+    erase_from: Annotated[str | None, typer.Option(
+        "--erase-from", help="esd only: the concept to erase the target from (default: the target itself), e.g. "
+                             "--target 'cowboy hat' --erase-from cowboy.", show_default=False)] = O.erase_from,
+    train_method: Annotated[str | None, typer.Option(
+        "--train-method", help="Trained UNet parameters: noxattn, xattn, selfattn, full or xattn-kv (cross-attention "
+                               "keys and values), or ESD's names esd-u (= noxattn), esd-x (= xattn), esd-all "
+                               f"(= full), esd-x-strict (= xattn-kv). Default: the method's ({_per_method('train_method')}).",
+        show_default=False)] = O.train_method,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="Training iterations.")] = O.iterations,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")] = O.lr,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", min=0.0, help=f"Learning rate of AdamW (esd: Adam). Default: the method's ({_per_method('lr')}).",
+        show_default=False)] = O.lr,
     lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant (reference), or linear / cosine "
                                                                    "decay from --lr over the iterations.")] = O.lr_schedule,
     guidance: Annotated[float, typer.Option("--guidance", help="Compositional guidance s (reference convention: "
-                                                               "intended scale + 1); for esd the negative "
-                                                               "guidance.")] = O.guidance,
-    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="DDIM steps of the schedule x_t is drawn from (reference: 50).")] = O.ddim_steps,
+                                                               "intended scale + 1); for esd and esd-recare the "
+                                                               "negative guidance g.")] = O.guidance,
+    ddim_steps: Annotated[int, typer.Option("--ddim-steps", min=3, help="Steps of the schedule x_t is drawn from "
+                                                                        "(reference: 50); DDIM, or for esd the "
+                                                                        "model's own sampler.")] = O.ddim_steps,
     timesteps: Annotated[str, typer.Option("--timesteps", help="How each iteration's x_t depth (DDIM step) is "
                                                                "drawn: uniform (reference: independently) or "
                                                                "stratified (every depth equally often, shuffled: "

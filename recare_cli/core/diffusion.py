@@ -33,6 +33,8 @@ from recare_cli.core.guidance import (
     compositional_target,
     ddim_step_choices,
     erase_loss,
+    esd_recare_target,
+    esd_step_choices,
     esd_target,
     lr_factor,
     mse,
@@ -137,19 +139,32 @@ def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: to
 
 
 @torch.no_grad()
-def ddim_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
-                 uncond: torch.Tensor, *, steps: int, guidance: float) -> torch.Tensor:
-    """Run the first ``steps`` DDIM steps (η = 0) with classifier-free guidance; ``scheduler`` has
-    ``set_timesteps`` already called with the full step count. ``cond``/``uncond`` (batch 1) serve
-    every one of ``latents``' samples."""
+def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
+                   uncond: torch.Tensor, *, steps: int, guidance: float,
+                   params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the first ``steps`` steps of ``scheduler`` (DDIM η = 0, or the model's own sampler) with
+    classifier-free guidance; ``scheduler`` has ``set_timesteps`` already called with the full step count
+    (and, for a multistep sampler such as PNDM, no steps taken since). ``cond``/``uncond`` (batch 1) serve
+    every one of ``latents``' samples; ``params`` as in ``unet_eps`` (the teacher)."""
     n = latents.shape[0]
     emb = torch.cat([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
     x = latents
     for t in scheduler.timesteps[:steps]:
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
-        e_u, e_c = unet(model_in, t, encoder_hidden_states=emb).sample.chunk(2)
+        e_u, e_c = unet_eps(unet, model_in, t, emb, params=params).chunk(2)
         x = scheduler.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
     return x
+
+
+def model_scheduler(config: Any) -> Any:
+    """A fresh scheduler of the class ``config`` names (the pipeline's own sampler, as configured)."""
+    import diffusers
+
+    name = config.get("_class_name")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"the scheduler config names no diffusers scheduler class ({name!r})")
+    return cls.from_config(config)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -164,12 +179,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @dataclass
 class ErasePrompts:
-    """Prompt embeddings, computed once. ``erase`` is (|E|, L, D); anchors/retains may be None."""
+    """Prompt embeddings, computed once. ``erase`` is (|E|, L, D); anchors/retains may be None;
+    ``erase_from`` (1, L, D): published ESD's concept mapped from (None: each erase concept itself)."""
 
     uncond: torch.Tensor
     erase: torch.Tensor
     anchors: torch.Tensor | None = None
     retains: torch.Tensor | None = None
+    erase_from: torch.Tensor | None = None
 
 
 @dataclass
@@ -177,14 +194,14 @@ class EraseSettings:
     """The trainer's settings. No defaults here: the stages' options objects declare them
     (``stages.erase.EraseOptions``, ``stages.invert.InvertOptions``)."""
 
-    method: str  # recare | esd | stereo
+    method: str  # recare | esd (published) | esd-recare (ReCARE reference's ESD step) | stereo
     iterations: int
     lr: float
     lr_schedule: str  # constant (reference) | linear | cosine, over ``iterations``
     guidance: float  # compositional scale s (recare, stereo) or negative guidance g (esd)
     retain_weight: float
     latent_size: int
-    sample_steps: int  # DDIM steps of the schedule x_t is drawn from
+    sample_steps: int  # steps of the sampling schedule x_t is drawn from (DDIM; esd: the model's own sampler)
     precision: str  # fp32 | bf16 | fp16 (autocast)
     xt_batch: int  # x_t samples per iteration (reference: 1), one depth k, losses averaged
     sample_guidance: float = 3.0  # the guidance x_t is sampled with: the method's, not an option
@@ -205,7 +222,13 @@ class EraseSchedule:
 
 
 class EraseTrainer:
-    """Trains ``names`` of ``unet`` in place; ``step(i)`` runs iteration ``i``."""
+    """Trains ``names`` of ``unet`` in place; ``step(i)`` runs iteration ``i``.
+
+    ``esd`` is published ESD (esd_sd.py): x_t from the frozen teacher with the model's own scheduler stopped
+    after ``k ∈ [0, steps − 1]`` steps, timestep ``timesteps[k]`` of that schedule, target
+    ``ε*_from − g(ε*_c − ε*_∅)``, Adam. The others draw x_t with the model being trained (DDIM,
+    ``k ∈ [1, steps − 2]``, timestep ``int(k / steps · 1000)`` of the 1000-step schedule), AdamW.
+    """
 
     def __init__(self, unet: nn.Module, names: Sequence[str], prompts: ErasePrompts, schedule: EraseSchedule,
                  settings: EraseSettings, scheduler_config: Any, generator: torch.Generator) -> None:
@@ -227,20 +250,25 @@ class EraseTrainer:
         # The teacher: original values of the trained parameters only (see the module docstring).
         self.teacher = {n: p.detach().clone().to(keep_dtype or p.dtype) for n, p in zip(self.names, self.params,
                                                                                           strict=True)}
-        # AdamW has no cross-parameter coupling here (no gradient clipping), so each parameter is updated
+        # Adam(W) has no cross-parameter coupling here (no gradient clipping), so each parameter is updated
         # as soon as its gradient is complete and the gradient is freed at once: gradients of all trained
         # parameters never coexist (saves one copy of the trained parameters at the peak). fp16 needs the
-        # GradScaler's global inf check, so it keeps the usual one-optimizer step.
+        # GradScaler's global inf check, so it keeps the usual one-optimizer step. Published ESD uses Adam (no
+        # weight decay), the ReCARE reference AdamW (weight decay 0.01).
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.precision == "fp16" else None
         self.fused = self.scaler is None
-        self.optimizers = ([torch.optim.AdamW([p], lr=settings.lr) for p in self.params] if self.fused
-                           else [torch.optim.AdamW(self.params, lr=settings.lr)])
+        self.published_esd = settings.method == "esd"
+        optimizer: Any = torch.optim.Adam if self.published_esd else torch.optim.AdamW
+        self.optimizers = ([optimizer([p], lr=settings.lr) for p in self.params] if self.fused
+                           else [optimizer(self.params, lr=settings.lr)])
         self.hooks = [p.register_post_accumulate_grad_hook(self._step_in_backward(opt))
                       for p, opt in zip(self.params, self.optimizers, strict=True)] if self.fused else []
         # clip_sample=False: the reference's DDIM sampler never clips the predicted x0, and latents are not
         # bounded to [-1, 1]. DDIMScheduler clips by default, so a model config that does not say otherwise
         # (SD v1.4's does) would draw x_t from a broken sampler (the toy world's: 20% of samples right vs 97%).
-        self.sampler = DDIMScheduler.from_config(scheduler_config, clip_sample=False)
+        # Published ESD samples with the pipeline's own scheduler as configured (PNDM for SD v1.4).
+        self.sampler = (model_scheduler(scheduler_config) if self.published_esd
+                        else DDIMScheduler.from_config(scheduler_config, clip_sample=False))
         self.sampler.set_timesteps(settings.sample_steps, device=self.device)
         full = DDIMScheduler.from_config(scheduler_config, clip_sample=False)
         full.set_timesteps(full.config.num_train_timesteps, device=self.device)
@@ -263,26 +291,48 @@ class EraseTrainer:
         if self.schedule.steps is not None:
             k = self.schedule.steps[i]
         else:
-            choices = ddim_step_choices(self.settings.sample_steps)
+            choices = (esd_step_choices if self.published_esd else ddim_step_choices)(self.settings.sample_steps)
             k = int(torch.randint(choices.start, choices.stop, (1,), generator=self.generator).item())
         shape = (self.settings.xt_batch, self.channels, self.settings.latent_size, self.settings.latent_size)
         z = torch.randn(shape, generator=self.generator).to(self.device)
         return k, z * self.sampler.init_noise_sigma
 
-    def step(self, i: int) -> dict[str, float]:
+    def _published_esd(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k, x_t, t, target, student condition) of a published-ESD iteration (esd_sd.py's step, with the
+        teacher predictions batched)."""
         s, p = self.settings, self.prompts
         h = self.schedule.erase[i]
         k, z = self._draw(i)
         cond_h = p.erase[h:h + 1]
+        cond_from = p.erase_from if p.erase_from is not None else cond_h
+        self.sampler.set_timesteps(s.sample_steps, device=self.device)  # a fresh multistep state (PNDM)
         with autocast(self.device, s.precision):
-            x_t = ddim_partial(self.unet, self.sampler, z, cond_h, p.uncond, steps=k,
-                               guidance=s.sample_guidance).float()
+            x_t = sample_partial(self.unet, self.sampler, z, cond_from, p.uncond, steps=k,
+                                 guidance=s.sample_guidance, params=self.teacher).float()
+        t = self.sampler.timesteps[k]
+        teacher_emb = [p.uncond, cond_h] if p.erase_from is None else [p.uncond, cond_h, p.erase_from]
+        with torch.no_grad(), autocast(self.device, s.precision):
+            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+        target = esd_target(eps[-1] if p.erase_from is not None else eps[1], eps[1], eps[0], s.guidance)
+        return k, x_t, t, target, cond_from
+
+    def step(self, i: int) -> dict[str, float]:
+        s, p = self.settings, self.prompts
+        if self.published_esd:
+            k, x_t, t, target, student_emb = self._published_esd(i)
+            return self._learn(i, k, x_t, t, student_emb, target)
+        h = self.schedule.erase[i]
+        k, z = self._draw(i)
+        cond_h = p.erase[h:h + 1]
+        with autocast(self.device, s.precision):
+            x_t = sample_partial(self.unet, self.sampler, z, cond_h, p.uncond, steps=k,
+                                 guidance=s.sample_guidance).float()
         t = self.train_timesteps[training_timestep_index(k, s.sample_steps, len(self.train_timesteps))]
 
         # One batched teacher forward: [∅, E..., anchor?, retain?]
         use_retain = s.method == "recare" and s.retain_weight != 0
-        teacher_emb = [p.uncond, cond_h] if s.method == "esd" else [p.uncond, p.erase]
-        if s.method != "esd":
+        teacher_emb = [p.uncond, cond_h] if s.method == "esd-recare" else [p.uncond, p.erase]
+        if s.method != "esd-recare":
             assert p.anchors is not None and self.schedule.anchor is not None
             a = self.schedule.anchor[i]
             teacher_emb.append(p.anchors[a:a + 1])
@@ -295,21 +345,27 @@ class EraseTrainer:
             eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
         # eps: (conditions, samples, C, H, W)
         n_e = p.erase.shape[0]
-        if s.method == "esd":
-            target = esd_target(eps[1], eps[0], s.guidance)
+        if s.method == "esd-recare":
+            target = esd_recare_target(eps[1], eps[0], s.guidance)
         else:
             target = compositional_target(eps[0], eps[1:1 + n_e], eps[1 + n_e], s.guidance)
+        student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
+        return self._learn(i, k, x_t, t, student_emb, target, eps[-1] if use_retain else None)
 
+    def _learn(self, i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, student_emb: torch.Tensor,
+               target: torch.Tensor, retain_target: torch.Tensor | None = None) -> dict[str, float]:
+        """The student forward (erase condition, retain prompt when ``retain_target``), loss, optimizer step."""
+        s = self.settings
+        use_retain = retain_target is not None
         if s.lr_schedule != "constant":
             lr = s.lr * lr_factor(s.lr_schedule, i, s.iterations)
             for optimizer in self.optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-        student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
         with autocast(self.device, s.precision):
             pred = each_sample(self.unet, x_t, t, student_emb)
         loss, e_loss, r_loss = erase_loss(pred[0], target, pred[1] if use_retain else None,
-                                          eps[-1] if use_retain else None, s.retain_weight)
+                                          retain_target, s.retain_weight)
         if self.scaler is not None:
             optimizer = self.optimizers[0]
             optimizer.zero_grad(set_to_none=True)

@@ -17,18 +17,30 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full")
-METHODS = ("recare", "esd", "stereo")
+# ESD's train-method names (esd_sd.py) and the selection each one is: the same name filter.
+ESD_TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "esd-all": "full", "esd-x-strict": "xattn-kv"}
+TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full", "xattn-kv", *ESD_TRAIN_METHODS)
+# esd: published ESD (esd_sd.py); esd-recare: the ESD step of ReCARE's reference (its invert stage's erasure)
+METHODS = ("recare", "esd", "esd-recare", "stereo")
 TIMESTEP_DRAWS = ("uniform", "stratified")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")  # training precisions (core.diffusion.autocast), for erase and invert
 
 
-def esd_target(eps_concept: torch.Tensor, eps_uncond: torch.Tensor, negative_guidance: float) -> torch.Tensor:
-    """ESD target (reference convention): ``ε*_c − (g − 1)(ε*_c − ε*_∅)``; ``ε*_∅`` at g = 2.
+def esd_target(eps_from: torch.Tensor, eps_concept: torch.Tensor, eps_uncond: torch.Tensor,
+               negative_guidance: float) -> torch.Tensor:
+    """Published ESD target (esd_sd.py): ``ε*_from − g·(ε*_c − ε*_∅)``, ``from`` = the concept mapped from
+    (the erased concept itself by default, then ``ε*_∅ − (g − 1)(ε*_c − ε*_∅)``)."""
+    return eps_from - negative_guidance * (eps_concept - eps_uncond)
+
+
+def esd_recare_target(eps_concept: torch.Tensor, eps_uncond: torch.Tensor, negative_guidance: float) -> torch.Tensor:
+    """The ESD step of ReCARE's reference: ``ε*_c − (g − 1)(ε*_c − ε*_∅)``; ``ε*_∅`` at g = 2.
 
     The reference reaches this through a "normalised guidance" helper whose projection is a no-op
-    at its ``eta = 1`` (parallel + orthogonal parts add back to the difference).
+    at its ``eta = 1`` (parallel + orthogonal parts add back to the difference). It is ``esd_target``
+    with ``from = c`` and ``g − 1``: at g = 2 the target is ``ε*_∅`` (the ESD paper's η = 0), where published
+    ESD's g = 2 is ``ε*_∅ − (ε*_c − ε*_∅)`` (η = 1).
     """
     return eps_concept - (negative_guidance - 1.0) * (eps_concept - eps_uncond)
 
@@ -86,11 +98,18 @@ def ddim_step_choices(sample_steps: int) -> range:
     return range(1, sample_steps - 1)
 
 
-def stratified_steps(sample_steps: int, length: int, rng: np.random.Generator) -> list[int]:
-    """A stratified draw of ``k`` for ``length`` iterations: every choice equally often, shuffled (the
-    remainder without replacement). Same marginal distribution as the uniform draw, but 100 iterations
-    can no longer cluster on a few depths."""
-    return balanced_schedule(list(ddim_step_choices(sample_steps)), length, rng)
+def esd_step_choices(sample_steps: int) -> range:
+    """The step counts ``k`` a published-ESD iteration stops its sampler after: 0 … ``sample_steps`` − 1
+    (esd_sd.py: ``random.randint(0, num_inference_steps - 1)``, both ends included)."""
+    return range(0, sample_steps)
+
+
+def stratified_steps(sample_steps: int, length: int, rng: np.random.Generator,
+                     choices: range | None = None) -> list[int]:
+    """A stratified draw of ``k`` for ``length`` iterations: every choice (default: ``ddim_step_choices``)
+    equally often, shuffled (the remainder without replacement). Same marginal distribution as the uniform
+    draw, but 100 iterations can no longer cluster on a few depths."""
+    return balanced_schedule(list(choices if choices is not None else ddim_step_choices(sample_steps)), length, rng)
 
 
 def lr_factor(schedule: str, i: int, total: int) -> float:
@@ -112,6 +131,7 @@ def training_timestep_index(k: int, sample_steps: int = 50, train_steps: int = 1
 
 
 def _selected(module_name: str, train_method: str) -> bool:
+    train_method = ESD_TRAIN_METHODS.get(train_method, train_method)
     if train_method == "noxattn":
         return "attn2" not in module_name
     if train_method == "xattn":
@@ -120,6 +140,8 @@ def _selected(module_name: str, train_method: str) -> bool:
         return "attn1" in module_name
     if train_method == "full":
         return True
+    if train_method == "xattn-kv":
+        return "attn2.to_k" in module_name or "attn2.to_v" in module_name
     raise ValueError(f"unknown train method '{train_method}' (choose {', '.join(TRAIN_METHODS)})")
 
 
@@ -128,7 +150,9 @@ def select_parameters(unet: torch.nn.Module, train_method: str) -> list[str]:
 
     As in the reference, only ``Linear`` and ``Conv2d`` modules are candidates (norms and
     embeddings stay frozen): ``noxattn`` every one whose name has no ``attn2`` (cross-attention),
-    ``xattn`` only ``attn2``, ``selfattn`` only ``attn1``, ``full`` all of them.
+    ``xattn`` only ``attn2``, ``selfattn`` only ``attn1``, ``full`` all of them, ``xattn-kv`` only the
+    cross-attention key and value projections (``attn2.to_k``, ``attn2.to_v``). ESD's names select the
+    same: ``esd-x`` = xattn, ``esd-u`` = noxattn, ``esd-all`` = full, ``esd-x-strict`` = xattn-kv.
     """
     import torch
 

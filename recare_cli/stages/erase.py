@@ -1,4 +1,5 @@
-"""Stage: the final erasure (method.md §5b) and its baselines (ESD §5a, STEREO-style anchors).
+"""Stage: the final erasure (method.md §5b) and its baselines (published ESD, the ReCARE reference's ESD
+step, STEREO-style anchors).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,22 @@ from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
 from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
-from recare_cli.stages.options import recorded, run_control
+from recare_cli.stages.options import recorded, recorded_if_set, run_control
 
 SAVE_DTYPES = DTYPES
+# The defaults of the options a method publishes its own value for (the options left None): one table.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "recare": {"lr": 2e-5, "train_method": "noxattn"},  # ReCARE reference train.py (stage 2), AdamW
+    "stereo": {"lr": 2e-5, "train_method": "noxattn"},  # recare's: the same engine without the retain loss
+    "esd": {"lr": 5e-5, "train_method": "esd-x"},  # esd_sd.py (Adam); its README's SD v1.4 example trains xattn
+    "esd-recare": {"lr": 5e-6, "train_method": "noxattn"},  # ReCARE reference train.py (stage 1, its invert)
+}
+WITHOUT_CARESET = ("esd", "esd-recare")  # methods that neither anchor on nor retain the CARE-set
+
+
+def _same_prompt(a: str, b: str) -> bool:
+    """Two prompts CLIP's tokenizer reads alike (it lower-cases and splits on whitespace)."""
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
 @dataclass
@@ -36,9 +50,9 @@ class EraseOptions:
     adversarial: str | None = None
     num_adversarial: int = 2
     method: str = "recare"
-    train_method: str = "noxattn"
+    train_method: str | None = None  # None: the method's own (METHOD_DEFAULTS)
     iterations: int = 200
-    lr: float = 2e-5
+    lr: float | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr_schedule: str = "constant"  # constant (reference) | linear | cosine decay over the iterations
     guidance: float = 2.0
     ddim_steps: int = 50
@@ -53,23 +67,39 @@ class EraseOptions:
     gradient_checkpointing: bool = False
     save_dtype: str = "fp32"
     save_pipeline: str | None = None
+    erase_from: str | None = recorded_if_set()  # published ESD: the concept the target is erased from
     # Run control: a resumed run writes the same bytes as an uninterrupted one.
     checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
     checkpoint_every: int = run_control(50)
     resume: bool = run_control(False)
 
+    def resolved(self) -> EraseOptions:
+        """A copy with every option left None set to the method's own default (METHOD_DEFAULTS)."""
+        table = METHOD_DEFAULTS.get(self.method, {})
+        return replace(self, **{k: v for k, v in table.items() if getattr(self, k) is None})
+
     def validate(self) -> None:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
         check_choice("--method", self.method, METHODS, "method")
-        check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
+        if self.train_method is not None:
+            check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
+        if self.erase_from is not None:
+            if self.method != "esd":
+                raise UsageError(f"--erase-from: only --method esd erases a concept from another (got --method "
+                                 f"{self.method})")
+            if not self.erase_from.strip():
+                raise UsageError("--erase-from must not be empty")
+            if _same_prompt(self.erase_from, self.target):
+                raise UsageError(f"--erase-from '{self.erase_from}' is the target itself: leave --erase-from out "
+                                 "to erase the target from itself")
         check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES, "lr schedule")
         check_choice("--timesteps", self.timesteps, TIMESTEP_DRAWS, "timestep draw")
         if self.xt_batch < 1:
             raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_choice("--save-dtype", self.save_dtype, SAVE_DTYPES, "dtype")
-        if self.method != "esd" and self.care is None:
+        if self.method not in WITHOUT_CARESET and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
             raise UsageError("--resume needs a checkpoint file: --checkpoint PATH, or --checkpoint-every N with "
@@ -97,14 +127,19 @@ class EraseOptions:
         """What shapes the trained weights (the image size as resolved for the loaded model)."""
         keys = ("method", "train_method", "iterations", "lr", "lr_schedule", "guidance", "retain_weight", "seed",
                 "resolution", "ddim_steps", "timesteps", "xt_batch", "precision", "num_adversarial")
-        values = {**asdict(self), "resolution": resolution}
-        return {k: values[k] for k in keys}
+        values = {**asdict(self.resolved()), "resolution": resolution}
+        out = {k: values[k] for k in keys}
+        if self.erase_from is not None:
+            out["erase_from"] = self.erase_from.strip()
+        return out
 
 
 def erase_settings(opts: EraseOptions, latent_size: int) -> Any:
-    """The trainer's settings for ``opts`` (``core.diffusion.EraseSettings``)."""
+    """The trainer's settings for ``opts`` (``core.diffusion.EraseSettings``), method defaults resolved."""
     from recare_cli.core.diffusion import EraseSettings
 
+    opts = opts.resolved()
+    assert opts.lr is not None, f"no default lr for method '{opts.method}'"
     return EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, lr_schedule=opts.lr_schedule,
                          guidance=opts.guidance, retain_weight=opts.retain_weight, latent_size=latent_size,
                          sample_steps=opts.ddim_steps, precision=opts.precision, xt_batch=opts.xt_batch)
@@ -143,7 +178,7 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
         extend_tokenizer,
         placeholder_embeddings,
     )
-    from recare_cli.core.guidance import balanced_schedule, stratified_steps
+    from recare_cli.core.guidance import balanced_schedule, esd_step_choices, stratified_steps
 
     pipe = bundle.pipe
     tokens = list(adversarial)
@@ -162,7 +197,7 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
         import contextlib
 
         ctx = contextlib.nullcontext()
-    anchors = care.anchor_prompts if care is not None and opts.method != "esd" else []
+    anchors = care.anchor_prompts if care is not None and opts.method not in WITHOUT_CARESET else []
     retains = care.retain_prompts if care is not None and opts.method == "recare" else []
 
     def enc(prompts: list[str]) -> torch.Tensor:
@@ -170,13 +205,16 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
 
     with ctx:
         prompts = ErasePrompts(uncond=enc([""]), erase=enc(erase_set),
-                               anchors=enc(anchors) if anchors else None, retains=enc(retains) if retains else None)
+                               anchors=enc(anchors) if anchors else None, retains=enc(retains) if retains else None,
+                               erase_from=enc([opts.erase_from.strip()]) if opts.erase_from is not None else None)
     rng = np.random.default_rng(opts.seed)
     anchor_idx = balanced_schedule(list(range(len(anchors))), opts.iterations, rng) if anchors else None
     retain_idx = balanced_schedule(list(range(len(retains))), opts.iterations, rng) if retains else None
     erase_idx = balanced_schedule(list(range(len(erase_set))), opts.iterations, rng)
     # drawn last: the prompt schedules of a seed are the same whichever timestep draw is chosen
-    steps = stratified_steps(opts.ddim_steps, opts.iterations, rng) if opts.timesteps == "stratified" else None
+    choices = esd_step_choices(opts.ddim_steps) if opts.method == "esd" else None
+    steps = (stratified_steps(opts.ddim_steps, opts.iterations, rng, choices) if opts.timesteps == "stratified"
+             else None)
     return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx, steps=steps), erase_set
 
 
@@ -223,13 +261,14 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
 
     opts.validate()
+    opts = opts.resolved()  # provenance and the output record the values used
     ckpt = opts.checkpoint_path()
     if ckpt is not None and ckpt.exists() and not opts.resume:
         raise RefusedError(f"checkpoint '{ckpt}' exists: pass --resume to continue that run, or delete it")
     care, care_hash = (None, None)
     if opts.care is not None:
-        if opts.method == "esd":
-            console.warn("--method esd does not use the CARE-set; ignoring --care")
+        if opts.method in WITHOUT_CARESET:
+            console.warn(f"--method {opts.method} does not use the CARE-set; ignoring --care")
         else:
             care, care_hash = read_care(opts.care, opts.target.strip())
 
@@ -250,6 +289,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial)
 
     unet = pipe.unet
+    assert opts.train_method is not None and opts.lr is not None  # resolved
     names = select_parameters(unet, opts.train_method)
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -267,8 +307,9 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     elif opts.resume:
         console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
     n_params = sum(p.numel() for p in trainer.params)
+    mapped = f" from '{opts.erase_from.strip()}'" if opts.erase_from is not None else ""
     console.info(f"erase: {opts.method}, {opts.train_method} ({len(names)} tensors, {n_params:,} parameters), "
-                 f"erase set {erase_set}, {opts.iterations} iterations")
+                 f"erase set {erase_set}{mapped}, lr {opts.lr:g}, {opts.iterations} iterations")
     last: dict[str, float] = {}
     with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
         for i in range(start, opts.iterations):

@@ -1,8 +1,8 @@
 """Stage: iterative textual inversion against erasure (method.md §4, STEREO's "search thoroughly").
 
-Round i: erase the current concept from the UNet with the ESD objective (starting from the previous
-round's erased UNet), then learn a new placeholder token on the erased UNet from the i-th slice of
-the images. The next round erases that token. Only the placeholder vectors are trained; the text
+Round i: erase the current concept from the UNet with the ReCARE reference's ESD step (``esd-recare``,
+starting from the previous round's erased UNet), then learn a new placeholder token on the erased UNet
+from the i-th slice of the images. The next round erases that token. Only the placeholder vectors are trained; the text
 encoder's embedding table is never modified (see ``core.diffusion.ExtendedEmbedding``).
 """
 
@@ -249,7 +249,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             with placeholder_embeddings(pipe.text_encoder, first_id, known):
                 prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
                                        erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
-            settings = EraseSettings(method="esd", iterations=opts.erase_iterations, lr=opts.erase_lr,
+            settings = EraseSettings(method="esd-recare", iterations=opts.erase_iterations, lr=opts.erase_lr,
                                      lr_schedule="constant", guidance=opts.negative_guidance, retain_weight=0.0,
                                      latent_size=latent_size, sample_steps=opts.ddim_steps, precision=opts.precision,
                                      xt_batch=1)
@@ -266,7 +266,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             losses[f"round{r}_erase"] = out["loss"] if opts.erase_iterations else float("nan")
             if opts.keep_erased is not None:
                 save_unet_weights(Path(opts.keep_erased) / f"round{r}-unet.safetensors", eraser.trained_values(),
-                                  base_unet=identity["unet"], base_model=identity["name"], method="esd",
+                                  base_unet=identity["unet"], base_model=identity["name"], method="esd-recare",
                                   train_method=opts.train_method, target=concept, round=str(r),
                                   provenance=provenance("invert", recorded(opts), model=identity))
             erased_values = {k: v.detach().clone() for k, v in eraser.trained_values().items()}
