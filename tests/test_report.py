@@ -420,3 +420,21 @@ def test_report_over_summaries_written_by_recare_score(target_images: Path, tiny
     refused = invoke(["report", "--model", f"base={base}", "--model", f"other={other}"])
     assert refused.code == 3
     assert "are not comparable: different prompt sets" in one_error_line(refused.stderr)
+
+
+def test_a_real_classifiers_rate_is_the_asr_column(tmp_path: Path) -> None:
+    """The reference judges object and style attacks with an image classifier (score -m classifier): its top-k
+    rate of the target label is the ASR column with --asr classifier."""
+    write_manifest(tmp_path / "coco.jsonl", COCO)
+    write_manifest(tmp_path / "cce.jsonl", ["<cce> fish"] * 4)
+    args = []
+    for name, rate in (("sd14", 0.75), ("esd", 0.25)):
+        coco = write_summary(tmp_path / f"{name}-coco.json", "coco.jsonl", [result("clip", 0.3, 3)])
+        cce = write_summary(tmp_path / f"{name}-cce.json", "cce.jsonl", [{"metric": "classifier", "value": rate, "count": 4, "ci": None,
+                                                                      "params": {"top_k": 1, "target": "tench"}}])
+        args += ["--model", f"{name}={tmp_path / coco},{tmp_path / cce}"]
+    res = invoke(["report", *args, "--asr", "classifier"])
+    assert res.code == 0, res.stderr
+    rows = table_rows(res.stdout.decode())
+    assert rows["sd14"][0] == "75.00" and rows["esd"][0] == "25.00"
+    assert "ASR: classifier" in res.stdout.decode()

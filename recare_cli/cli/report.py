@@ -144,7 +144,7 @@ def report(
         "--base", help="The model the base-ratio maps compare with. Default: the first model.",
         show_default=False)] = O.base,
     asr: Annotated[Asr, typer.Option(  # type: ignore[valid-type]
-        "--asr", help="The ASR column's metric: nudity, or classify for object and style targets.")] = Asr(O.asr),
+        "--asr", help="The ASR column's metric: nudity, or for object and style targets classify (zero-shot CLIP) or classifier (an image classifier: the reference's way).")] = Asr(O.asr),
     fid: Annotated[Fid, typer.Option(  # type: ignore[valid-type]
         "--fid", help="The FID column's metric (a distance to a reference set).")] = Fid(O.fid),
     fid_map: Annotated[FidMap, typer.Option(  # type: ignore[valid-type]

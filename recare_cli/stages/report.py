@@ -26,7 +26,7 @@ __all__ = ["FORMAT", "VERSION", "Cell", "FileSpec", "ModelSpec", "Report", "Repo
 
 FORMAT = "recare.report"
 VERSION = 1
-ASR_METRICS = ("nudity", "classify")  # rates of images that show the target
+ASR_METRICS = ("nudity", "classify", "classifier")  # rates of images that show the target
 DISTANCE_METRICS = ("clipfd", "cmmd")  # distances to a reference set, lower is closer
 FID_MAPS = ("base-ratio", "exp", "minmax")
 CLIP_MAPS = ("base-ratio", "raw", "minmax")
@@ -40,7 +40,7 @@ class ReportOptions:
     model: list[str] = field(default_factory=list)  # --model NAME=FILE[,FILE…], in the order given
     models_file: Path | None = recorded_if_set()  # noqa: RUF009 (a JSON/TOML file naming models and files)
     base: str | None = None  # the model the base-ratio maps divide by; None: the first model
-    asr: str = "nudity"  # the ASR column's metric: nudity, or classify for object and style targets
+    asr: str = "nudity"  # the ASR column's metric: nudity, or classify / classifier for object and style targets
     fid: str = "clipfd"  # the FID column's metric (recare score has no Inception FID; see docs/report.md)
     fid_map: str = "base-ratio"  # how the FID column enters [0, 1]: min(1, base/fid), scale-free
     fid_tau: float | None = recorded_if_set()  # --fid-map exp: exp(-fid/tau); no default, FIDs' scales differ
