@@ -33,5 +33,13 @@ bench:
 demo OUT="recare-demo" TASK="nudity":
     {{venv}}/recare demo --out {{OUT}} --task {{TASK}}
 
+# The paper's table on a GPU with real models; settings are environment variables (docs/recipe.md)
+paper-table:
+    PATH="$PWD/{{venv}}:$PATH" recipes/paper-table.sh
+
+# The same recipe on the shipped toy world with tiny settings (CPU, a few minutes; its figures mean nothing)
+paper-table-toy OUT="paper-table-toy":
+    PATH="$PWD/{{venv}}:$PATH" recipes/paper-table-toy.sh {{OUT}}
+
 # What CI runs
 ci: lint test

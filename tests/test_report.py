@@ -430,8 +430,9 @@ def test_a_real_classifiers_rate_is_the_asr_column(tmp_path: Path) -> None:
     args = []
     for name, rate in (("sd14", 0.75), ("esd", 0.25)):
         coco = write_summary(tmp_path / f"{name}-coco.json", "coco.jsonl", [result("clip", 0.3, 3)])
-        cce = write_summary(tmp_path / f"{name}-cce.json", "cce.jsonl", [{"metric": "classifier", "value": rate, "count": 4, "ci": None,
-                                                                      "params": {"top_k": 1, "target": "tench"}}])
+        rate_result = {"metric": "classifier", "value": rate, "count": 4, "ci": None,
+                       "params": {"top_k": 1, "target": "tench"}}
+        cce = write_summary(tmp_path / f"{name}-cce.json", "cce.jsonl", [rate_result])
         args += ["--model", f"{name}={tmp_path / coco},{tmp_path / cce}"]
     res = invoke(["report", *args, "--asr", "classifier"])
     assert res.code == 0, res.stderr
