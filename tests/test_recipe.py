@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_recipe_makes_every_column_and_a_rerun_redoes_nothing(tmp_path: Path) -> None:
     """Every column of the table for the base model and ReCARE, the report's JSON and the radar chart; run
     again, every step finds its file and the table is the same bytes."""
-    env = {"METHODS": "recare", "HF_HUB_OFFLINE": "1"}
+    env = {"METHODS": "recare", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     first = shell(f"{ROOT / 'recipes' / 'paper-table-toy.sh'} out", tmp_path, env, timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "out"
