@@ -28,7 +28,7 @@ CASES = [  # (arguments, the option refused, its value)
     ([*INVERT, "--property", "colour"], "--property", "colour"),
     ([*INVERT, "--train-method", "attn"], "--train-method", "attn"),
     (["sample", "PROMPTS", "--out", "OUT", "--model", "m", "--scheduler", "heun"], "--scheduler", "heun"),
-    (["score", "IMGS", "--metric", "fid"], "--metric", "fid"),
+    (["score", "IMGS", "--metric", "kid"], "--metric", "kid"),
     (["score", "IMGS", "--metric", "clip", "--label-set", "imagenet"], "--label-set", "imagenet"),
     (["demo", "--task", "unicorn", "--out", "OUT"], "--task", "unicorn"),
 ]

@@ -221,8 +221,8 @@ def test_bad_input_one_line_and_documented_codes(scored_images: tuple[Path, list
         assert len(lines) == 1 and "Traceback" not in res_stderr, res_stderr
         return lines[0]
 
-    res = invoke(["score", str(manifest), "-m", "fid", *clip])
-    assert res.code == 2 and "unknown metric 'fid'" in one_line(res.stderr)
+    res = invoke(["score", str(manifest), "-m", "kid", *clip])
+    assert res.code == 2 and "unknown metric 'kid'" in one_line(res.stderr)
 
     lines = manifest.read_text().splitlines()
     missing = tmp_path / "missing.jsonl"

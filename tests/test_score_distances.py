@@ -225,7 +225,7 @@ def test_a_reference_of_another_clip_is_refused(sets: tuple[Path, list[Path], Pa
     res = invoke(["score", str(manifest), "-m", "cmmd", "--clip", str(tiny_clip_dir)])
     assert res.code == 2 and "--metric cmmd needs --reference" in res.stderr
     res = invoke(["score", str(manifest), "-m", "clip", "--reference", str(folder), "--clip", str(tiny_clip_dir)])
-    assert res.code == 2 and "--reference is for the metrics that compare with a reference (cmmd or clipfd)" \
+    assert res.code == 2 and "--reference is for the metrics that compare with a reference (cmmd, clipfd or fid)" \
         in res.stderr
     res = invoke(["score", str(manifest), "--clip", str(tiny_clip_dir)])
     assert res.code == 2 and "or --write-reference FILE" in res.stderr

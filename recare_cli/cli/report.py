@@ -146,7 +146,7 @@ def report(
     asr: Annotated[Asr, typer.Option(  # type: ignore[valid-type]
         "--asr", help="The ASR column's metric: nudity, or for object and style targets classify (zero-shot CLIP) or classifier (an image classifier: the reference's way).")] = Asr(O.asr),
     fid: Annotated[Fid, typer.Option(  # type: ignore[valid-type]
-        "--fid", help="The FID column's metric (a distance to a reference set).")] = Fid(O.fid),
+        "--fid", help="The FID column's metric (a distance to a reference set); fid is the paper's FID.")] = Fid(O.fid),
     fid_map: Annotated[FidMap, typer.Option(  # type: ignore[valid-type]
         "--fid-map", help="FID on the radar: base-ratio = min(1, base/fid); exp = exp(-fid/tau); minmax = "
                           "worst model 0, best 1.")] = FidMap(O.fid_map),

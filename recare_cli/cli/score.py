@@ -1,5 +1,5 @@
 """recare score: CARE score, CLIP score, nudity attack success, zero-shot classification (method.md §7),
-CMMD and the CLIP Fréchet distance against a reference."""
+CMMD, the CLIP Fréchet distance and FID against a reference."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from recare_cli import console
 from recare_cli.cli.options import Clip, Device, Dtype, Output, Quiet, Seed
 from recare_cli.data.labels import LABEL_SETS
+from recare_cli.models.inception import ENV as INCEPTION_ENV
 from recare_cli.stages.metrics import choices
 from recare_cli.stages.score import METRICS, ScoreOptions
 
@@ -23,9 +24,11 @@ SOURCE is a manifest from recare sample (a file, or - for stdin) or a folder of 
 
 {metrics}
 
-Each result carries a 95% interval (Wilson for rates, seeded bootstrap for the clip mean; none for the distances cmmd and clipfd). --fail-under METRIC=VALUE (or --fail-over for rates and distances to keep low) exits 6 when the gate fails, after writing the outputs.
+Each result carries a 95% interval (Wilson for rates, seeded bootstrap for the clip mean; none for the distances cmmd, clipfd and fid). --fail-under METRIC=VALUE (or --fail-over for rates and distances to keep low) exits 6 when the gate fails, after writing the outputs.
 
---reference is an image folder (embedded with the same --clip in the same run) or a file written by --write-reference (NumPy .npz: the features, their mean and covariance, and the model that made them), so a large reference set is embedded once. A reference made by another model is refused (exit 3). --features DIR writes the per-image features as NPY beside a features.json; --from-features DIR reads them back, so a re-score needs no image model.
+--reference is an image folder (embedded with the same models in the same run) or a file written by --write-reference (NumPy .npz: the features, their mean and covariance, and the model that made them), so a large reference set is embedded once; it holds the CLIP features, and the Inception statistics when the run uses Inception (--metric fid, or --inception given). A reference made by another model is refused (exit 3). --features DIR writes the per-image features as NPY beside a features.json; --from-features DIR reads them back, so a re-score needs no image model.
+
+fid equals clean-fid's clean mode on the same images: the Inception network is clean-fid's TorchScript inception-2015-12-05.pt, from --inception (or RECARE_INCEPTION), else the recare cache, else downloaded there once; offline without it, exit 4.
 
 Examples:
 
@@ -42,7 +45,12 @@ EXAMPLES = """  recare score manifest.jsonl --metric care --concept person > sco
 
   recare score coco_val/ --write-reference coco.npz > coco_scores.json
 
-  recare score manifest.jsonl -m cmmd -m clipfd --reference coco.npz"""
+  recare score manifest.jsonl -m cmmd -m clipfd --reference coco.npz
+
+  recare score coco_val/ --inception inception-2015-12-05.pt \\
+    --write-reference coco.npz > /dev/null
+
+  recare score manifest.jsonl -m fid --reference coco.npz"""
 
 HELP = _help()
 OPTIONS = ScoreOptions
@@ -88,7 +96,7 @@ def score(
                                                                 "or to override the manifest).",
                                                show_default=False)] = ScoreOptions.prompt,
     reference: Annotated[Path | None, typer.Option(
-        "--reference", help="cmmd, clipfd: the reference set, an image folder or a file from --write-reference.",
+        "--reference", help="cmmd, clipfd, fid: the reference set, an image folder or a file from --write-reference.",
         show_default=False)] = ScoreOptions.reference,
     write_reference: Annotated[Path | None, typer.Option(
         "--write-reference", help="Also write the images' features as a reference file (.npz) for --reference; "
@@ -99,6 +107,10 @@ def score(
     from_features: Annotated[Path | None, typer.Option(
         "--from-features", help="Read the per-image features from a --features folder instead of the model; "
                                 "the images' sha256 must match.", show_default=False)] = ScoreOptions.from_features,
+    inception: Annotated[Path | None, typer.Option(
+        "--inception", envvar=INCEPTION_ENV, show_envvar=True,
+        help="fid: the Inception weights, inception-2015-12-05.pt or a folder holding it (default: the recare cache, "
+             "where they are downloaded once).", show_default=False)] = ScoreOptions.inception,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Folder input: search sub-folders.")] = False,
     root: Annotated[Path | None, typer.Option("--root", help="Resolve the manifest's relative image paths "
                                                              "under this folder.", show_default=False)] = None,
@@ -114,7 +126,7 @@ def score(
     clip: Clip = ScoreOptions.clip,
     device: Device = ScoreOptions.device,
     dtype: Dtype = ScoreOptions.dtype,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass of the scoring models (CLIP, the classifier).")
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass of the scoring models (CLIP, the classifier, Inception).")
                           ] = ScoreOptions.batch_size,
     seed: Seed = ScoreOptions.seed,
     output: Output = ScoreOptions.output,
@@ -135,7 +147,8 @@ def score(
                         clip=clip, device=device, dtype=dtype, batch_size=batch_size, seed=seed,
                         label_set=label_set, per_image=per_image, fail_under=tuple(fail_under or ()),
                         fail_over=tuple(fail_over or ()), output=output, reference=reference,
-                        write_reference=write_reference, features=features, from_features=from_features)
+                        write_reference=write_reference, features=features, from_features=from_features,
+                        inception=inception)
     gate_list = gates(opts)
     if per_image is not None and str(per_image) == "-" and output == "-":
         raise UsageError("--per-image - and the summary cannot both go to stdout; use -o FILE for one")

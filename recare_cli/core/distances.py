@@ -55,12 +55,41 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
     if m1.shape != (d,) or m2.shape != (d,) or c1.shape != (d, d) or c2.shape != (d, d):
         raise ValueError(f"shapes do not match: means {m1.shape}, {m2.shape}; covariances {c1.shape}, {c2.shape}")
     s1 = _psd_sqrt(c1)
-    product = s1 @ c2 @ s1
-    eig = np.linalg.eigvalsh((product + product.T) / 2)
-    tr_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
-    diff = m1 - m2
-    value = float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * tr_sqrt)
-    return max(value, 0.0)
+    return _frechet(m1 - m2, float(np.trace(c1)), float(np.trace(c2)), _trace_sqrt_psd(s1 @ c2 @ s1))
+
+
+def frechet_distance_to_samples(x: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+    """:func:`frechet_distance` between the Gaussian of the samples ``x`` (N, D) (:func:`gaussian`) and
+    ``(mu2, cov2)``, at O(N D^2) rather than O(D^3) when there are fewer samples than dimensions.
+
+    With ``A = (x - mean) / sqrt(N - 1)`` the covariance of ``x`` is ``A^T A``, and ``A^T A cov2`` has
+    the non-zero eigenvalues of the symmetric positive semi-definite (N, N) matrix ``A cov2 A^T``
+    (``PQ`` and ``QP`` share them), whose square roots sum to ``tr((cov1 cov2)^(1/2))``: for 1,000
+    images against FID's 2,048 features, one (1000, 1000) eigendecomposition instead of two of
+    (2048, 2048). With N - 1 >= D this is :func:`frechet_distance` on the Gaussian.
+    """
+    import numpy as np
+
+    mean, cov = gaussian(x)
+    n, d = np.shape(x)
+    if n - 1 >= d:
+        return frechet_distance(mean, cov, mu2, cov2)
+    m2, c2 = np.asarray(mu2, np.float64), np.asarray(cov2, np.float64)
+    if m2.shape != (d,) or c2.shape != (d, d):
+        raise ValueError(f"shapes do not match: samples {np.shape(x)}; mean {m2.shape}, covariance {c2.shape}")
+    a = (np.asarray(x, np.float64) - mean) / np.sqrt(n - 1)
+    return _frechet(mean - m2, float(np.trace(cov)), float(np.trace(c2)), _trace_sqrt_psd(a @ c2 @ a.T))
+
+
+def _trace_sqrt_psd(a: np.ndarray) -> float:
+    """The sum of the square roots of the eigenvalues of a symmetric PSD matrix (rounding below 0 clipped)."""
+    import numpy as np
+
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((a + a.T) / 2), 0.0, None)).sum())
+
+
+def _frechet(diff: np.ndarray, tr1: float, tr2: float, tr_sqrt: float) -> float:
+    return max(float(diff @ diff + tr1 + tr2 - 2.0 * tr_sqrt), 0.0)
 
 
 def _kernel_mean(a: np.ndarray, b: np.ndarray, gamma: float) -> float:

@@ -19,16 +19,15 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or "\\" in name
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Fast DNS check so an offline machine fails in milliseconds, not after 30 s of retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        from huggingface_hub import constants
+def offline() -> bool:
+    """Whether the user said there is no network (``HF_HUB_OFFLINE``, honoured for every download)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
-        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    except Exception:  # pragma: no cover - huggingface_hub always present with transformers
-        host = "huggingface.co"
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Fast DNS check so an offline machine fails in milliseconds, not after 30 s of retries."""
+    if offline():
+        return False
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
@@ -38,6 +37,16 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _hub_reachable() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:  # pragma: no cover - huggingface_hub always present with transformers
+        host = "huggingface.co"
+    return reachable(host)
 
 
 def load_pretrained(loader: Callable[..., T], name: str, *, what: str, hint: str, **kwargs: object) -> T:

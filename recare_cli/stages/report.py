@@ -27,7 +27,7 @@ __all__ = ["FORMAT", "VERSION", "Cell", "FileSpec", "ModelSpec", "Report", "Repo
 FORMAT = "recare.report"
 VERSION = 1
 ASR_METRICS = ("nudity", "classify", "classifier")  # rates of images that show the target
-DISTANCE_METRICS = ("clipfd", "cmmd")  # distances to a reference set, lower is closer
+DISTANCE_METRICS = ("clipfd", "cmmd", "fid")  # distances to a reference set, lower is closer
 FID_MAPS = ("base-ratio", "exp", "minmax")
 CLIP_MAPS = ("base-ratio", "raw", "minmax")
 PROMPT_CHECKS = ("auto", "require", "off")
@@ -41,7 +41,7 @@ class ReportOptions:
     models_file: Path | None = recorded_if_set()  # noqa: RUF009 (a JSON/TOML file naming models and files)
     base: str | None = None  # the model the base-ratio maps divide by; None: the first model
     asr: str = "nudity"  # the ASR column's metric: nudity, or classify / classifier for object and style targets
-    fid: str = "clipfd"  # the FID column's metric (recare score has no Inception FID; see docs/report.md)
+    fid: str = "clipfd"  # the FID column's metric; fid is the paper's (needs Inception weights; docs/report.md)
     fid_map: str = "base-ratio"  # how the FID column enters [0, 1]: min(1, base/fid), scale-free
     fid_tau: float | None = recorded_if_set()  # --fid-map exp: exp(-fid/tau); no default, FIDs' scales differ
     clip_map: str = "base-ratio"  # how the CLIP column enters [0, 1]: min(1, clip/base)
@@ -400,7 +400,8 @@ def _escape_md(text: str) -> str:
 
 
 DISTANCE_WORDS = {"clipfd": "clipfd, the Fréchet distance of CLIP image embeddings to the reference",
-                  "cmmd": "cmmd, the CMMD of CLIP image embeddings to the reference"}
+                  "cmmd": "cmmd, the CMMD of CLIP image embeddings to the reference",
+                  "fid": "fid, the Fréchet Inception Distance to the reference (clean-fid's clean mode)"}
 
 
 def _map_words(how: str, x: str, higher_is_better: bool, tau: float | None) -> str:

@@ -1,5 +1,5 @@
 """Stage: score images (method.md §7) with the metrics of ``recare_cli.stages.metrics`` (CARE score,
-CLIP score, NudeNet attack success, zero-shot classification, CMMD and the CLIP Fréchet distance
+CLIP score, NudeNet attack success, zero-shot classification, CMMD, the CLIP Fréchet distance and FID
 against a reference, and any metric registered there).
 
 The stage validates every requested metric, loads each per-image extractor they need once, passes
@@ -29,7 +29,17 @@ from recare_cli.data.labels import LABEL_SETS
 from recare_cli.errors import BadInputError, GateFailedError, UsageError, check_choice
 from recare_cli.io.digest import sha256_file
 from recare_cli.models.clip import DEFAULT_CLIP
-from recare_cli.stages.metrics import EXTRACTORS, REGISTRY, Extractor, ImageItem, Run, choices, reference, stored
+from recare_cli.stages.metrics import (
+    EXTRACTORS,
+    REGISTRY,
+    Extractor,
+    ImageItem,
+    Run,
+    choices,
+    inception,
+    reference,
+    stored,
+)
 from recare_cli.stages.metrics.embeddings import embed_texts
 from recare_cli.stages.options import recorded, recorded_if_set, run_control
 
@@ -49,7 +59,8 @@ class ScoreOptions:
 
     Provenance records the fields from ``source`` to ``seed`` in this order (:func:`score_params`),
     with ``labels`` recorded as the name of the labels used: the label file's name, or the label
-    set's; ``nudenet_input`` only when the nudity metric is requested, ``classifier`` only when given.
+    set's; ``nudenet_input`` only when the nudity metric is requested, ``classifier`` only when given,
+    ``inception`` only when given and used (fid, or a written reference).
     """
 
     source: str | None = None  # the manifest (- for stdin) or image folder, as named
@@ -73,6 +84,7 @@ class ScoreOptions:
     labels_source: str | None = None  # the name recorded for labels (the label file's); None: label_set
     reference: Path | None = recorded_if_set()  # noqa: RUF009 (cmmd, clipfd: image folder or reference file)
     from_features: Path | None = recorded_if_set()  # noqa: RUF009 (per-image features read from here)
+    inception: Path | None = recorded_if_set()  # noqa: RUF009 (fid: the Inception weights; None: cached or fetched)
     # Where the outputs go and the gates: the command line's business, never recorded.
     per_image: Path | None = run_control()  # noqa: RUF009 (run_control makes a dataclasses.field)
     fail_under: tuple[str, ...] = run_control(())
@@ -96,6 +108,8 @@ def score_params(opts: ScoreOptions) -> dict[str, Any]:
     del params["label_set"], params["labels_source"]
     if "nudity" not in opts.metrics:  # what NudeNet was fed is recorded by the runs that fed it
         del params["nudenet_input"]
+    if inception.NAME not in needed_extractors(opts.metrics, written(opts)):  # RECARE_INCEPTION, set but unused
+        params.pop("inception", None)
     return params
 
 
@@ -208,6 +222,11 @@ def needed_extractors(metrics: Sequence[str], extra: Sequence[str] = ()) -> list
     return [name for name in EXTRACTORS if name in needs]
 
 
+def written(opts: ScoreOptions) -> list[str]:
+    """The extractors whose features ``--write-reference`` stores (none without it)."""
+    return reference.written(opts) if opts.write_reference is not None else []
+
+
 def gathered_pass(items: Sequence[ImageItem], extractors: dict[str, Extractor], opts: ScoreOptions, rank: int,
                   world: int, state: Any, doing: str = "scoring") -> dict[str, Any]:
     """:func:`per_image_pass` over this process's slice of ``items``, gathered in order (every process
@@ -236,7 +255,7 @@ def run_score(items: Sequence[ImageItem], opts: ScoreOptions) -> ScoreResult | N
     kept, kept_ids = stored.read(opts.from_features, items) if opts.from_features is not None else ({}, {})
     rank, world, state = distributed(opts.device)
     device = str(state.device) if state is not None and opts.device == "auto" else opts.device
-    names = needed_extractors(opts.metrics, reference.needs() if opts.write_reference is not None else ())
+    names = needed_extractors(opts.metrics, written(opts))
     extractors = {name: stored.extractor(name, kept_ids[name], opts, device, opts.from_features)
                   if name in kept and opts.from_features is not None else EXTRACTORS[name](opts, device)
                   for name in names}
@@ -283,7 +302,7 @@ def write_features(result: ScoreResult, items: Sequence[ImageItem], opts: ScoreO
         else:
             console.warn("--features: no metric computed per-image features that are arrays; nothing to re-use")
     if opts.write_reference is not None:
-        names = reference.needs()
+        names = written(opts)
         reference.write(opts.write_reference, {name: result.features[name] for name in names},
                         {name: models[name] for name in names}, source=opts.source,
                         provenance=result.summary["provenance"])

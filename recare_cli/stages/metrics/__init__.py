@@ -14,6 +14,8 @@ from recare_cli.stages.metrics import (
     clipfd,
     cmmd,
     embeddings,
+    fid,
+    inception,
     nudity,
     reference,
     stored,
@@ -35,7 +37,8 @@ from recare_cli.stages.metrics.base import (
 register_extractor(embeddings.NAME, embeddings.load)
 register_extractor(nudity.EXTRACTOR, nudity.load)
 register_extractor(classifier.NAME, classifier.load)
-for _metric in (care.METRIC, clip.METRIC, nudity.METRIC, classify.METRIC, cmmd.METRIC, clipfd.METRIC):
+register_extractor(inception.NAME, inception.load)
+for _metric in (care.METRIC, clip.METRIC, nudity.METRIC, classify.METRIC, cmmd.METRIC, clipfd.METRIC, fid.METRIC):
     register(_metric)
 register(classifier.METRIC)
 

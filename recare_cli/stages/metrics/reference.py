@@ -1,11 +1,12 @@
-"""The reference set of the distribution metrics (cmmd, clipfd): a folder of images embedded in the
-same run, or a reference file written earlier by ``recare score --write-reference``.
+"""The reference set of the distribution metrics (cmmd, clipfd, fid): a folder of images embedded in
+the same run, or a reference file written earlier by ``recare score --write-reference``.
 
 A reference file is NumPy's own ``.npz`` (read with ``allow_pickle=False``): an entry ``meta``, a JSON
 string ``{"format": "recare.reference", "version": 1, "count", "source", "extractors": {name:
-identity}, "provenance"}``, and per extractor ``NAME.features`` (N, D), ``NAME.mean`` (D,) and
-``NAME.cov`` (D, D), the last two float64 (``core.distances.gaussian``). A reference made by another
-model than the run's (its fingerprint differs) is refused.
+identity}, "provenance"}``, and per extractor ``NAME.mean`` (D,) and ``NAME.cov`` (D, D), float64
+(``core.distances.gaussian``), and ``NAME.features`` (N, D) unless the extractor is in
+:data:`STATS_ONLY` (the Gaussian is all its metrics read). A reference made by another model than
+the run's (its fingerprint differs) is refused.
 
 The stage resolves the reference once per run and hands it to the metrics in ``Run.features`` under
 :data:`KEY`; a metric reads it with :func:`of`.
@@ -20,15 +21,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recare_cli.errors import BadInputError
+from recare_cli.stages.metrics import embeddings, inception
 from recare_cli.stages.metrics.base import REGISTRY, ImageItem, Run
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from recare_cli.stages.score import ScoreOptions
+
 FORMAT = "recare.reference"
 VERSION = 1
 KEY = "reference"  # where the stage puts the resolved reference in Run.features
 OPTION = "reference"  # a metric that lists this ScoreOptions field compares with a reference
+# Extractors whose reference keeps only the mean and covariance: FID reads nothing else, and the
+# Inception features of 30,000 COCO images would add 245 MB to the file.
+STATS_ONLY = frozenset({inception.NAME})
 
 
 def needs(metrics: Sequence[str] | None = None) -> list[str]:
@@ -41,6 +48,15 @@ def needs(metrics: Sequence[str] | None = None) -> list[str]:
         if OPTION in metric.options:
             out += [need for need in metric.needs if need not in out]
     return out
+
+
+def written(opts: ScoreOptions) -> list[str]:
+    """The extractors whose features ``--write-reference`` stores: those of the requested distance metrics,
+    else CLIP's; and Inception's when ``--inception`` names its weights."""
+    names = needs(opts.metrics) or [embeddings.NAME]
+    if getattr(opts, inception.OPTION) is not None:
+        names.append(inception.NAME)
+    return list(dict.fromkeys(names))
 
 
 def short(identity: dict[str, Any]) -> str:
@@ -75,6 +91,9 @@ class Reference:
         return out
 
     def features_of(self, extractor: str) -> np.ndarray:
+        if extractor not in self.features:
+            raise BadInputError(f"holds only the mean and covariance of its {extractor} features, not the "
+                                "features themselves", source=self.path)
         return self.features[extractor]
 
     def gaussian_of(self, extractor: str) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +110,8 @@ class Reference:
         """Refuse a reference whose ``extractor`` features are missing or made by another model."""
         if extractor not in self.identities:
             held = ", ".join(self.identities) or "none"
-            raise BadInputError(f"holds no {extractor} features (it has: {held})", source=self.path)
+            raise BadInputError(f"holds no {extractor} features (it has: {held}); --write-reference stores them "
+                                f"when its run uses {extractor}", source=self.path)
         made = self.identities[extractor]
         if not same_model(made, identity):
             raise BadInputError(f"reference made with {extractor} {short(made)}, but this run's {extractor} is "
@@ -159,20 +179,23 @@ def read(path: Path) -> Reference:
     for name in identities:
         feats = arrays.get(f"{name}.features")
         mean, cov = arrays.get(f"{name}.mean"), arrays.get(f"{name}.cov")
-        if feats is None or mean is None or cov is None:
-            raise BadInputError(f"entries {name}.features, {name}.mean and {name}.cov are not all present",
-                                source=source, field=name)
-        d = mean.shape[0]
-        if feats.shape != (count, d) or cov.shape != (d, d):
-            raise BadInputError(f"{name} entries do not fit: features {feats.shape}, mean {mean.shape}, "
-                                f"covariance {cov.shape} for {count} images", source=source, field=name)
-        ref.features[name], ref.stats[name] = feats, (mean, cov)
+        if mean is None or cov is None:
+            raise BadInputError(f"entries {name}.mean and {name}.cov are not both present", source=source, field=name)
+        if mean.ndim != 1 or cov.shape != (len(mean), len(mean)) or (
+                feats is not None and feats.shape != (count, len(mean))):
+            shapes = f"features {feats.shape}, " if feats is not None else ""
+            raise BadInputError(f"{name} entries do not fit: {shapes}mean {mean.shape}, covariance {cov.shape} for "
+                                f"{count} images", source=source, field=name)
+        if feats is not None:
+            ref.features[name] = feats
+        ref.stats[name] = (mean, cov)
     return ref
 
 
 def write(path: Path, features: dict[str, np.ndarray], identities: dict[str, dict[str, Any]], *, source: str | None,
           provenance: dict[str, Any]) -> None:
-    """Write the features of ``identities``' extractors (and their Gaussians) as a reference file, atomically."""
+    """Write the features of ``identities``' extractors (and their Gaussians; only the Gaussians for
+    :data:`STATS_ONLY`) as a reference file, atomically."""
     import numpy as np
 
     from recare_cli.core.distances import gaussian
@@ -185,7 +208,8 @@ def write(path: Path, features: dict[str, np.ndarray], identities: dict[str, dic
             "provenance": provenance}
     arrays: dict[str, np.ndarray] = {"meta": np.asarray(json.dumps(meta))}
     for name in identities:
-        mean, cov = gaussian(features[name])
-        arrays[f"{name}.features"], arrays[f"{name}.mean"], arrays[f"{name}.cov"] = features[name], mean, cov
+        if name not in STATS_ONLY:
+            arrays[f"{name}.features"] = features[name]
+        arrays[f"{name}.mean"], arrays[f"{name}.cov"] = gaussian(features[name])
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)  # type: ignore[arg-type]

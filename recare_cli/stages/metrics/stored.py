@@ -1,9 +1,10 @@
 """Per-image features as NPY, to re-score without the model.
 
 ``--features DIR`` writes, for every extractor whose features are an array with one row per image
-(CLIP image embeddings), ``DIR/NAME.npy`` with the rows in input order (the order of the per-image
-JSONL), and ``DIR/features.json``: ``{"format": "recare.features", "version": 1, "source", "count",
-"extractors": {NAME: {"file", "shape", "dtype", "identity"}}, "images": [{"path", "sha256"}]}``.
+(CLIP image embeddings, classifier logits, Inception features), ``DIR/NAME.npy`` with the rows in
+input order (the order of the per-image JSONL), and ``DIR/features.json``: ``{"format":
+"recare.features", "version": 1, "source", "count", "extractors": {NAME: {"file", "shape", "dtype",
+"identity"}}, "images": [{"path", "sha256"}]}``.
 
 ``--from-features DIR`` reads them back instead of running those extractors. The input's images must
 be the ones the features were computed from, in the same order: each image's sha256 (the manifest's,
