@@ -7,6 +7,7 @@ venv := ".venv/bin"
 install:
     python3 -m venv .venv
     {{venv}}/pip install -c constraints/cpu.txt -e '.[dev]'
+    {{venv}}/pip install --no-deps clean-fid==0.1.35
 
 # Run the whole test suite
 test *ARGS:
