@@ -1,4 +1,5 @@
-"""Stage: the final erasure (method.md §5b) and its baselines (ESD §5a, STEREO-style anchors).
+"""Stage: the final erasure (method.md §5b) and its baselines (ESD §5a, STEREO-style anchors; UCE's
+closed form in ``stages/uce.py``).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -21,9 +22,14 @@ from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
 from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
-from recare_cli.stages.options import recorded, run_control
+from recare_cli.stages.options import recorded, recorded_when, run_control
 
 SAVE_DTYPES = DTYPES
+ERASE_METHODS = (*METHODS, "uce")  # uce: a closed-form edit, no training (stages/uce.py)
+
+
+def _uce(opts: EraseOptions) -> bool:
+    return opts.method == "uce"
 
 
 @dataclass
@@ -53,6 +59,13 @@ class EraseOptions:
     gradient_checkpointing: bool = False
     save_dtype: str = "fp32"
     save_pipeline: str | None = None
+    # UCE's options (the authors' names and defaults; recorded in UCE's files only)
+    guide: str = recorded_when(_uce, "")  # "": the authors' guide for objects and unsafe concepts
+    preserve: tuple[str, ...] = recorded_when(_uce, ())  # the authors preserve nothing by default
+    preserve_file: str | None = recorded_when(_uce, None)
+    erase_scale: float = recorded_when(_uce, 1.0)
+    preserve_scale: float = recorded_when(_uce, 1.0)
+    lamb: float = recorded_when(_uce, 0.5)
     # Run control: a resumed run writes the same bytes as an uninterrupted one.
     checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
     checkpoint_every: int = run_control(50)
@@ -61,7 +74,7 @@ class EraseOptions:
     def validate(self) -> None:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
-        check_choice("--method", self.method, METHODS, "method")
+        check_choice("--method", self.method, ERASE_METHODS, "method")
         check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES, "lr schedule")
         check_choice("--timesteps", self.timesteps, TIMESTEP_DRAWS, "timestep draw")
@@ -69,7 +82,11 @@ class EraseOptions:
             raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_choice("--save-dtype", self.save_dtype, SAVE_DTYPES, "dtype")
-        if self.method != "esd" and self.care is None:
+        if self.method == "uce":
+            from recare_cli.stages.uce import validate_uce
+
+            validate_uce(self)
+        elif self.method != "esd" and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
             raise UsageError("--resume needs a checkpoint file: --checkpoint PATH, or --checkpoint-every N with "
@@ -223,6 +240,10 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
 
     opts.validate()
+    if opts.method == "uce":
+        from recare_cli.stages.uce import run_uce
+
+        return run_uce(opts)
     ckpt = opts.checkpoint_path()
     if ckpt is not None and ckpt.exists() and not opts.resume:
         raise RefusedError(f"checkpoint '{ckpt}' exists: pass --resume to continue that run, or delete it")
