@@ -152,6 +152,7 @@ def run_uce(opts: EraseOptions) -> dict[str, Any]:
     console.info(f"erase: uce edited {len(new)} cross-attention projections ({n_params:,} parameters) in "
                  f"{seconds['edit']:.2f} s (model loaded in {seconds['load']:.1f} s): '{target}' → "
                  f"{repr(guide) if guide else 'the empty prompt'} gap {fit['target_gap']:.3g} (1 = unmoved), "
-                 f"{len(preserve)} preserved concept(s) moved ≤ {fit['preserve_moved']:.3g}")
+                 + (f"{len(preserve)} preserved concept(s) moved ≤ {fit['preserve_moved']:.3g}" if preserve
+                    else "no preserved concepts"))
     return {"losses": {}, "tensors": len(new), "parameters": n_params, "erase_set": [target], "fit": fit,
             "seconds": seconds}
