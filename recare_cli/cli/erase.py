@@ -24,7 +24,7 @@ def _per_method(key: str) -> str:
 
 HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
 
-Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts. --method stereo uses the anchors without the retain loss. --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. Options left unset take the method's own defaults (docs/erase.md).
+Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts. --method stereo uses the anchors without the retain loss. --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. Options left unset take the method's own defaults (docs/erase.md).
 
 Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights, recare_cli.models.weights.apply_unet_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
 
@@ -35,6 +35,8 @@ Examples:
   recare erase --target nudity --method esd --train-method esd-u -o esd.safetensors --save-pipeline sd-esd/
 
   recare erase --target "cowboy hat" --erase-from cowboy --method esd -o hat.safetensors
+
+  recare erase --target "Van Gogh" --method uce --guide art --preserve Monet --preserve Rembrandt -o uce.safetensors
 """
 
 
@@ -50,7 +52,7 @@ def erase(
                                                     show_default=False)] = O.adversarial,
     num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
                                                  help="How many adversarial tokens join the erase set.")] = O.num_adversarial,
-    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare or stereo.")] = O.method,
+    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare, stereo or uce.")] = O.method,
     erase_from: Annotated[str | None, typer.Option(
         "--erase-from", help="esd only: the concept to erase the target from (default: the target itself), e.g. "
                              "--target 'cowboy hat' --erase-from cowboy.", show_default=False)] = O.erase_from,
@@ -96,6 +98,20 @@ def erase(
     save_pipeline: Annotated[str | None, typer.Option("--save-pipeline", help="Also write a complete diffusers "
                                                                               "pipeline folder with the erased "
                                                                               "UNet.", show_default=False)] = O.save_pipeline,
+    guide: Annotated[str, typer.Option("--guide", help="uce: the concept the target is mapped to (the authors' "
+                                                       "default: the empty prompt; they use art for styles).")] = O.guide,
+    preserve: Annotated[list[str] | None, typer.Option(
+        "--preserve", help="uce: a concept whose cross-attention outputs are kept; repeatable (default: none, "
+                           "as the authors).", show_default=False)] = None,
+    preserve_file: Annotated[str | None, typer.Option(
+        "--preserve-file", help="uce: more concepts to preserve, one a line (# comments), or - for stdin.",
+        show_default=False)] = O.preserve_file,
+    erase_scale: Annotated[float, typer.Option("--erase-scale", min=0.0, help="uce: weight of the "
+                                                                              "erased concept.")] = O.erase_scale,
+    preserve_scale: Annotated[float, typer.Option("--preserve-scale", min=0.0, help="uce: weight of each "
+                                                                                    "preserved concept.")] = O.preserve_scale,
+    lamb: Annotated[float, typer.Option("--lamb", help="uce: λ, the pull of every other direction towards "
+                                                       "the original weights.")] = O.lamb,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
                                                                         "OUTPUT.ckpt).", show_default=False)] = O.checkpoint,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Iterations between "
@@ -105,8 +121,9 @@ def erase(
 ) -> None:
     console.set_quiet(quiet)
     values = {k: v for k, v in locals().items() if k not in CLI_ONLY}
+    values["preserve"] = tuple(preserve or ())
     from recare_cli.stages.erase import run_erase
 
     summary = run_erase(O(**values))
     losses = ", ".join(f"{k} {v:.4g}" for k, v in summary["losses"].items() if k != "k")
-    console.info(f"erase: wrote {output} ({summary['tensors']} tensors); last step {losses}")
+    console.info(f"erase: wrote {output} ({summary['tensors']} tensors)" + (f"; last step {losses}" if losses else ""))

@@ -1,5 +1,5 @@
 """Stage: the final erasure (method.md §5b) and its baselines (published ESD, the ReCARE reference's ESD
-step, STEREO-style anchors).
+step, STEREO-style anchors; UCE's closed form in ``stages/uce.py``).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -22,7 +22,7 @@ from recare_cli.io.digest import sha256_bytes, sha256_file
 from recare_cli.io.streams import STDIO, check_binary_destination
 from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
-from recare_cli.stages.options import recorded, recorded_if_set, run_control
+from recare_cli.stages.options import recorded, recorded_if_set, recorded_when, run_control
 
 SAVE_DTYPES = DTYPES
 # The defaults of the options a method publishes its own value for (the options left None): one table.
@@ -38,6 +38,11 @@ WITHOUT_CARESET = ("esd", "esd-recare")  # methods that neither anchor on nor re
 def _same_prompt(a: str, b: str) -> bool:
     """Two prompts CLIP's tokenizer reads alike (it lower-cases and splits on whitespace)."""
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
+ERASE_METHODS = (*METHODS, "uce")  # uce: a closed-form edit, no training (stages/uce.py)
+
+
+def _uce(opts: EraseOptions) -> bool:
+    return opts.method == "uce"
 
 
 @dataclass
@@ -68,6 +73,13 @@ class EraseOptions:
     save_dtype: str = "fp32"
     save_pipeline: str | None = None
     erase_from: str | None = recorded_if_set()  # published ESD: the concept the target is erased from
+    # UCE's options (the authors' names and defaults; recorded in UCE's files only)
+    guide: str = recorded_when(_uce, "")  # "": the authors' guide for objects and unsafe concepts
+    preserve: tuple[str, ...] = recorded_when(_uce, ())  # the authors preserve nothing by default
+    preserve_file: str | None = recorded_when(_uce, None)
+    erase_scale: float = recorded_when(_uce, 1.0)
+    preserve_scale: float = recorded_when(_uce, 1.0)
+    lamb: float = recorded_when(_uce, 0.5)
     # Run control: a resumed run writes the same bytes as an uninterrupted one.
     checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
     checkpoint_every: int = run_control(50)
@@ -81,7 +93,7 @@ class EraseOptions:
     def validate(self) -> None:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
-        check_choice("--method", self.method, METHODS, "method")
+        check_choice("--method", self.method, ERASE_METHODS, "method")
         if self.train_method is not None:
             check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         if self.erase_from is not None:
@@ -99,7 +111,11 @@ class EraseOptions:
             raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_choice("--save-dtype", self.save_dtype, SAVE_DTYPES, "dtype")
-        if self.method not in WITHOUT_CARESET and self.care is None:
+        if self.method == "uce":
+            from recare_cli.stages.uce import validate_uce
+
+            validate_uce(self)
+        elif self.method not in WITHOUT_CARESET and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
             raise UsageError("--resume needs a checkpoint file: --checkpoint PATH, or --checkpoint-every N with "
@@ -261,6 +277,10 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
 
     opts.validate()
+    if opts.method == "uce":
+        from recare_cli.stages.uce import run_uce
+
+        return run_uce(opts)
     opts = opts.resolved()  # provenance and the output record the values used
     ckpt = opts.checkpoint_path()
     if ckpt is not None and ckpt.exists() and not opts.resume:

@@ -6,12 +6,14 @@ enumerates every command's options against its options object. Provenance record
 declaration order, through :func:`recorded`: a field is recorded unless its metadata says otherwise
 (:func:`run_control` for settings that do not shape the output, such as ``--resume`` or
 ``--quiet``; :func:`recorded_if_set` for options that are recorded only when given, so files made
-without them keep their bytes).
+without them keep their bytes; :func:`recorded_when` for the options of one method of a command with
+several, recorded only in that method's files).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -27,6 +29,12 @@ def run_control(default: Any = None) -> Any:
 def recorded_if_set(default: Any = None) -> Any:
     """A field recorded in provenance only when it differs from ``None``."""
     return dataclasses.field(default=default, metadata={_RECORD: _IF_SET})
+
+
+def recorded_when(condition: Callable[[Any], bool], default: Any = None) -> Any:
+    """A field recorded in provenance only when ``condition(opts)`` holds (e.g. the options of one erase
+    method): the files of the other methods keep their bytes."""
+    return dataclasses.field(default=default, metadata={_RECORD: condition})
 
 
 def plain(value: Any) -> Any:
@@ -46,7 +54,7 @@ def recorded(opts: Any) -> dict[str, Any]:
     for f in dataclasses.fields(opts):
         rule = f.metadata.get(_RECORD, True)
         value = getattr(opts, f.name)
-        if rule is False or (rule == _IF_SET and value is None):
+        if rule is False or (rule == _IF_SET and value is None) or (callable(rule) and not rule(opts)):
             continue
         out[f.name] = plain(value)
     return out
