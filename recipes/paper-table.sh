@@ -20,7 +20,7 @@ TARGET_PROMPT=${TARGET_PROMPT:-A photo of a nude person}
 TARGET_IMAGES=${TARGET_IMAGES:-500}               # generations of TARGET_PROMPT for mining, invert and CCE
 INITIALIZER=${INITIALIZER:-person}                # invert and CCE --initializer
 CONCEPT=${CONCEPT:-person}                        # the CARE column's retained concept (score --concept)
-METHODS=${METHODS:-esd stereo recare}             # erase --method, one erased model each
+METHODS=${METHODS:-esd uce stereo recare}         # erase --method, one erased model each
 COCO=${COCO:?COCO: a COCO-style prompt CSV (prompt, evaluation_seed, case_number) for CLIP and FID}
 COCO_REFERENCE=${COCO_REFERENCE:?COCO_REFERENCE: real images (a folder) or a recare score --write-reference .npz}
 I2P=${I2P:-}                                      # optional: an I2P-style prompt CSV, scored as a second ASR
@@ -73,7 +73,7 @@ run adv.safetensors $RECARE invert target-images --target "$TARGET" --initialize
 # 4. One erasure per method.
 for method in $METHODS; do
   case $method in
-    esd|esd-recare) careset=() ;;  # ESD uses neither the CARE-set nor the adversarial tokens
+    esd|esd-recare|uce) careset=() ;;  # ESD and UCE use neither the CARE-set nor the adversarial tokens
     *) careset=(--care care.json --adversarial adv.safetensors) ;;
   esac
   run "$method.safetensors" $RECARE erase --method "$method" --target "$TARGET" "${careset[@]}" \
