@@ -230,6 +230,17 @@ def test_bad_input_one_line_and_documented_codes(scored_images: tuple[Path, list
     res = invoke(["score", str(missing), "-m", "care", "--concept", "person", *clip])
     assert res.code == 3 and "missing.jsonl:2 field 'path'" in one_line(res.stderr) and "does not exist" in res.stderr
 
+    # a manifest without images: no records at all, or a record without a path
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    res = invoke(["score", str(empty), "-m", "clip", *clip, "-o", str(tmp_path / "empty.json")])
+    assert res.code == 3 and "empty.jsonl: the manifest has no records" in one_line(res.stderr)
+    assert not (tmp_path / "empty.json").exists()
+    no_path = tmp_path / "no-path.jsonl"
+    no_path.write_text('{"format": "recare.manifest", "version": 1, "prompt": "a dog"}\n')
+    res = invoke(["score", str(no_path), "-m", "clip", *clip])
+    assert res.code == 3 and "no-path.jsonl:1 field 'path': missing" in one_line(res.stderr)
+
     corrupt_png = tmp_path / "corrupt.png"
     corrupt_png.write_bytes(images[2].read_bytes()[:60])
     corrupt = tmp_path / "corrupt.jsonl"
