@@ -55,6 +55,7 @@ def _register() -> None:
     from recare_cli.cli import attack as attack_cmd
     from recare_cli.cli import cluster, demo, mine, refine
     from recare_cli.cli import erase as erase_cmd
+    from recare_cli.cli import export as export_cmd
     from recare_cli.cli import invert as invert_cmd
     from recare_cli.cli import prompts as prompts_cmd
     from recare_cli.cli import report as report_cmd
@@ -73,6 +74,7 @@ def _register() -> None:
     app.command("invert", help=invert_cmd.HELP, no_args_is_help=True)(invert_cmd.invert)
     app.command("erase", help=erase_cmd.HELP, no_args_is_help=True)(erase_cmd.erase)
     app.command("attack", help=attack_cmd.HELP, no_args_is_help=True)(attack_cmd.attack)
+    app.command("export", help=export_cmd.HELP, no_args_is_help=True)(export_cmd.export)
     app.add_typer(toyworld_cmd.app, name="toyworld", help=toyworld_cmd.HELP)
 
 

@@ -51,3 +51,38 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield a new empty folder beside ``path``; when the block succeeds, it takes ``path``'s place.
+
+    An existing ``path`` (an empty folder, or anything with ``replace``) is moved aside first and removed only
+    once the new folder is in place. On failure or Ctrl-C the new folder is removed and ``path`` is untouched."""
+    import shutil
+
+    from recare_cli.errors import RefusedError
+
+    target = Path(path)
+    check_output_dir(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private
+        if not (target.exists() or target.is_symlink()):
+            os.replace(tmp, target)
+            return
+        if not replace and not (target.is_dir() and not any(target.iterdir())):
+            raise RefusedError(f"'{target}' exists; refusing to overwrite it")
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, aside / target.name)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(aside / target.name, target)
+            os.rmdir(aside)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,185 @@
+"""Stage: a base model plus recare weights, written as checkpoints other tools load (docs/export.md).
+
+The model is loaded on the CPU in fp32, the weights are applied as ``recare sample`` applies them (refused
+when made for another base model), and one writer per format writes the result, cast to ``--dtype``:
+
+* ``single-file``: the original Stable Diffusion 1.x layout in one safetensors file (``models.export``),
+  for AUTOMATIC1111, ComfyUI and diffusers' ``from_single_file``;
+* ``diffusers``: a complete pipeline folder (``models.weights.save_pipeline``, as ``erase --save-pipeline``),
+  with the provenance in ``recare-export.json``.
+
+(LoRA layouts join ``WRITERS`` with LoRA erasing.) Token embeddings become the UIs' textual-inversion files,
+one per token, in ``OUTPUT-embeddings/``. Every output appears only when complete; an existing one is replaced
+only with ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recare_cli.dtypes import NAMES as DTYPES
+from recare_cli.errors import BadInputError, RefusedError, UsageError, check_choice
+from recare_cli.io.atomic import check_output_dir, staged_folder
+from recare_cli.io.streams import STDIO
+from recare_cli.models.sd import DEFAULT_MODEL
+from recare_cli.models.weights import EMBEDDINGS_FORMAT, FORMAT_CONTENTS, WEIGHTS_FORMAT
+from recare_cli.stages.options import recorded, run_control
+
+FORMATS = ("single-file", "diffusers")
+SINGLE_FILE_SUFFIX = ".safetensors"  # the UIs list checkpoints by extension
+PROVENANCE_FILE = "recare-export.json"  # in a diffusers folder (a single file keeps it in its metadata)
+# The recare files --weights takes, by their metadata format. A new kind of weights is one entry here and one
+# branch in _apply (embeddings are not applied: they are written as files of their own).
+TAKES = {WEIGHTS_FORMAT: "UNet weights from recare erase", EMBEDDINGS_FORMAT: "token embeddings from recare invert"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Every option of ``recare export``; field order is the order provenance records them in."""
+
+    output: str
+    model: str = DEFAULT_MODEL
+    weights: Sequence[Path] = ()  # recare weights of any kind TAKES; UNet weights are applied in order
+    format: str = "single-file"
+    dtype: str = "fp32"  # of the written tensors; fp32 keeps every value as trained
+    force: bool = run_control(False)
+
+    def validate(self) -> None:
+        check_choice("--format", self.format, FORMATS, "format")
+        check_choice("--dtype", self.dtype, DTYPES, "dtype")
+        if self.output in ("", STDIO):
+            raise UsageError("--output: recare export writes a file or a folder, not a stream: give a path")
+        target = Path(self.output)
+        if self.format == "single-file":
+            if not target.name.endswith(SINGLE_FILE_SUFFIX):
+                raise UsageError(f"--output '{self.output}': a single-file checkpoint's name ends in "
+                                 f"{SINGLE_FILE_SUFFIX} (the UIs list checkpoints by that extension)")
+            if target.is_dir():
+                raise UsageError(f"--output '{self.output}' is a folder; --format single-file writes a file")
+        check_output_dir(target)
+
+    def embeddings_folder(self) -> Path:
+        """Where the UI embedding files go: ``OUTPUT-embeddings/`` (without ``.safetensors``) beside the output."""
+        target = Path(self.output)
+        return target.with_name(f"{target.name.removesuffix(SINGLE_FILE_SUFFIX)}-embeddings")
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    format: str
+    tensors: int  # tensors in a single file; 0 for a folder
+    embeddings: Path | None = None
+    embedding_files: list[str] = field(default_factory=list)
+
+
+def read_inputs(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """Each file with its recare format, read from its metadata before any model is loaded."""
+    from recare_cli.models.weights import read_metadata
+
+    takes = "; ".join(TAKES.values())
+    out = []
+    for path in paths:
+        kind = read_metadata(path).get("format")
+        if kind not in TAKES:
+            what = f"a {kind} file ({FORMAT_CONTENTS[kind]})" if kind in FORMAT_CONTENTS else \
+                "not a recare weights file"
+            raise BadInputError(f"{what}; --weights takes {takes}", source=str(path))
+        out.append((Path(path), str(kind)))
+    return out
+
+
+def check_outputs(targets: Sequence[Path], *, force: bool) -> None:
+    """Refuse (before any work) to replace an existing output without ``force``; an empty folder is no output."""
+    for target in targets:
+        check_output_dir(target)
+        if force or not (target.exists() or target.is_symlink()):
+            continue
+        if target.is_dir() and not any(target.iterdir()):
+            continue
+        raise RefusedError(f"'{target}' exists; pass --force to replace it")
+
+
+def _apply(bundle: Any, path: Path, kind: str) -> dict[str, Any]:
+    """Apply one weights file to the loaded model; returns the record provenance keeps of it."""
+    from recare_cli.models.weights import apply_weight_files
+
+    if kind == WEIGHTS_FORMAT:
+        return {"kind": kind, **apply_weight_files(bundle, [path])[0]}
+    raise AssertionError(f"no way to apply {kind}")  # TAKES and this function disagree
+
+
+def read_tokens(bundle: Any, paths: Sequence[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``{token: (n, D)}`` of every embeddings file (checked against the model's text encoder), and the record
+    provenance keeps of each file. A token in two files is refused."""
+    from recare_cli.models.fingerprint import state_fingerprint
+    from recare_cli.models.weights import read_embeddings, read_safetensors
+
+    dim = int(bundle.pipe.text_encoder.get_input_embeddings().weight.shape[1])
+    tokens: dict[str, Any] = {}
+    records = []
+    for path in paths:
+        raw, _ = read_safetensors(path)
+        found, _ = read_embeddings(path, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+        for token, value in found.items():
+            if token in tokens:
+                raise BadInputError(f"token '{token}' is also in an earlier --weights file", source=str(path))
+            tokens[token] = value
+        records.append({"kind": EMBEDDINGS_FORMAT, "path": str(path), "fingerprint": state_fingerprint(raw),
+                        "tokens": list(found)})
+    return tokens, records
+
+
+def _write_single_file(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
+    from recare_cli.models.export import save_single_file
+
+    return save_single_file(pipe, opts.output, dtype=dtype, meta={"provenance": record})
+
+
+def _write_diffusers(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
+    from recare_cli.models.weights import save_pipeline
+
+    pipe.to(dtype=dtype)
+    with staged_folder(opts.output, replace=opts.force) as folder:
+        save_pipeline(pipe, folder)
+        text = json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        (folder / PROVENANCE_FILE).write_text(text, encoding="utf-8")
+    return 0
+
+
+WRITERS: dict[str, Callable[[Any, ExportOptions, Any, dict[str, Any]], int]] = {
+    "single-file": _write_single_file,
+    "diffusers": _write_diffusers,
+}
+
+
+def run_export(opts: ExportOptions) -> ExportResult:
+    from recare_cli.dtypes import torch_dtype
+    from recare_cli.io.provenance import provenance
+    from recare_cli.models.export import save_ui_embeddings
+    from recare_cli.models.sd import load_sd
+
+    opts.validate()
+    inputs = read_inputs(opts.weights)
+    embedding_paths = [path for path, kind in inputs if kind == EMBEDDINGS_FORMAT]
+    folder = opts.embeddings_folder() if embedding_paths else None
+    check_outputs([Path(opts.output)] + ([folder] if folder is not None else []), force=opts.force)
+
+    bundle = load_sd(opts.model, device="cpu", dtype="fp32")  # fingerprints of the unmodified model
+    identity = bundle.identity()
+    applied = [_apply(bundle, path, kind) for path, kind in inputs if kind != EMBEDDINGS_FORMAT]
+    tokens, token_records = read_tokens(bundle, embedding_paths)
+    record = provenance("export", recorded(opts), model=identity, weights=applied + token_records)
+    dtype = torch_dtype(opts.dtype)
+    result = ExportResult(Path(opts.output), opts.format, 0, folder)
+    with contextlib.ExitStack() as stack:  # the embeddings folder appears after the checkpoint, or not at all
+        if folder is not None:
+            staged = stack.enter_context(staged_folder(folder, replace=opts.force))
+            result.embedding_files = save_ui_embeddings(staged, tokens, dtype=dtype, meta={"provenance": record})
+        result.tensors = WRITERS[opts.format](bundle.pipe, opts, dtype, record)
+    return result
