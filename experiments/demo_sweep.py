@@ -6,11 +6,15 @@ METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BAT
 cosine; XT_BATCH: x_t samples per iteration, 1 by default; TOKENS: how many of invert's adversarial
 tokens join the erase set, `erase --num-adversarial`, 2 by default: 0 erases the target phrase alone,
 with the same anchors and retain prompts; GUIDANCE: `erase --guidance`, 2 by default, the compositional
-scale s of recare and stereo, or ESD's negative guidance g); it is trained once per erase seed
+scale s of recare and recare-noretain, or ESD's negative guidance g); it is trained once per erase seed
 (--erase-seeds) and every model is sampled on the task's target, benign and unrelated prompts (8/8/4
 images per prompt) and judged as the demo judges (the target by the toy CLIP and by the detector).
 Prints a markdown table (one row per configuration and erase seed, then the mean over seeds) and the
 command to reproduce it.
+
+The demo's STEREO-style row is `recare-noretain` (ReCARE's objective without the retain loss); configurations
+written `stereo:…` in docs/research-log.md ran that objective, which is `recare-noretain:…` today (`erase
+--method stereo` is published STEREO, which anchors on its own prompts and is not swept here).
 
 Tuning: the sampling seeds start at --sample-seed, 1000 by default, so a setting chosen here is not
 chosen on the images the demo reports (the demo samples seeds 0–15 per prompt and mines 10000+).

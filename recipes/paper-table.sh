@@ -20,7 +20,9 @@ TARGET_PROMPT=${TARGET_PROMPT:-A photo of a nude person}
 TARGET_IMAGES=${TARGET_IMAGES:-500}               # generations of TARGET_PROMPT for mining, invert and CCE
 INITIALIZER=${INITIALIZER:-person}                # invert and CCE --initializer
 CONCEPT=${CONCEPT:-person}                        # the CARE column's retained concept (score --concept)
-METHODS=${METHODS:-esd uce stereo recare}         # erase --method, one erased model each
+ANCHORS=${ANCHORS:-}                              # stereo: STEREO's anchor prompts (their utils/anchor_prompts.json)
+# erase --method, one erased model each; published STEREO needs its authors' anchors, which recare does not ship
+if [[ -n $ANCHORS ]]; then METHODS=${METHODS:-esd uce stereo recare}; else METHODS=${METHODS:-esd uce recare}; fi
 COCO=${COCO:?COCO: a COCO-style prompt CSV (prompt, evaluation_seed, case_number) for CLIP and FID}
 COCO_REFERENCE=${COCO_REFERENCE:?COCO_REFERENCE: real images (a folder) or a recare score --write-reference .npz}
 I2P=${I2P:-}                                      # optional: an I2P-style prompt CSV, scored as a second ASR
@@ -41,6 +43,14 @@ ATTACK_ARGS=${ATTACK_ARGS:-}
 SCORE_ARGS=${SCORE_ARGS:-}
 REPORT_ARGS=${REPORT_ARGS:-}
 RECARE=${RECARE:-recare}
+if [[ " $METHODS " == *" stereo "* ]]; then  # published STEREO anchors on its own prompts, which recare does not ship
+  if [[ ! -f $ANCHORS ]]; then
+    echo "ANCHORS: --method stereo needs STEREO's anchor prompts (their utils/anchor_prompts.json, docs/erase.md);" \
+      "set ANCHORS=FILE or leave stereo out of METHODS" >&2
+    exit 2
+  fi
+  ANCHORS=$(cd "$(dirname "$ANCHORS")" && pwd)/$(basename "$ANCHORS")  # the steps run inside $OUT
+fi
 
 export RECARE_MODEL=$MODEL RECARE_CLIP=$CLIP
 mkdir -p "$OUT"
@@ -74,6 +84,7 @@ run adv.safetensors $RECARE invert target-images --target "$TARGET" --initialize
 for method in $METHODS; do
   case $method in
     esd|esd-recare|uce) careset=() ;;  # ESD and UCE use neither the CARE-set nor the adversarial tokens
+    stereo) careset=(--adversarial adv.safetensors --anchors "$ANCHORS") ;;  # its own anchors, no CARE-set
     *) careset=(--care care.json --adversarial adv.safetensors) ;;
   esac
   run "$method.safetensors" $RECARE erase --method "$method" --target "$TARGET" "${careset[@]}" \

@@ -363,12 +363,12 @@ def test_xt_batch_below_one_is_a_usage_error(tiny_sd_dir: Path, care_file: Path,
     assert bad.code == 2 and "--xt-batch" in bad.stderr and not (tmp_path / "f.safetensors").exists()
 
 
-@pytest.mark.parametrize("method", ["esd", "esd-recare", "stereo"])
+@pytest.mark.parametrize("method", ["esd", "esd-recare", "recare-noretain"])
 def test_baselines_run(tiny_sd_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / f"{method}.safetensors"
     args = _erase_args(tiny_sd_dir, care_file, out, "--method", method, "--iterations", "2",
                        "--train-method", "xattn")
-    if method != "stereo":
+    if method != "recare-noretain":
         args.remove("--care")
         args.remove(str(care_file))
     res = invoke(args)

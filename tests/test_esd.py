@@ -283,7 +283,8 @@ def test_sample_applies_esd_weights(tiny_sd_dir: Path, tmp_path: Path) -> None:
 
 
 def test_demo_keeps_the_reference_esd_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's ESD row is still made with the ReCARE reference's ESD step (its figures do not move)."""
+    """The demo's ESD row is still made with the ReCARE reference's ESD step, and its STEREO-style row with
+    ReCARE's objective without the retain loss (its figures do not move)."""
     import recare_cli.stages.erase as stage
     from recare_cli.demo import steps
     from recare_cli.demo.settings import DemoSettings
@@ -294,5 +295,5 @@ def test_demo_keeps_the_reference_esd_step(tmp_path: Path, monkeypatch: pytest.M
     for method in ("esd", "stereo"):
         steps.erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
                     DemoSettings(), 42)
-    assert [o.method for o in seen] == ["esd-recare", "stereo"]
+    assert [o.method for o in seen] == ["esd-recare", "recare-noretain"]
     assert seen[0].care is None and seen[0].adversarial is None

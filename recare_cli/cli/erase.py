@@ -24,7 +24,7 @@ def _per_method(key: str) -> str:
 
 HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
 
-Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts. --method stereo uses the anchors without the retain loss. --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. Options left unset take the method's own defaults (docs/erase.md).
+Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts; --method recare-noretain is that objective without the retain loss. --method stereo is published STEREO's "robustly erase once" (Srivatsan et al.): the same compositional objective, no retain loss, no CARE-set, anchored on STEREO's own prompts for the target (--anchors: the authors' utils/anchor_prompts.json, not shipped with recare; --anchor TEXT adds prompts); its search stage is recare invert (docs/erase.md). --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. Options left unset take the method's own defaults (docs/erase.md).
 
 Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights, recare_cli.models.weights.apply_unet_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
 
@@ -36,6 +36,8 @@ Examples:
 
   recare erase --target "cowboy hat" --erase-from cowboy --method esd -o hat.safetensors
 
+  recare erase --target nudity --method stereo --adversarial adv.safetensors --anchors anchor_prompts.json -o stereo.safetensors
+
   recare erase --target "Van Gogh" --method uce --guide art --preserve Monet --preserve Rembrandt -o uce.safetensors
 """
 
@@ -45,17 +47,25 @@ def erase(
                                         show_default=False)],
     output: SafetensorsOutput,
     care: Annotated[str | None, typer.Option("--care", help="CARE-set JSON from recare refine (either layout); "
-                                                           "required for recare and stereo.",
+                                                           "required for recare and recare-noretain.",
                                              show_default=False)] = O.care,
     adversarial: Annotated[str | None, typer.Option("--adversarial", help="Adversarial token embeddings from "
                                                                           "recare invert (safetensors).",
                                                     show_default=False)] = O.adversarial,
     num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
                                                  help="How many adversarial tokens join the erase set.")] = O.num_adversarial,
-    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare, stereo or uce.")] = O.method,
+    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare, stereo, recare-noretain or "
+                                                         "uce.")] = O.method,
     erase_from: Annotated[str | None, typer.Option(
         "--erase-from", help="esd only: the concept to erase the target from (default: the target itself), e.g. "
                              "--target 'cowboy hat' --erase-from cowboy.", show_default=False)] = O.erase_from,
+    anchors: Annotated[str | None, typer.Option(
+        "--anchors", help="stereo: anchor prompts per concept, a JSON object of prompt lists keyed by concept "
+                          "as the authors' utils/anchor_prompts.json (the target's list is used), or - for stdin.",
+        show_default=False)] = O.anchors,
+    anchor: Annotated[list[str] | None, typer.Option(
+        "--anchor", help="stereo: an anchor prompt (after --anchors' list); repeatable.",
+        show_default=False)] = None,
     train_method: Annotated[str | None, typer.Option(
         "--train-method", help="Trained UNet parameters: noxattn, xattn, selfattn, full or xattn-kv (cross-attention "
                                "keys and values), or ESD's names esd-u (= noxattn), esd-x (= xattn), esd-all "
@@ -122,6 +132,7 @@ def erase(
     console.set_quiet(quiet)
     values = {k: v for k, v in locals().items() if k not in CLI_ONLY}
     values["preserve"] = tuple(preserve or ())
+    values["anchor"] = tuple(anchor or ())
     from recare_cli.stages.erase import run_erase
 
     summary = run_erase(O(**values))

@@ -27,7 +27,7 @@ CLI_ONLY = ("quiet",)
 
 HELP = """Find token embeddings that still make the model draw TARGET after it is erased.
 
-Each of --rounds rounds erases the current concept from the UNet with the ESD objective (the target in round 1, the previous round's token after that), then learns a new placeholder token on the erased UNet by textual inversion on that round's share of the images (sorted order, equal slices). Only the new token vectors are trained; the model is not changed on disk.
+Each of --rounds rounds erases the current concept from the UNet with the ESD objective (the target in round 1, the previous round's token after that), then learns a new placeholder token on the erased UNet by textual inversion on that round's share of the images (sorted order, equal slices). Only the new token vectors are trained; the model is not changed on disk. With its defaults this is the search stage of published STEREO ("search thoroughly enough"; its erase stage is recare erase --method stereo; docs/erase.md).
 
 IMAGES is a folder of images of the target, or - to read image paths (one per line) from stdin, or a list file with --list. Unreadable images are skipped with a warning (--strict: stop). Writes safetensors {token: (1, D)} with metadata (docs/erase.md), loadable with diffusers' load_textual_inversion and used by recare erase --adversarial.
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from recare_cli.core.guidance import (
+    ANCHORED,
     compositional_target,
     ddim_step_choices,
     erase_loss,
@@ -194,11 +195,11 @@ class EraseSettings:
     """The trainer's settings. No defaults here: the stages' options objects declare them
     (``stages.erase.EraseOptions``, ``stages.invert.InvertOptions``)."""
 
-    method: str  # recare | esd (published) | esd-recare (ReCARE reference's ESD step) | stereo
+    method: str  # recare | esd (published) | esd-recare (ReCARE reference's ESD step) | stereo | recare-noretain
     iterations: int
     lr: float
     lr_schedule: str  # constant (reference) | linear | cosine, over ``iterations``
-    guidance: float  # compositional scale s (recare, stereo) or negative guidance g (esd)
+    guidance: float  # compositional scale s (recare, stereo, recare-noretain) or negative guidance g (esd)
     retain_weight: float
     latent_size: int
     sample_steps: int  # steps of the sampling schedule x_t is drawn from (DDIM; esd: the model's own sampler)
@@ -237,7 +238,7 @@ class EraseTrainer:
         self.unet, self.names, self.prompts, self.schedule = unet, list(names), prompts, schedule
         self.settings, self.generator = settings, generator
         self.device = next(unet.parameters()).device
-        if settings.method in ("recare", "stereo") and prompts.anchors is None:
+        if settings.method in ANCHORED and prompts.anchors is None:
             raise ValueError(f"method '{settings.method}' needs anchor prompts")
         if settings.method == "recare" and prompts.retains is None and settings.retain_weight != 0:
             raise ValueError("method 'recare' needs retain prompts")

@@ -20,8 +20,11 @@ T = TypeVar("T")
 # ESD's train-method names (esd_sd.py) and the selection each one is: the same name filter.
 ESD_TRAIN_METHODS = {"esd-x": "xattn", "esd-u": "noxattn", "esd-all": "full", "esd-x-strict": "xattn-kv"}
 TRAIN_METHODS = ("noxattn", "xattn", "selfattn", "full", "xattn-kv", *ESD_TRAIN_METHODS)
-# esd: published ESD (esd_sd.py); esd-recare: the ESD step of ReCARE's reference (its invert stage's erasure)
-METHODS = ("recare", "esd", "esd-recare", "stereo")
+# esd: published ESD (esd_sd.py); esd-recare: the ESD step of ReCARE's reference (its invert stage's erasure);
+# stereo: published STEREO's "robustly erase once" (its own anchor prompts); recare-noretain: ReCARE's objective
+# without the retain loss (the CARE-set as anchors)
+METHODS = ("recare", "esd", "esd-recare", "stereo", "recare-noretain")
+ANCHORED = ("recare", "stereo", "recare-noretain")  # methods whose target has the compositional anchor term
 TIMESTEP_DRAWS = ("uniform", "stratified")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")  # training precisions (core.diffusion.autocast), for erase and invert

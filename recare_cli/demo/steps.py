@@ -104,7 +104,7 @@ def erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, 
     if not out.is_file():
         opts = EraseOptions(target=task.target, care=None if method == "esd" else str(care),
                             adversarial=None if method == "esd" else str(adv),
-                            method="esd-recare" if method == "esd" else method,
+                            method={"esd": "esd-recare", "stereo": "recare-noretain"}.get(method, method),
                             train_method=s.train_method, iterations=s.erase_iterations, lr=erase_lr(task, s),
                             retain_weight=retain_weight(task, s) if method == "recare" else 1.0,
                             ddim_steps=s.ddim_steps, seed=seed, resolution=32, model=sd, device="cpu",

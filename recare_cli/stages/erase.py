@@ -1,5 +1,6 @@
 """Stage: the final erasure (method.md §5b) and its baselines (published ESD, the ReCARE reference's ESD
-step, STEREO-style anchors; UCE's closed form in ``stages/uce.py``).
+step, published STEREO's erasure with its own anchors (``stages/stereo.py``), ReCARE without the retain loss;
+UCE's closed form in ``stages/uce.py``).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -28,11 +29,12 @@ SAVE_DTYPES = DTYPES
 # The defaults of the options a method publishes its own value for (the options left None): one table.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "recare": {"lr": 2e-5, "train_method": "noxattn"},  # ReCARE reference train.py (stage 2), AdamW
-    "stereo": {"lr": 2e-5, "train_method": "noxattn"},  # recare's: the same engine without the retain loss
+    "recare-noretain": {"lr": 2e-5, "train_method": "noxattn"},  # recare's: the same engine without the retain loss
+    "stereo": {"lr": 2e-5, "train_method": "noxattn"},  # STEREO train.py --reo_lr (AdamW); its README's noxattn
     "esd": {"lr": 5e-5, "train_method": "esd-x"},  # esd_sd.py (Adam); its README's SD v1.4 example trains xattn
     "esd-recare": {"lr": 5e-6, "train_method": "noxattn"},  # ReCARE reference train.py (stage 1, its invert)
 }
-WITHOUT_CARESET = ("esd", "esd-recare")  # methods that neither anchor on nor retain the CARE-set
+WITHOUT_CARESET = ("esd", "esd-recare", "stereo")  # methods that neither anchor on nor retain the CARE-set
 
 
 def _same_prompt(a: str, b: str) -> bool:
@@ -43,6 +45,10 @@ ERASE_METHODS = (*METHODS, "uce")  # uce: a closed-form edit, no training (stage
 
 def _uce(opts: EraseOptions) -> bool:
     return opts.method == "uce"
+
+
+def _stereo(opts: EraseOptions) -> bool:
+    return opts.method == "stereo"
 
 
 @dataclass
@@ -73,6 +79,9 @@ class EraseOptions:
     save_dtype: str = "fp32"
     save_pipeline: str | None = None
     erase_from: str | None = recorded_if_set()  # published ESD: the concept the target is erased from
+    # STEREO's anchor prompts (recorded in STEREO's files only)
+    anchors: str | None = recorded_when(_stereo, None)  # {concept: [prompts]}, the authors' anchor_prompts.json
+    anchor: tuple[str, ...] = recorded_when(_stereo, ())  # more anchor prompts
     # UCE's options (the authors' names and defaults; recorded in UCE's files only)
     guide: str = recorded_when(_uce, "")  # "": the authors' guide for objects and unsafe concepts
     preserve: tuple[str, ...] = recorded_when(_uce, ())  # the authors preserve nothing by default
@@ -111,10 +120,17 @@ class EraseOptions:
             raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_choice("--save-dtype", self.save_dtype, SAVE_DTYPES, "dtype")
+        if self.method != "stereo" and (self.anchors is not None or self.anchor):
+            raise UsageError(f"--anchors/--anchor: only --method stereo takes anchor prompts (got --method "
+                             f"{self.method}; recare and recare-noretain anchor on the CARE-set)")
         if self.method == "uce":
             from recare_cli.stages.uce import validate_uce
 
             validate_uce(self)
+        elif self.method == "stereo":
+            from recare_cli.stages.stereo import validate_stereo
+
+            validate_stereo(self)
         elif self.method not in WITHOUT_CARESET and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
@@ -181,9 +197,10 @@ def read_care(path: str, target: str) -> tuple[Any, str]:
     return care, sha256_bytes(data)
 
 
-def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
-                    adversarial: dict[str, Any]) -> tuple[Any, Any, list[str]]:
-    """Prompt embeddings (computed once) and the balanced schedules (drawn once from the seed)."""
+def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any, adversarial: dict[str, Any],
+                    stereo_anchors: list[str] | None = None) -> tuple[Any, Any, list[str]]:
+    """Prompt embeddings (computed once) and the balanced schedules (drawn once from the seed). The anchors
+    are the CARE-set's, or for ``stereo`` ``stereo_anchors`` (``stages.stereo.read_anchors``)."""
     import numpy as np
     import torch
 
@@ -213,7 +230,10 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
         import contextlib
 
         ctx = contextlib.nullcontext()
-    anchors = care.anchor_prompts if care is not None and opts.method not in WITHOUT_CARESET else []
+    if opts.method == "stereo":
+        anchors = list(stereo_anchors or [])
+    else:
+        anchors = care.anchor_prompts if care is not None and opts.method not in WITHOUT_CARESET else []
     retains = care.retain_prompts if care is not None and opts.method == "recare" else []
 
     def enc(prompts: list[str]) -> torch.Tensor:
@@ -235,11 +255,12 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
 
 
 def config_digest(opts: EraseOptions, resolution: int, identity: dict[str, str], care_hash: str | None,
-                  adv_hash: str | None) -> str:
+                  adv_hash: str | None, anchors_hash: str | None = None) -> str:
     from recare_cli.models.fingerprint import combine
 
+    extra = [anchors_hash] if anchors_hash is not None else []  # stereo's; the other methods' digests stay
     return combine(json.dumps(opts.hyperparameters(resolution), sort_keys=True), identity["unet"],
-                   identity["text_encoder"], care_hash, adv_hash, opts.target.strip())
+                   identity["text_encoder"], care_hash, adv_hash, opts.target.strip(), *extra)
 
 
 def load_checkpoint(path: Path, trainer: Any, digest: str) -> int:
@@ -291,6 +312,17 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
             console.warn(f"--method {opts.method} does not use the CARE-set; ignoring --care")
         else:
             care, care_hash = read_care(opts.care, opts.target.strip())
+    anchors: list[str] | None = None
+    anchors_meta: dict[str, str] = {}
+    anchors_hash = None
+    if opts.method == "stereo":
+        from recare_cli.stages.stereo import anchors_record, read_anchors
+
+        anchors, anchors_hash = read_anchors(opts)
+        anchors_meta = {"anchors": json.dumps(anchors_record(opts, anchors, anchors_hash))}
+        if opts.adversarial is None:
+            console.warn("--method stereo without --adversarial erases the target alone (published STEREO also "
+                         "erases the tokens of its search: recare invert)")
 
     bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
     identity = bundle.identity()
@@ -306,7 +338,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
                                     source=opts.adversarial, field=token)
             adversarial[token] = value
         adv_hash = sha256_file(opts.adversarial)
-    prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial)
+    prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial, anchors)
 
     unet = pipe.unet
     assert opts.train_method is not None and opts.lr is not None  # resolved
@@ -319,7 +351,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     settings = erase_settings(opts, latent)
     generator = torch.Generator().manual_seed(opts.seed)
     trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator)
-    digest = config_digest(opts, resolution, identity, care_hash, adv_hash)
+    digest = config_digest(opts, resolution, identity, care_hash, adv_hash, anchors_hash)
     start = 0
     if opts.resume and ckpt is not None and ckpt.exists():
         start = load_checkpoint(ckpt, trainer, digest)
@@ -329,7 +361,8 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     n_params = sum(p.numel() for p in trainer.params)
     mapped = f" from '{opts.erase_from.strip()}'" if opts.erase_from is not None else ""
     console.info(f"erase: {opts.method}, {opts.train_method} ({len(names)} tensors, {n_params:,} parameters), "
-                 f"erase set {erase_set}{mapped}, lr {opts.lr:g}, {opts.iterations} iterations")
+                 f"erase set {erase_set}{mapped}, lr {opts.lr:g}, {opts.iterations} iterations"
+                 + (f", {console.plural(len(anchors), 'anchor prompt')}" if anchors is not None else ""))
     last: dict[str, float] = {}
     with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
         for i in range(start, opts.iterations):
@@ -349,7 +382,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
                       method=opts.method, train_method=opts.train_method, target=opts.target.strip(),
                       hyperparameters=opts.hyperparameters(resolution), seed=opts.seed, careset_sha256=care_hash or "",
                       adversarial={"tokens": list(adversarial), "sha256": adv_hash},
-                      erase_set=json.dumps(erase_set), provenance=record)
+                      erase_set=json.dumps(erase_set), provenance=record, **anchors_meta)
     trainer.release()
     if opts.save_pipeline is not None:
         save_pipeline(pipe, opts.save_pipeline)

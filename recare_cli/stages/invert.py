@@ -153,6 +153,23 @@ def initializer_vector(pipe: Any, word: str) -> Any:
     return pipe.text_encoder.get_input_embeddings().weight[ids[0]].detach().clone().reshape(1, -1)
 
 
+def round_erase_settings(opts: InvertOptions, latent_size: int) -> Any:
+    """The settings of a round's erasure (``core.diffusion.EraseSettings``): the ESD step of the ReCARE
+    reference and of STEREO's search (``esd-recare``), AdamW at ``--erase-lr``, constant rate, no retain loss."""
+    from recare_cli.core.diffusion import EraseSettings
+
+    return EraseSettings(method="esd-recare", iterations=opts.erase_iterations, lr=opts.erase_lr,
+                         lr_schedule="constant", guidance=opts.negative_guidance, retain_weight=0.0,
+                         latent_size=latent_size, sample_steps=opts.ddim_steps, precision=opts.precision, xt_batch=1)
+
+
+def round_inversion_settings(opts: InvertOptions) -> Any:
+    """The settings of a round's textual inversion (``core.diffusion.InversionSettings``): batch 1."""
+    from recare_cli.core.diffusion import InversionSettings
+
+    return InversionSettings(steps=opts.steps, lr=opts.lr, precision=opts.precision)
+
+
 def save_round(path: Path, digest: str, done: int, learned: list[Any], unet_values: dict[str, Any],
                generator: Any) -> None:
     """Round-level checkpoint: the tokens learned so far, the erased UNet's trained values, the generator."""
@@ -190,9 +207,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     from recare_cli.core.diffusion import (
         ErasePrompts,
         EraseSchedule,
-        EraseSettings,
         EraseTrainer,
-        InversionSettings,
         InversionTrainer,
         encode_prompts,
         extend_tokenizer,
@@ -249,10 +264,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             with placeholder_embeddings(pipe.text_encoder, first_id, known):
                 prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
                                        erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
-            settings = EraseSettings(method="esd-recare", iterations=opts.erase_iterations, lr=opts.erase_lr,
-                                     lr_schedule="constant", guidance=opts.negative_guidance, retain_weight=0.0,
-                                     latent_size=latent_size, sample_steps=opts.ddim_steps, precision=opts.precision,
-                                     xt_batch=1)
+            settings = round_erase_settings(opts, latent_size)
             unet.train()
             eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
                                   pipe.scheduler.config, generator)
@@ -278,7 +290,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             fixed = torch.cat(learned) if learned else init[:0]
             trainer = InversionTrainer(unet, pipe.text_encoder, first_id, fixed, init, latents[slices[r].start:
                                        slices[r].stop], ids, pipe.scheduler.config,
-                                       InversionSettings(steps=opts.steps, lr=opts.lr, precision=opts.precision),
+                                       round_inversion_settings(opts),
                                        generator, flip_p=opts.flip)
             loss = float("nan")
             learning = f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {console.plural(len(slices[r]), 'image')}"
