@@ -91,7 +91,9 @@ def score(
                              ] = ScoreOptions.nudenet_input,
     classifier: Annotated[str | None, typer.Option(
         "--classifier", help="classifier: a transformers image-classification model, a folder or hub id (e.g. "
-                             "microsoft/resnet-50).", show_default=False)] = ScoreOptions.classifier,
+                             "microsoft/resnet-50), or a torchvision ResNet-50 weights file ending in .pth or .pt "
+                             "(the reference's resnet50-11ad3fa6.pth, with torchvision's preprocessing and ImageNet "
+                             "class names).", show_default=False)] = ScoreOptions.classifier,
     prompt: Annotated[str | None, typer.Option("--prompt", help="clip: the prompt of every image (folder input, "
                                                                 "or to override the manifest).",
                                                show_default=False)] = ScoreOptions.prompt,

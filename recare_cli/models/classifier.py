@@ -1,5 +1,6 @@
-"""Loading a transformers image classifier (folder or hub id) for scoring: an ImageNet ResNet-50 for
-objects, a fine-tuned style classifier, any ``AutoModelForImageClassification`` with its image processor.
+"""Loading an image classifier for scoring: a transformers one (folder or hub id: an ImageNet ResNet-50
+for objects, a fine-tuned style classifier, any ``AutoModelForImageClassification`` with its image
+processor), or a torchvision ResNet-50 weights file (``.pth``, :mod:`recare_cli.models.tvresnet`).
 
 The image processor is always the PIL one (``backend="pil"``): the torchvision one is what
 transformers picks when torchvision is installed, and it resizes with other arithmetic, so the same
@@ -9,7 +10,8 @@ image would give other logits on another machine.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,11 @@ def classifier_labels(name: str) -> tuple[str, ...]:
     """The class names of the classifier ``name`` from its config alone (no weights are read)."""
     from transformers import AutoConfig
 
+    from recare_cli.models import tvresnet
+
+    if tvresnet.is_weights_file(name):
+        return tvresnet.categories()
+
     config = load_pretrained(AutoConfig.from_pretrained, name, what=WHAT, hint=HINT)
     return tuple(config_labels(config, name))
 
@@ -54,30 +61,37 @@ def classifier_labels(name: str) -> tuple[str, ...]:
 @dataclass
 class ClassifierBundle:
     model: Any  # transformers *ForImageClassification
-    processor: Any  # its PIL image processor
     name: str
     fingerprint: str  # of the weights
     labels: list[str]  # class names, index order
     device: torch.device
     dtype: torch.dtype
+    prepare: Callable[[list[Any]], torch.Tensor]  # decoded RGB images -> (N, 3, H, W) pixel values
+    about: dict[str, str] = field(default_factory=dict)  # what else identifies it (layout, preprocessing)
 
     def identity(self) -> dict[str, Any]:
         """What provenance records about this model: its weights, and its classes apart."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "dtype": dtype_name(self.dtype),
+        return {"name": self.name, "fingerprint": self.fingerprint, **self.about, "dtype": dtype_name(self.dtype),
                 "classes": len(self.labels), "labels": labels_fingerprint(self.labels)}
 
     def logits(self, images: list[Any]) -> np.ndarray:
         """(N, classes) float32 logits of decoded RGB images, one forward pass."""
         import torch
 
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = self.prepare(images)
         with torch.inference_mode():
             out = self.model(pixel_values=pixels.to(self.device, self.dtype)).logits
         return out.float().cpu().numpy()
 
 
 def load_classifier(name: str, *, device: str = "auto", dtype: str = "auto") -> ClassifierBundle:
+    """The classifier ``name``: a torchvision weights file (``.pth``, ``.pt``), else a transformers model."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from recare_cli.models import tvresnet
+
+    if tvresnet.is_weights_file(name):
+        return tvresnet.load(name, device=device, dtype=dtype)
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -85,5 +99,9 @@ def load_classifier(name: str, *, device: str = "auto", dtype: str = "auto") -> 
     processor = load_pretrained(AutoImageProcessor.from_pretrained, name, what=f"{WHAT}'s image processor",
                                 hint=HINT, backend="pil")
     model.eval().requires_grad_(False).to(dev)
-    return ClassifierBundle(model, processor, name, module_fingerprint(model), config_labels(model.config, name),
-                            dev, dt)
+
+    def prepare(images: list[Any]) -> torch.Tensor:
+        return processor(images=images, return_tensors="pt")["pixel_values"]
+
+    return ClassifierBundle(model, name, module_fingerprint(model), config_labels(model.config, name), dev, dt,
+                            prepare)

@@ -75,7 +75,7 @@ class ScoreOptions:
     nudenet_input: str = "array"  # nudity: NudeNet gets the decoded RGB array, as the reference hands it, or "path"
     prompt: str | None = None  # clip: the prompt of every image (folder input, or over the manifest's)
     clip: str = DEFAULT_CLIP
-    classifier: str | None = recorded_if_set()  # classifier: an image-classification folder or hub id
+    classifier: str | None = recorded_if_set()  # classifier: a folder, hub id or torchvision .pth
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = 64

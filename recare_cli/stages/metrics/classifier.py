@@ -1,7 +1,9 @@
 """Top-k accuracy of a real image classifier (``--classifier``: any transformers image-classification
-model, e.g. an ImageNet ResNet-50 for objects or a fine-tuned style classifier): the share of images
-whose true label is among the model's k highest logits, the true label from --target (one for every
-image) or --label-field (a manifest field), named as in the model's ``id2label``.
+model, e.g. a fine-tuned style classifier, or a torchvision ResNet-50 weights file such as the
+reference's object classifier ``resnet50-11ad3fa6.pth``): the share of images whose true label is
+among the model's k highest logits, the true label from --target (one for every image) or
+--label-field (a manifest field), named as in the model's ``id2label`` (torchvision's ImageNet
+category names for a ``.pth`` file).
 
 The extractor (``classifier``) runs the model once per run and keeps each image's logits, so
 ``--features`` stores them and ``--from-features`` re-scores (another --top-k, another truth) without
@@ -109,14 +111,16 @@ def load(opts: ScoreOptions, device: str) -> Logits:
 
 class Classifier:
     name: str = NAME
-    help: str = ("top-k accuracy of a transformers image classifier, --classifier MODEL (e.g. an ImageNet ResNet-50 "
-                 "for objects, a style classifier), true label from --target or --label-field among its labels.")
+    help: str = ("top-k accuracy of an image classifier, --classifier MODEL (a transformers one, e.g. a style "
+                 "classifier, or a torchvision ResNet-50 .pth file, the reference's object classifier), true label "
+                 "from --target or --label-field among its labels.")
     needs: tuple[str, ...] = (NAME,)
     options: tuple[str, ...] = ("classifier", "target", "label_field", "top_k")
 
     def validate(self, opts: ScoreOptions, items: Sequence[ImageItem]) -> None:
         if not opts.classifier:
-            raise UsageError("--metric classifier needs --classifier MODEL (an image-classification folder or hub id)")
+            raise UsageError("--metric classifier needs --classifier MODEL (an image-classification folder or hub id, "
+                             "or a torchvision ResNet-50 .pth file)")
         if (opts.target is None) == (opts.label_field is None):
             raise UsageError("--metric classifier needs exactly one of --target LABEL and --label-field FIELD")
         labels = labels_of(opts)  # the config alone: an unknown label stops the run before any image is read
