@@ -59,3 +59,19 @@ def shell(command: str, cwd: Path, env: dict[str, str] | None = None,
     full_env.update(env or {})
     return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def sample_with_and_without(weights: Path, model: Path, folder: Path, prompt: str) -> tuple[dict, Path, Path]:
+    """Sample ``prompt`` once with ``weights`` applied to ``model`` and once without (2 steps, 32 px); return the
+    erased run's first manifest record and the two image files, after checking both runs succeeded."""
+    import json
+
+    prompts = folder / "p.txt"
+    prompts.write_text(f"{prompt}\n")
+    fast = ["--model", str(model), "--steps", "2", "--height", "32", "--width", "32", "--device", "cpu"]
+    erased = invoke(["sample", str(prompts), "--out", str(folder / "erased"), *fast, "--weights", str(weights)])
+    base = invoke(["sample", str(prompts), "--out", str(folder / "base"), *fast])
+    assert erased.code == 0 and base.code == 0, erased.stderr + base.stderr
+    record = json.loads(erased.stdout.decode().splitlines()[0])
+    image = Path(record["path"]).name
+    return record, folder / "erased" / image, folder / "base" / image

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from recare_cli.errors import BadInputError, InterruptedRunError
-from tests.helpers import invoke
+from tests.helpers import invoke, sample_with_and_without
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -441,16 +441,9 @@ def test_sample_applies_stereo_weights(tiny_sd_dir: Path, tmp_path: Path) -> Non
     res = invoke(_stereo_args(tiny_sd_dir, weights, "--anchor", "a photo of a field", "--lr", "1e-2",
                               "--target", "a photo"))
     assert res.code == 0, res.stderr
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("a photo\n")
-    fast = ["--model", str(tiny_sd_dir), "--steps", "2", "--height", "32", "--width", "32", "--device", "cpu"]
-    erased = invoke(["sample", str(prompts), "--out", str(tmp_path / "erased"), *fast, "--weights", str(weights)])
-    base = invoke(["sample", str(prompts), "--out", str(tmp_path / "base"), *fast])
-    assert erased.code == 0 and base.code == 0, erased.stderr + base.stderr
-    record = json.loads(erased.stdout.decode().splitlines()[0])
+    record, erased, base = sample_with_and_without(weights, tiny_sd_dir, tmp_path, "a photo")
     assert record["weights"][0]["fingerprint"].startswith("sha256:")
-    image = "prompt-000000_0000.png"
-    assert (tmp_path / "erased" / image).read_bytes() != (tmp_path / "base" / image).read_bytes()
+    assert erased.read_bytes() != base.read_bytes()
 
 
 def test_recare_noretain_anchors_on_the_careset_without_retain(tiny_sd_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.helpers import invoke, shell
+from tests.helpers import invoke, sample_with_and_without, shell
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -170,15 +170,9 @@ def test_cli_output_applies_with_sample_weights(tiny_sd_dir: Path, tmp_path: Pat
     params = info["provenance"]["params"]
     assert params["method"] == "uce" and params["preserve"] == ["a person"] and params["lamb"] == 0.5
 
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("nudity\n")
-    fast = ["--model", str(tiny_sd_dir), "--steps", "2", "--height", "32", "--width", "32", "--device", "cpu"]
-    erased = invoke(["sample", str(prompts), "--out", str(tmp_path / "e"), *fast, "--weights", str(out)])
-    base = invoke(["sample", str(prompts), "--out", str(tmp_path / "b"), *fast])
-    assert erased.code == 0 and base.code == 0, erased.stderr + base.stderr
-    record = json.loads(erased.stdout.decode().splitlines()[0])
+    record, erased, base = sample_with_and_without(out, tiny_sd_dir, tmp_path, "nudity")
     assert record["weights"][0]["tensors"] == 8
-    a, b = (np.asarray(Image.open(next((tmp_path / d).glob("*.png"))), dtype=np.int16) for d in ("e", "b"))
+    a, b = (np.asarray(Image.open(path), dtype=np.int16) for path in (erased, base))
     assert np.abs(a - b).max() > 0
 
 
