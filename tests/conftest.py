@@ -56,3 +56,13 @@ def target_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("images")
     draw_images(folder, 12, seed=0, size=40)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 2.x-style v-prediction model (``models.tiny.build_tiny_sd2``)."""
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.models.tiny import build_tiny_sd2
+
+    quiet_libraries()
+    return build_tiny_sd2(tmp_path_factory.mktemp("models") / "tiny-sd2", seed=0)

@@ -43,7 +43,7 @@ def sample(
                                                    help="Images per prompt.")] = SampleOptions.images_per_prompt,
     seed: Seed = SampleOptions.seed,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion model: a diffusers folder or a hub id.")
+                                       help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")
                      ] = SampleOptions.model,
     weights: Annotated[list[Path] | None, typer.Option(
         "--weights", help="UNet weights from recare erase (safetensors); repeat to apply several in order.",

@@ -41,6 +41,7 @@ from recare_cli.core.guidance import (
     mse,
     training_timestep_index,
 )
+from recare_cli.core.prediction import training_target
 from recare_cli.dtypes import torch_dtype
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +119,9 @@ def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str], *,
 
 def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
              params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """ε prediction for ``emb.shape[0]`` conditions; ``x`` is broadcast when it has batch 1.
+    """The UNet's prediction for ``emb.shape[0]`` conditions, in the model's own prediction type (ε, or v for
+    a v-prediction model: every erase target is an affine combination of predictions at one ``x_t`` and ``t``,
+    the same formula in either type; docs/architectures.md); ``x`` is broadcast when it has batch 1.
     ``params`` (name → tensor) replaces those parameters for this call only (the teacher)."""
     if x.shape[0] != emb.shape[0]:
         x = x.expand(emb.shape[0], *x.shape[1:])
@@ -144,7 +147,8 @@ def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond:
                    uncond: torch.Tensor, *, steps: int, guidance: float,
                    params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Run the first ``steps`` steps of ``scheduler`` (DDIM η = 0, or the model's own sampler) with
-    classifier-free guidance; ``scheduler`` has ``set_timesteps`` already called with the full step count
+    classifier-free guidance on the UNet's own predictions, as the pipeline does (the scheduler carries the
+    model's prediction type); ``scheduler`` has ``set_timesteps`` already called with the full step count
     (and, for a multistep sampler such as PNDM, no steps taken since). ``cond``/``uncond`` (batch 1) serve
     every one of ``latents``' samples; ``params`` as in ``unet_eps`` (the teacher)."""
     n = latents.shape[0]
@@ -455,7 +459,8 @@ class InversionTrainer:
     token is ``first_id + len(fixed)``, initialised from ``init`` (1, D). ``latents`` is
     (N, 2, 2, C, H, W): per image, (plain, flipped) × (mean, std) of the VAE's latent distribution,
     already multiplied by the VAE scaling factor. ``template_ids`` is (T, 77) token ids of the prompt
-    templates filled with the trained token.
+    templates filled with the trained token. The loss is the MSE against the target in the model's own
+    prediction type (``core.prediction.training_target``: the noise, or v for a v-prediction model).
     """
 
     def __init__(self, unet: nn.Module, text_encoder: Any, first_id: int, fixed: torch.Tensor, init: torch.Tensor,
@@ -470,6 +475,7 @@ class InversionTrainer:
         self.settings, self.generator, self.flip_p = settings, generator, flip_p
         self.device = latents.device
         self.noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.prediction_type = str(self.noise_scheduler.config.prediction_type)
         self.num_train_timesteps = int(self.noise_scheduler.config.num_train_timesteps)
         # Reference: AdamW (default weight decay) at lr × batch size, batch size 1.
         self.optimizer = torch.optim.AdamW([self.param], lr=settings.lr)
@@ -478,7 +484,8 @@ class InversionTrainer:
         return self.param.detach().clone()
 
     def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One micro-batch's (noisy latents, noise, timesteps, template ids). The draws come from the run's
+        """One micro-batch's (noisy latents, target, timesteps, template ids); the target is the noise for an
+        ε-model, v for a v-model. The draws come from the run's
         generator in a fixed order (per sample: image, flip, template; then the latent samples, the noises,
         the timesteps), so a batch of one draws exactly as a plain loop over single samples does."""
         g, b = self.generator, self.settings.batch_size
@@ -497,21 +504,22 @@ class InversionTrainer:
         noise = torch.stack([torch.randn(sample.shape[1:], generator=g) for _ in range(b)]).to(self.device)
         t = torch.randint(0, self.num_train_timesteps, (b,), generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(sample, noise, t)
+        target = training_target(self.prediction_type, sample, noise, self.noise_scheduler.alphas_cumprod, t)
         ids = self.template_ids[[template for _, _, template in picks]].to(self.device)
-        return noisy, noise, t, ids
+        return noisy, target, t, ids
 
     def step(self) -> float:
         """One optimizer step over ``accumulation`` micro-batches; returns their mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(self.settings.accumulation):
-            noisy, noise, t, ids = self._micro_batch()
+            noisy, target, t, ids = self._micro_batch()
             extra = torch.cat([self.fixed, self.param])
             with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
                     autocast(self.device, self.settings.precision):
                 enc = self.text_encoder(ids)[0]
                 pred = self.unet(noisy, t, encoder_hidden_states=enc).sample
-            loss = mse(pred, noise)
+            loss = mse(pred, target)
             (loss / self.settings.accumulation).backward()
             total += float(loss.detach())
         self.optimizer.step()

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from recare_cli.models.arch import SD1, Architecture, check_pipeline_class, detect, read_model_index
 from recare_cli.models.device import dtype_name, resolve_device, resolve_dtype
 from recare_cli.models.fingerprint import module_fingerprint
 from recare_cli.models.hub import load_pretrained
@@ -30,31 +31,43 @@ class SDBundle:
     text_encoder_fingerprint: str
     device: torch.device
     dtype: torch.dtype
+    architecture: Architecture = SD1
 
     def identity(self) -> dict[str, str]:
-        """What provenance records about the base model."""
+        """What provenance records about the base model (the architecture unless SD 1.x with ε-prediction,
+        ``models.arch.Architecture.identity``)."""
         return {"name": self.name, "unet": self.unet_fingerprint,
-                "text_encoder": self.text_encoder_fingerprint, "dtype": dtype_name(self.dtype)}
+                "text_encoder": self.text_encoder_fingerprint, "dtype": dtype_name(self.dtype),
+                **self.architecture.identity()}
 
 
 def load_sd(name: str, *, device: str = "auto", dtype: str = "auto") -> SDBundle:
     """Load all components on ``device`` in ``dtype``; no safety checker (evaluation needs raw
-    outputs; documented in the README). Fingerprints are taken before any modification."""
+    outputs; documented in the README). Fingerprints are taken before any modification. A folder of another
+    architecture (model_index.json, the UNet's config, the scheduler's prediction type) is refused with
+    :class:`ModelUnavailableError` (``models.arch``)."""
     from recare_cli.models.quiet import quiet_libraries
 
     quiet_libraries()  # before importing the pipeline classes, whose import logs warnings
     from diffusers import StableDiffusionPipeline
+
+    def from_pretrained(source: str, **kwargs: Any) -> Any:
+        # model_index.json first: another pipeline is refused before its weights are read or downloaded
+        check_pipeline_class(read_model_index(source, local_files_only=bool(kwargs.get("local_files_only"))), name)
+        return StableDiffusionPipeline.from_pretrained(source, **kwargs)
+
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    pipe = load_pretrained(StableDiffusionPipeline.from_pretrained, name, what="Stable Diffusion model",
+    pipe = load_pretrained(from_pretrained, name, what="Stable Diffusion model",
                            hint=MODEL_HINT, dtype=dt, safety_checker=None,
                            requires_safety_checker=False)
+    architecture = detect(pipe.unet.config, pipe.scheduler.config, name)
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval().requires_grad_(False)
     return SDBundle(pipe, name, module_fingerprint(pipe.unet), module_fingerprint(pipe.text_encoder),
-                    dev, dt)
+                    dev, dt, architecture)
 
 
 def native_resolution(pipe: Any) -> tuple[int, int]:

@@ -47,33 +47,27 @@ def build_tiny_clip(folder: Path, *, seed: int = 0, width: int = 32, projection:
     return folder
 
 
-def build_tiny_sd(folder: Path, *, seed: int = 0, sample_size: int = 16) -> Path:
-    """Save a tiny ``StableDiffusionPipeline`` folder (UNet with cross-attention, VAE, CLIP text
-    encoder with the real vocabulary, PNDM scheduler, no safety checker)."""
+def _tiny_vae(seed: int, sample_size: int) -> Any:
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        attention_head_dim=8, norm_num_groups=32)
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4,
-                        norm_num_groups=32, sample_size=2 * sample_size)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(32, 2, 32)))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
-                              set_alpha_to_one=False)
+    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=4,
+                         norm_num_groups=32, sample_size=2 * sample_size)
+
+
+def _save_pipeline(folder: Path, *, unet: Any, vae: Any, text_encoder: Any, scheduler: Any,
+                   **tokenizer_options: Any) -> Path:
+    """Save the components as a ``StableDiffusionPipeline`` folder with the real CLIP vocabulary."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
     folder.mkdir(parents=True, exist_ok=True)
     tok_dir = folder / "_tokenizer_tmp"
     save_clip_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, **tokenizer_options)
     pipe: Any = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -82,6 +76,57 @@ def build_tiny_sd(folder: Path, *, seed: int = 0, sample_size: int = 16) -> Path
         f.unlink()
     tok_dir.rmdir()
     return folder
+
+
+def build_tiny_sd(folder: Path, *, seed: int = 0, sample_size: int = 16) -> Path:
+    """Save a tiny ``StableDiffusionPipeline`` folder (UNet with cross-attention, VAE, CLIP text
+    encoder with the real vocabulary, PNDM scheduler, no safety checker)."""
+    import torch
+    from diffusers import PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=32)
+    vae = _tiny_vae(seed, sample_size)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(32, 2, 32)))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1,
+                              set_alpha_to_one=False)
+    return _save_pipeline(folder, unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
+
+
+def build_tiny_sd2(folder: Path, *, seed: int = 0, sample_size: int = 16,
+                   prediction_type: str = "v_prediction") -> Path:
+    """Save a tiny SD 2.x-style ``StableDiffusionPipeline`` folder: the UNet with SD 2's linear projections
+    in its transformers and a per-block list of head dimensions, a text encoder configured as SD 2's
+    converted OpenCLIP-H (gelu activation, its token ids 0/2/1 for start/end/padding, a projection width
+    of its own), a tokenizer that pads with ``!`` as SD 2's does, and a DDIM scheduler that predicts
+    ``prediction_type`` (v, as SD 2.x at 768 px; ``epsilon`` as SD 2.x-base)."""
+    import torch
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4), use_linear_projection=True, norm_num_groups=32)
+    vae = _tiny_vae(seed, sample_size)
+    torch.manual_seed(seed)
+    config = {**_text_config(32, 2, 64), "hidden_act": "gelu", "bos_token_id": 0, "eos_token_id": 2,
+              "pad_token_id": 1, "layer_norm_eps": 1e-5}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
+                              steps_offset=1, prediction_type=prediction_type)
+    return _save_pipeline(folder, unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler,
+                          pad_token="!")
 
 
 # Test images for the tiny models (and the vocabulary benchmark): a coloured shape on noise.

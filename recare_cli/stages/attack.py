@@ -5,9 +5,10 @@ token, put in a prompt, brings the target back when the erasure only hid the wor
 to the authors' published recipe (NYU-DICE-Lab/circumventing-concept-erasure, ``*/train.sh`` and
 ``concept_inversion.py``, itself diffusers' textual-inversion example): 5,000 optimizer steps of batch 4
 with 4 accumulated micro-batches, AdamW at 5e-3 scaled by the effective batch (0.08), weight decay 0.01,
-constant rate, 25 training images, a horizontal flip with probability 0.5, t ~ U[0, 1000), ε-MSE. The
-attack is a file: a ``recare.embeddings`` safetensors that ``recare sample --embeddings`` replays against
-any model, and a prompt file that uses the token.
+constant rate, 25 training images, a horizontal flip with probability 0.5, t ~ U[0, 1000), the MSE against
+the noise (against v for a v-prediction model, as the reference). The attack is a file: a ``recare.embeddings``
+safetensors that ``recare sample --embeddings`` replays against any model, and a prompt file that uses the
+token.
 """
 
 from __future__ import annotations

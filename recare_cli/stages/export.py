@@ -171,6 +171,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
     check_outputs([Path(opts.output)] + ([folder] if folder is not None else []), force=opts.force)
 
     bundle = load_sd(opts.model, device="cpu", dtype="fp32")  # fingerprints of the unmodified model
+    if opts.format == "single-file" and bundle.architecture.family != "sd1":
+        raise UsageError(f"--format single-file writes the SD 1.x layout; '{opts.model}' is "
+                         f"{bundle.architecture.family} (use --format diffusers)")
     identity = bundle.identity()
     applied = [_apply(bundle, path, kind) for path, kind in inputs if kind != EMBEDDINGS_FORMAT]
     tokens, token_records = read_tokens(bundle, embedding_paths)
