@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,18 @@ TOP_K, TOP_N, CLUSTERS, SEED, ALPHA = 50, 100, 7, 42, 0.01
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 PATTERN = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
                         r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """The tiny CLIP, t-SNE and k-means on one thread: on two shared cores idle OpenMP threads spin for seconds."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
 
 
 def _lines(result: Result) -> list[dict[str, Any]]:
@@ -109,23 +122,28 @@ def reference_heap_top_k(table: np.ndarray, image: np.ndarray, k: int, chunk: in
     return [i for _, i in heap]
 
 
-def reference_clusters(w: torch.Tensor, c: torch.Tensor) -> tuple[list[int], set[int], list[int]]:
-    """Global clustering and intra-cluster refinement as dictionary.py runs them: (labels, removed clusters,
-    surviving rows in rank order)."""
+def reference_tsne_kmeans(w: torch.Tensor) -> list[int]:
+    """dictionary.py's global clustering: t-SNE of the float32 embeddings, k-means on the points."""
     from sklearn.cluster import KMeans
     from sklearn.manifold import TSNE
 
+    points = TSNE(n_components=2, random_state=SEED, init="pca", learning_rate="auto").fit_transform(w.numpy())
+    return KMeans(n_clusters=CLUSTERS, random_state=SEED, n_init="auto").fit_predict(points).tolist()
+
+
+def reference_careset(w: torch.Tensor, c: torch.Tensor, labels: list[int], k_each_side: int = 1,
+                      refine: bool = True) -> tuple[set[int], list[int]]:
+    """dictionary.py after k-means: the extreme clusters removed, the leave-one-out refinement (unless the
+    ablation leaves it out); (removed clusters, surviving rows in rank order)."""
     dim = w.shape[1]
     pc = (c @ c.T) / (c.T @ c + 1e-12)
     residual = (w @ (torch.eye(dim) - pc).T).norm(dim=1).numpy()
-    points = TSNE(n_components=2, random_state=SEED, init="pca", learning_rate="auto").fit_transform(w.numpy())
-    labels = KMeans(n_clusters=CLUSTERS, random_state=SEED, n_init="auto").fit_predict(points).tolist()
     ordered = sorted(set(labels), key=lambda k: residual[np.asarray(labels) == k].mean())
-    k_eff = min(1, len(ordered) // 2)
-    removed = set(ordered[:k_eff] + ordered[-k_eff:])
+    k_eff = min(k_each_side, len(ordered) // 2)
+    removed = set(ordered[:k_eff] + ordered[-k_eff:]) if k_eff else set()
     kept = [i for i, lab in enumerate(labels) if lab not in removed]
     dropped: set[int] = set()
-    for cluster in sorted({labels[i] for i in kept}):
+    for cluster in sorted({labels[i] for i in kept}) if refine else []:
         rows = [i for i in kept if labels[i] == cluster]
         if len(rows) < 2:
             continue
@@ -134,7 +152,7 @@ def reference_clusters(w: torch.Tensor, c: torch.Tensor) -> tuple[list[int], set
         d = ((p_minus @ (torch.eye(dim) - pc).T) ** 2).sum(dim=1)
         mean_excl = (d.sum() - d) / (len(rows) - 1)
         dropped |= {i for i, rm in zip(rows, (d > (1.0 + ALPHA) * mean_excl).tolist(), strict=True) if rm}
-    return labels, removed, [i for i in kept if i not in dropped]
+    return removed, [i for i in kept if i not in dropped]
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +187,14 @@ def reference(tiny_clip_dir: Path, target_images: Path) -> dict[str, Any]:
             counter.update(vocab_tokens[i] for i in reference_heap_top_k(cache, feat, TOP_K))
         words = [t for t, _ in counter.most_common(TOP_N)]
         w, c = encode_text(words).float(), encode_text(["circle"]).float().T
-        labels, removed, final = reference_clusters(w, c)
-    return {"words": words, "counts": [counter[t] for t in words], "labels": labels, "removed": removed,
-            "careset": [words[i].replace("</w>", "") for i in final], "tokenizer": tok, "vocab": vocab_tokens}
+        labels = reference_tsne_kmeans(w)
+    return {"words": words, "counts": [counter[t] for t in words], "labels": labels, "w": w, "c": c,
+            "tokenizer": tok, "vocab": vocab_tokens}
+
+
+def _careset(reference: dict[str, Any], **ablation: Any) -> tuple[set[int], list[str]]:
+    removed, final = reference_careset(reference["w"], reference["c"], reference["labels"], **ablation)
+    return removed, [reference["words"][i].replace("</w>", "") for i in final]
 
 
 @pytest.fixture(scope="module")
@@ -221,12 +244,31 @@ def test_mined_words_counts_and_their_order_are_the_references(ours: dict[str, R
 def test_clusters_and_careset_are_the_references(ours: dict[str, Result], reference: dict[str, Any]) -> None:
     records = _lines(ours["clustered"])
     words = [r for r in records if r["record"] == "word"]
+    removed, careset = _careset(reference)
     assert [w["cluster"] for w in words] == reference["labels"]
-    assert {w["cluster"] for w in words if w["status"] == "dropped"} == reference["removed"]
+    assert {w["cluster"] for w in words if w["status"] == "dropped"} == removed and len(removed) == 2
     assert records[0]["clustering"]["tsne_dtype"] == "float32"
     care = orjson.loads(ours["refined"].stdout)
-    assert care["words"] == reference["careset"]
+    assert care["words"] == careset
     assert not any("</w>" in w for w in care["words"])
+    assert any(r["stage"] == "refine" for r in care["removed"])  # the refinement removed something here
+
+
+def test_the_papers_ablations_are_one_liners(ours: dict[str, Result], reference: dict[str, Any]) -> None:
+    """w/o Global: no extreme cluster dropped (cluster --drop-extremes 0); w/o Intra: no leave-one-out (refine
+    --min-cluster-size above the number of words keeps every kept cluster whole) — each as the reference code
+    with that step left out."""
+    no_global = invoke(["cluster", "-n", str(CLUSTERS), "--drop-extremes", "0", "-q"], stdin=ours["mined"].stdout)
+    assert no_global.code == 0, no_global.stderr
+    assert all(r["status"] == "kept" for r in _lines(no_global) if r["record"] == "word")
+    care = orjson.loads(invoke(["refine", "-q"], stdin=no_global.stdout).stdout)
+    assert care["words"] == _careset(reference, k_each_side=0)[1]
+    no_intra = invoke(["refine", "-q", "--min-cluster-size", str(TOP_N + 1)], stdin=ours["clustered"].stdout)
+    care = orjson.loads(no_intra.stdout)
+    assert care["words"] == _careset(reference, refine=False)[1]
+    assert {r["stage"] for r in care["removed"]} == {"cluster"}
+    full = orjson.loads(ours["refined"].stdout)["words"]
+    assert len(full) < len(care["words"]) < TOP_N  # both steps remove words: the ablations differ from the full
 
 
 def test_the_reference_top_k_keeps_the_heaps_ties() -> None:
