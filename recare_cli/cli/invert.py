@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -20,10 +21,12 @@ from recare_cli.cli.options import (
     TrainResolution,
 )
 from recare_cli.models.sd import MODEL_ENV
+from recare_cli.stages.invert import INITIALIZER_TOKENS
 from recare_cli.stages.invert import InvertOptions as O
 
 OPTIONS = O
 CLI_ONLY = ("quiet",)
+InitializerToken = Enum("InitializerToken", {n: n for n in INITIALIZER_TOKENS}, type=str)  # type: ignore[misc]
 
 HELP = """Find token embeddings that still make the model draw TARGET after it is erased.
 
@@ -47,6 +50,10 @@ def invert(
     initializer: Annotated[str, typer.Option("--initializer", help="Single-token word the new tokens start "
                                                                    "from (person for objects, art for "
                                                                    "styles).")] = O.initializer,
+    initializer_token: Annotated[InitializerToken, typer.Option(
+        "--initializer-token", help="word: the token --initializer tokenises to (person</w>); reference: the "
+                                    "vocabulary entry spelled as given (person, the word-initial piece), as the "
+                                    "ReCARE reference looks it up.")] = InitializerToken(O.initializer_token),
     property: Annotated[str, typer.Option("--property", help="object or style: picks the prompt templates.")] = O.property,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Erase ↔ inversion rounds (one token "
                                                                 "each).")] = O.rounds,
@@ -84,6 +91,7 @@ def invert(
 ) -> None:
     console.set_quiet(quiet)
     opts = O(**{k: v for k, v in locals().items() if k not in CLI_ONLY})
+    opts.initializer_token = InitializerToken(initializer_token).value
     from recare_cli.io.images import resolve_image_inputs
     from recare_cli.stages.invert import run_invert
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,16 +21,20 @@ from recare_cli.cli.options import (
     Recursive,
     StrictImages,
 )
+from recare_cli.stages.mine import TOKENIZATIONS
 from recare_cli.stages.mine import MineOptions as O
 
 OPTIONS = O
 CLI_ONLY = ("quiet",)
+Tokenization = Enum("Tokenization", {name: name for name in TOKENIZATIONS}, type=str)  # type: ignore[misc]
 
 HELP = """Mine candidate words that co-occur with TARGET in images of it.
 
 IMAGES is a folder of images, or - to read image paths (one per line) from stdin, or a list file with --list. Writes a recare.candidates JSONL stream (docs/formats.md) to stdout.
 
 The candidates come from CLIP's whole-word vocabulary, or from --vocab FILE; a CLIP folder that ships its own word list (recare-vocabulary.txt, as the toy world's CLIP does: it knows only its world's words) is mined over that list unless --vocab is given.
+
+--tokenization reference mines as the ReCARE reference code does, to reproduce its CARE-set: every entry of the tokenizer's vocabulary (49,408 for CLIP), each fed as a string with its </w> (cat</w> becomes cat, </, w, >), cleaned as OpenAI's CLIP cleans text; similarities against the embeddings rounded to fp16; equal counts in first-seen order. Cluster its stream with -n 7, the reference code's default (docs/careset.md).
 
 Example:
 
@@ -46,6 +51,9 @@ def mine(
     vocab: Annotated[str | None, typer.Option(
         "--vocab", help="Word list (one per line, or - for stdin) instead of the CLIP folder's own list or "
                         "CLIP's whole-word vocabulary.", show_default=False)] = O.vocab,
+    tokenization: Annotated[Tokenization, typer.Option(
+        "--tokenization", help="recare: each whole word as its own token id; reference: every vocabulary entry as "
+                               "the reference feeds it, ranked as it ranks (see above).")] = Tokenization(O.tokenization),
     reference: Annotated[str | None, typer.Option(
         "--reference", help="Images without the target (a folder, or a file listing image paths): rank "
                             "words by lift, the share of target images that have them less the share of "
@@ -69,6 +77,7 @@ def mine(
     quiet: Quiet = False,
 ) -> None:
     opts = O(**{k: v for k, v in locals().items() if k not in CLI_ONLY})
+    opts.tokenization = Tokenization(tokenization).value
     console.set_quiet(quiet)
     from recare_cli.errors import UsageError
     from recare_cli.io.arrays import check_npy_destination, write_npy

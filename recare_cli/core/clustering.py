@@ -16,7 +16,10 @@ def adapted_perplexity(n_points: int, wanted: float = DEFAULT_PERPLEXITY) -> flo
     return float(max(1.0, min(wanted, (n_points - 1) / 3.0)))
 
 
-def embed_2d(embeddings: np.ndarray, *, seed: int, perplexity: float | None = None) -> np.ndarray:
+def embed_2d(embeddings: np.ndarray, *, seed: int, perplexity: float | None = None,
+             dtype: type = np.float64) -> np.ndarray:
+    """t-SNE to 2-D. ``dtype`` is what scikit-learn computes in: float64 (recare), or float32 as the reference
+    hands it its float32 embeddings; t-SNE amplifies the difference into other points."""
     from sklearn.manifold import TSNE
 
     n = embeddings.shape[0]
@@ -24,7 +27,7 @@ def embed_2d(embeddings: np.ndarray, *, seed: int, perplexity: float | None = No
         raise ValueError(f"t-SNE needs at least 3 words, got {n}")
     perp = adapted_perplexity(n) if perplexity is None else perplexity
     tsne = TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=perp, random_state=seed)
-    return np.asarray(tsne.fit_transform(np.asarray(embeddings, dtype=np.float64)), dtype=np.float64)
+    return np.asarray(tsne.fit_transform(np.asarray(embeddings, dtype=dtype)), dtype=np.float64)
 
 
 SPACES = ("tsne", "embedding")

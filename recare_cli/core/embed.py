@@ -50,3 +50,23 @@ def embed_pixel_batch(model: Any, pixel_values: torch.Tensor) -> np.ndarray:
     param = model.visual_projection.weight
     pooled = model.vision_model(pixel_values=pixel_values.to(param.device, param.dtype)).pooler_output
     return _l2(model.visual_projection(pooled).float()).cpu().numpy()
+
+
+@torch.no_grad()
+def embed_padded_sequences(model: Any, sequences: Sequence[Sequence[int]], *, bos: int, eos: int,
+                           length: int = 77, pad: int = 0, batch_size: int = 1024) -> np.ndarray:
+    """Embed each ``[bos, *seq, eos]`` as the ReCARE reference feeds CLIP (OpenAI's ``clip.tokenize``): padded
+    to ``length`` with ``pad``, no attention mask, in batches of ``batch_size`` in the given order. The pooled
+    output is the same as :func:`embed_token_sequences`' up to the last bits, which t-SNE amplifies: the
+    reference's word and target embeddings are made this way."""
+    device = model.text_projection.weight.device
+    out = np.empty((len(sequences), model.config.projection_dim), dtype=np.float32)
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+        for row, seq in enumerate(chunk):
+            full = [bos, *seq, eos]
+            ids[row, : len(full)] = torch.tensor(full)
+        pooled = model.text_model(input_ids=ids.to(device)).pooler_output
+        out[start : start + len(chunk)] = _l2(model.text_projection(pooled).float()).cpu().numpy()
+    return out

@@ -77,3 +77,63 @@ def mine(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
         return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean)
     return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_mean, reference_count[chosen],
                       lift[chosen])
+
+
+# The ReCARE reference's ranking (damilab/CARE utils/dictionary.py), for `mine --tokenization reference`.
+REFERENCE_CHUNK = 4096  # the reference's --chunk_size_sim: rows per similarity block; its tie rule depends on it
+
+
+def reference_top_k(sims: np.ndarray, k: int, chunk: int = REFERENCE_CHUNK) -> list[int]:
+    """The ``k`` best columns of one image's similarities as the reference's running min-heap keeps them.
+
+    The heap holds (similarity, index) pairs and is filled block by block. A block met while the heap
+    holds fewer than ``k`` pairs is pushed whole, the smallest pair popped whenever there are more than
+    ``k``: the ``k`` largest pairs survive, so among equal similarities the higher index. A later block
+    replaces the smallest pair only with a strictly higher similarity. Returned in descending
+    (similarity, index) order, the order the reference counts them in."""
+    import heapq
+
+    heap: list[tuple[float, int]] = []
+    for start in range(0, sims.shape[0], chunk):
+        block = sims[start : start + chunk]
+        if len(heap) < k:
+            pairs = heap + list(zip(block.tolist(), range(start, start + block.shape[0]), strict=True))
+            heap = heapq.nlargest(k, pairs)
+            heapq.heapify(heap)
+            continue
+        # Only values above the block's starting threshold can enter (the threshold only rises).
+        for j in np.flatnonzero(block > heap[0][0]).tolist():
+            value = float(block[j])
+            if value > heap[0][0]:
+                heapq.heapreplace(heap, (value, start + j))
+    return [i for _, i in sorted(heap, reverse=True)]
+
+
+def mine_first_seen(image_emb: np.ndarray, word_emb: np.ndarray, *, top_k: int, top_n: int,
+                    chunk: int = REFERENCE_CHUNK) -> Candidates:
+    """The reference's mining: similarities against the vocabulary embeddings rounded to fp16 (its cache),
+    one image at a time in blocks of ``chunk`` rows; per image the top ``top_k`` by :func:`reference_top_k`;
+    the ``top_n`` words by count, equal counts in the order the words were first counted (images in
+    order, each image's words best first), as Python's ``Counter.most_common`` keeps them."""
+    table = np.asarray(word_emb, dtype=np.float16).astype(np.float32)
+    n_words = table.shape[0]
+    count = np.zeros(n_words, dtype=np.int64)
+    first = np.full(n_words, n_words * max(top_k, 1) * max(image_emb.shape[0], 1), dtype=np.int64)
+    sim_sum = np.zeros(n_words, dtype=np.float64)
+    sim_max = np.full(n_words, -np.inf, dtype=np.float64)
+    hit_sum = np.zeros(n_words, dtype=np.float64)
+    seen = 0
+    for image in np.asarray(image_emb, dtype=np.float32):
+        sims = np.concatenate([table[s : s + chunk] @ image for s in range(0, n_words, chunk)])
+        for j in reference_top_k(sims, top_k, chunk):
+            if count[j] == 0:
+                first[j] = seen
+                seen += 1
+            count[j] += 1
+            hit_sum[j] += float(sims[j])
+        sim_sum += sims
+        np.maximum(sim_max, sims, out=sim_max)
+    appeared = np.flatnonzero(count)
+    chosen = appeared[np.lexsort((first[appeared], -count[appeared]))][:top_n]
+    sim_mean = sim_sum / max(image_emb.shape[0], 1)
+    return Candidates(chosen, count[chosen], sim_mean[chosen], sim_max[chosen], hit_sum[chosen] / count[chosen])

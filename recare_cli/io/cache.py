@@ -33,8 +33,11 @@ def vocabulary_digest(words: list[str], token_ids: list[list[int]]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model_fingerprint: str, vocab_digest: str) -> str:
-    return hashlib.sha256(f"v{CACHE_VERSION}|{model_fingerprint}|{vocab_digest}".encode()).hexdigest()[:32]
+def cache_key(model_fingerprint: str, vocab_digest: str, tokenization: str = "") -> str:
+    """The entry's key; ``tokenization`` ("" for recare's own, which keeps the keys it always had) names how
+    the vocabulary became token sequences."""
+    variant = f"|{tokenization}" if tokenization else ""
+    return hashlib.sha256(f"v{CACHE_VERSION}|{model_fingerprint}|{vocab_digest}{variant}".encode()).hexdigest()[:32]
 
 
 def _path(cache_dir: Path, key: str) -> Path:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recare_cli import console
 from recare_cli.core.clustering import SPACES, ClusterDecision
 from recare_cli.errors import BadInputError
 from recare_cli.io.candidates import CandidateStream
@@ -13,6 +14,8 @@ from recare_cli.io.provenance import provenance
 from recare_cli.stages.options import recorded, run_control
 
 __all__ = ["SPACES", "ClusterOptions", "run_clustering"]
+
+REFERENCE_CLUSTERS = 7  # the reference code's --n_clusters default (the paper: 6)
 
 
 @dataclass
@@ -57,7 +60,12 @@ def run_clustering(stream: CandidateStream, opts: ClusterOptions) -> list[Cluste
     if perp >= n:
         raise BadInputError(f"--perplexity {perp} must be below the number of words ({n})",
                             source=stream.source)
-    points = embed_2d(emb, seed=seed, perplexity=perp)
+    as_reference = stream.header.get("mining", {}).get("tokenization") == "reference"
+    if as_reference and n_clusters != REFERENCE_CLUSTERS:
+        console.info(f"this stream was mined as the reference mines; its code clusters into {REFERENCE_CLUSTERS} "
+                     f"(-n {REFERENCE_CLUSTERS}), the paper into 6")
+    # The reference's t-SNE gets float32 embeddings: so does a stream mined its way, to give its clusters.
+    points = embed_2d(emb, seed=seed, perplexity=perp, dtype=np.float32 if as_reference else np.float64)
     labels = kmeans_labels(cluster_space(emb, points, opts.space), n_clusters, seed=seed)
     decisions = decide_clusters(labels, res, drop_extremes)
     by_id = {d.cluster: d for d in decisions}
@@ -72,5 +80,7 @@ def run_clustering(stream: CandidateStream, opts: ClusterOptions) -> list[Cluste
         for d in decisions]
     stream.header["clustering"] = {"n_clusters": n_clusters, "drop_extremes": drop_extremes,
                                    "seed": seed, "perplexity": perp, "space": opts.space}
+    if as_reference:
+        stream.header["clustering"]["tsne_dtype"] = "float32"
     stream.header["provenance"] = [*stream.header.get("provenance", []), provenance("cluster", recorded(opts))]
     return decisions

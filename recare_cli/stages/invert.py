@@ -20,7 +20,7 @@ from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
 from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
-from recare_cli.stages.options import recorded, run_control
+from recare_cli.stages.options import recorded, recorded_when, run_control
 
 # Prompt templates of the textual-inversion reference (diffusers' textual_inversion example).
 OBJECT_TEMPLATES = (
@@ -44,6 +44,13 @@ STYLE_TEMPLATES = (
 TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
 # Options that do not change the learned tokens (the images themselves are hashed by path).
 _NOT_SHAPING = ("images", "output", "recursive", "as_list", "strict", "keep_erased", "device", "resume")
+# How --initializer becomes a token: the id the word tokenises to (person</w>), or the vocabulary entry spelled
+# as given (person, a word-initial piece), as the reference's convert_tokens_to_ids looks it up.
+INITIALIZER_TOKENS = ("word", "reference")
+
+
+def _initializer_by_entry(opts: InvertOptions) -> bool:
+    return opts.initializer_token != "word"
 
 
 @dataclass
@@ -54,6 +61,7 @@ class InvertOptions:
     target: str
     output: str
     initializer: str = "person"
+    initializer_token: str = recorded_when(_initializer_by_entry, "word")  # recorded when not the default
     property: str = "object"
     rounds: int = 2
     erase_iterations: int = 200
@@ -80,6 +88,7 @@ class InvertOptions:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
         check_choice("--property", self.property, TEMPLATES, "property")
+        check_choice("--initializer-token", self.initializer_token, INITIALIZER_TOKENS, "initializer token")
         check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_binary_destination(self.output)  # refuse now, not after the training
@@ -96,7 +105,10 @@ class InvertOptions:
 
     def hyperparameters(self, resolution: int) -> dict[str, Any]:
         """What shapes the learned tokens (the image size as resolved for the loaded model)."""
-        return {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
+        shaping = {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
+        if not _initializer_by_entry(self):
+            del shaping["initializer_token"]  # the default: files and checkpoints keep the bytes they had
+        return shaping
 
     def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
@@ -145,8 +157,18 @@ def round_slices(n_images: int, rounds: int) -> list[range]:
     return [range(i * q, (i + 1) * q) for i in range(rounds)]
 
 
-def initializer_vector(pipe: Any, word: str) -> Any:
-    ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+def initializer_vector(pipe: Any, word: str, token: str = "word") -> Any:
+    """The embedding row the new tokens start from: the one token ``word`` tokenises to (``token="word"``:
+    ``person`` → ``person</w>``), or the vocabulary entry spelled ``word`` (``"reference"``: ``person``, the
+    word-initial piece, as the reference's ``convert_tokens_to_ids``)."""
+    if token == "reference":
+        vocab = pipe.tokenizer.get_vocab()
+        if word not in vocab:
+            raise UsageError(f"--initializer '{word}' is not an entry of the tokenizer's vocabulary "
+                             "(--initializer-token reference looks the word up as written)")
+        ids = [vocab[word]]
+    else:
+        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
     if len(ids) != 1:
         raise UsageError(f"--initializer '{word}' is {len(ids)} tokens; choose a word that is a single CLIP token "
                          "(person, art, …)")
@@ -232,7 +254,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     resolution = opts.resolution or native_square_resolution(pipe)
     pixels, used = load_pixels(paths, strict=opts.strict, resolution=resolution, source=opts.images)
     slices = round_slices(len(used), opts.rounds)
-    init = initializer_vector(pipe, opts.initializer).to(device)
+    init = initializer_vector(pipe, opts.initializer, opts.initializer_token).to(device)
     tokens = opts.tokens()
     try:
         tokenizer, first_id = extend_tokenizer(pipe.tokenizer, tokens)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from recare_cli.core.vocab import WORD_END
 from recare_cli.errors import BadInputError
 from recare_cli.io.candidates import CandidateStream
 from recare_cli.io.careset import CareSet
@@ -77,6 +78,10 @@ def run_refinement(stream: CandidateStream, opts: RefineOptions) -> CareSet:
     # CARE-set order: the mining rank (most frequent first), stable across cluster ids.
     rank = {r["word"]: i for i, r in enumerate(stream.words)}
     kept_words.sort(key=lambda w: rank[w])
+    if stream.header.get("mining", {}).get("tokenization") == "reference":
+        # Vocabulary entries, as the reference keeps them: its CARE words drop the word-end mark and nothing
+        # else (``cat</w>`` and ``cat`` both give "cat", both kept).
+        kept_words = [w.replace(WORD_END, "") for w in kept_words]
     prov = [*stream.header.get("provenance", []), provenance("refine", recorded(opts))]
     return CareSet.from_words(stream.target, opts.property, kept_words, removed=removed, details=details,
                               provenance=prov, clip=stream.header.get("clip"))
