@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+UNSET = ("RECARE_CLIP", "RECARE_MODEL", "RECARE_DEBUG")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same environment for the session- and module-scoped fixtures, which are set up before any
+    function-scoped one: without it a module fixture that mines wrote into the user's real cache."""
+    saved = {key: os.environ.get(key) for key in (*OFFLINE, "RECARE_CACHE", *UNSET)}
+    os.environ.update(OFFLINE, RECARE_CACHE=str(tmp_path_factory.getbasetemp() / "recare-cache"))
+    for key in UNSET:
+        os.environ.pop(key, None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

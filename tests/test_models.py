@@ -102,3 +102,14 @@ def test_missing_models_are_one_clear_error(tmp_path: Path) -> None:
         load_pretrained(never, "org/name", what="CLIP model", hint="pass --clip")  # HF_HUB_OFFLINE=1
     with pytest.raises(ModelUnavailableError, match="cannot load CLIP model from folder"):
         load_pretrained(never, str(tmp_path), what="CLIP model", hint="pass --clip")
+
+
+def test_a_pad_id_of_zero_is_the_pad_id() -> None:
+    """SD 2's OpenCLIP tokenizer pads with '!', id 0: that is its pad id, not a missing one."""
+    from types import SimpleNamespace
+
+    from recare_cli.models.clip import pad_id
+
+    assert pad_id(SimpleNamespace(pad_token_id=0, eos_token_id=49407)) == 0
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=49407)) == 49407
+    assert pad_id(SimpleNamespace(pad_token_id=49407, eos_token_id=49407)) == 49407

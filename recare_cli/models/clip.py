@@ -41,6 +41,13 @@ class ClipBundle:
         return {"name": self.name, "fingerprint": self.fingerprint, "dtype": dtype_name(self.dtype)}
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id that pads a prompt: the tokenizer's pad token, else its end-of-text token. A pad id of 0 (SD 2's
+    OpenCLIP tokenizer pads with '!', id 0) is a pad id, not a missing one."""
+    pad = tokenizer.pad_token_id
+    return int(tokenizer.eos_token_id if pad is None else pad)
+
+
 def image_processor_class() -> Any:
     import transformers
 

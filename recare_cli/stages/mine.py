@@ -13,7 +13,7 @@ from recare_cli import console
 from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.io.candidates import CandidateStream, make_header
 from recare_cli.io.provenance import provenance
-from recare_cli.models.clip import DEFAULT_CLIP
+from recare_cli.models.clip import DEFAULT_CLIP, pad_id
 from recare_cli.stages.mine_reference import ENTRIES, MAX_WORD_TOKENS, reference_embeddings, reference_vocabulary
 from recare_cli.stages.options import recorded, recorded_if_set, recorded_when, run_control
 
@@ -101,7 +101,7 @@ def embed_vocabulary(bundle: Any, vocabulary: Any, *, batch_size: int, cache_dir
         sequences = [list(seq) for seq in distinct]
     with console.progress(f"embedding {len(vocabulary):,} vocabulary words", len(sequences)) as advance:
         emb = embed_token_sequences(bundle.model, sequences, bos=tok.bos_token_id,
-                                    eos=tok.eos_token_id, pad=tok.pad_token_id or tok.eos_token_id,
+                                    eos=tok.eos_token_id, pad=pad_id(tok),
                                     batch_size=batch_size, progress=advance)
     if rows is not None:
         emb = emb[rows]
@@ -119,7 +119,7 @@ def embed_text(bundle: Any, text: str) -> np.ndarray:
     tok = bundle.tokenizer
     ids = tok(text, add_special_tokens=False)["input_ids"][:MAX_WORD_TOKENS]
     return embed_token_sequences(bundle.model, [ids], bos=tok.bos_token_id, eos=tok.eos_token_id,
-                                 pad=tok.pad_token_id or tok.eos_token_id)[0]
+                                 pad=pad_id(tok))[0]
 
 
 def embed_images(bundle: Any, paths: list[Path], *, strict: bool,

@@ -49,11 +49,12 @@ def load(opts: ScoreOptions, device: str) -> ClipEmbeddings:
 def embed_texts(clip_bundle: Any, texts: Sequence[str]) -> np.ndarray:
     """CLIP text embeddings of whole texts (truncated to CLIP's 77 tokens), batched, L2-normalised."""
     from recare_cli.core.embed import embed_token_sequences
+    from recare_cli.models.clip import pad_id
 
     tok = clip_bundle.tokenizer
     ids = [list(tok(t, add_special_tokens=False)["input_ids"])[:75] for t in texts]
     return embed_token_sequences(clip_bundle.model, ids, bos=tok.bos_token_id, eos=tok.eos_token_id,
-                                 pad=tok.pad_token_id or tok.eos_token_id, batch_size=256)
+                                 pad=pad_id(tok), batch_size=256)
 
 
 def image_embeddings(run: Run) -> np.ndarray:
