@@ -367,8 +367,14 @@ def test_the_step_uses_the_authors_schedule(tiny_sd_dir: Path) -> None:
     assert abs(other.run(0, u, t_enc, t, z, first_step=0) - loss) > 1e-3 * loss
 
 
-def test_search_step_leaves_the_unet_alone(tiny_sd_dir: Path) -> None:
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_search_step_leaves_the_unet_alone(tiny_sd_dir: Path, checkpointing: bool) -> None:
+    """The weights' step moves π and no UNet parameter (the Adam hooks on the UNet's parameters must not fire),
+    also with gradient checkpointing."""
     bundle = _bundle(tiny_sd_dir)
+    if checkpointing:
+        bundle.pipe.unet.enable_gradient_checkpointing()
+        bundle.pipe.unet.train()
     trainer = _age_trainer(bundle, _states(), lr=1e-3, gumbel_lr=1e-2, hard=1, negative_guidance=1.0, lamda=1.0)
     trainer.unet_step(0, trainer.draw())
     before = [p.detach().clone() for p in trainer.params]
