@@ -17,14 +17,15 @@ CLI_ONLY = ("quiet",)
 
 
 def _per_method(key: str) -> str:
-    """``recare 2e-05, esd 5e-05, …``: each method's own default of an option, from the one table."""
+    """``recare 2e-05, esd 5e-05, …``: each training method's own default of an option, from the one table (uce
+    trains nothing)."""
     return ", ".join(f"{method} {values[key]:g}" if isinstance(values[key], float) else f"{method} {values[key]}"
-                     for method, values in METHOD_DEFAULTS.items())
+                     for method, values in METHOD_DEFAULTS.items() if key in values and method != "uce")
 
 
 HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
 
-Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts; --method recare-noretain is that objective without the retain loss. --method stereo is published STEREO's "robustly erase once" (Srivatsan et al.): the same compositional objective, no retain loss, no CARE-set, anchored on STEREO's own prompts for the target (--anchors: the authors' utils/anchor_prompts.json, not shipped with recare; --anchor TEXT adds prompts); its search stage is recare invert (docs/erase.md). --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. Options left unset take the method's own defaults (docs/erase.md).
+Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts; --method recare-noretain is that objective without the retain loss. --method stereo is published STEREO's "robustly erase once" (Srivatsan et al.): the same compositional objective, no retain loss, no CARE-set, anchored on STEREO's own prompts for the target (--anchors: the authors' utils/anchor_prompts.json, not shipped with recare; --anchor TEXT adds prompts); its search stage is recare invert (docs/erase.md). --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. --method age is AGE (Bui et al., train_age.py): the target is erased towards a concept of the --concepts dictionary that a Gumbel-softmax search picks during training (the concept the erasure disturbs most), which is preserved at the same time; no CARE-set. Options left unset take the method's own defaults (docs/erase.md).
 
 Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights, recare_cli.models.weights.apply_unet_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
 
@@ -39,6 +40,8 @@ Examples:
   recare erase --target nudity --method stereo --adversarial adv.safetensors --anchors anchor_prompts.json -o stereo.safetensors
 
   recare erase --target "Van Gogh" --method uce --guide art --preserve Monet --preserve Rembrandt -o uce.safetensors
+
+  recare erase --target nudity --method age --concepts english_3000.csv -o age.safetensors
 """
 
 
@@ -54,8 +57,8 @@ def erase(
                                                     show_default=False)] = O.adversarial,
     num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
                                                  help="How many adversarial tokens join the erase set.")] = O.num_adversarial,
-    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare, stereo, recare-noretain or "
-                                                         "uce.")] = O.method,
+    method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare, stereo, recare-noretain, "
+                                                         "uce or age.")] = O.method,
     erase_from: Annotated[str | None, typer.Option(
         "--erase-from", help="esd only: the concept to erase the target from (default: the target itself), e.g. "
                              "--target 'cowboy hat' --erase-from cowboy.", show_default=False)] = O.erase_from,
@@ -69,11 +72,15 @@ def erase(
     train_method: Annotated[str | None, typer.Option(
         "--train-method", help="Trained UNet parameters: noxattn, xattn, selfattn, full or xattn-kv (cross-attention "
                                "keys and values), or ESD's names esd-u (= noxattn), esd-x (= xattn), esd-all "
-                               f"(= full), esd-x-strict (= xattn-kv). Default: the method's ({_per_method('train_method')}).",
+                               f"(= full), esd-x-strict (= xattn-kv). age takes the authors' names and selections: "
+                               "noxattn, xattn, selfattn, xattn_matching, full, notime (docs/erase.md). Default: the "
+                               f"method's ({_per_method('train_method')}).",
         show_default=False)] = O.train_method,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Training iterations.")] = O.iterations,
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", min=1, help=f"Training iterations (age: UNet updates). Default: the method's "
+                                    f"({_per_method('iterations')}).", show_default=False)] = O.iterations,
     lr: Annotated[float | None, typer.Option(
-        "--lr", min=0.0, help=f"Learning rate of AdamW (esd: Adam). Default: the method's ({_per_method('lr')}).",
+        "--lr", min=0.0, help=f"Learning rate of AdamW (esd, age: Adam). Default: the method's ({_per_method('lr')}).",
         show_default=False)] = O.lr,
     lr_schedule: Annotated[str, typer.Option("--lr-schedule", help="constant (reference), or linear / cosine "
                                                                    "decay from --lr over the iterations.")] = O.lr_schedule,
@@ -122,6 +129,36 @@ def erase(
                                                                                     "preserved concept.")] = O.preserve_scale,
     lamb: Annotated[float, typer.Option("--lamb", help="uce: λ, the pull of every other direction towards "
                                                        "the original weights.")] = O.lamb,
+    concepts: Annotated[str | None, typer.Option(
+        "--concepts", help="age: the concept dictionary the target concept is searched in: a word list (one a line) "
+                           "or the authors' CSV with a word column (their data/english_3000.csv), or - for stdin.",
+        show_default=False)] = O.concepts,
+    negative_guidance: Annotated[float, typer.Option(
+        "--negative-guidance", help="age: g of the erase target x0(eps_0) - g(x0(eps_c) - x0(eps_0)), eps_0 the "
+                                    "target concept's.")] = O.negative_guidance,
+    lamda: Annotated[float, typer.Option("--lamda", min=0.0, help="age: weight of the target concept's "
+                                                                   "preservation loss.")] = O.lamda,
+    gumbel_lr: Annotated[float, typer.Option("--gumbel-lr", help="age: Adam learning rate of the concept "
+                                                                  "weights.")] = O.gumbel_lr,
+    gumbel_temp: Annotated[float, typer.Option("--gumbel-temp", help="age: Gumbel-softmax "
+                                                                      "temperature.")] = O.gumbel_temp,
+    gumbel_hard: Annotated[int, typer.Option("--gumbel-hard", help="age: 1 picks one concept (straight-through), "
+                                                                    "0 mixes the --gumbel-topk "
+                                                                    "largest.")] = O.gumbel_hard,
+    gumbel_topk: Annotated[int, typer.Option("--gumbel-topk", help="age: concepts mixed when --gumbel-hard is "
+                                                                    "0.")] = O.gumbel_topk,
+    gumbel_num_centers: Annotated[int, typer.Option(
+        "--gumbel-num-centers", help="age: when more concepts are nearest, keep one per k-means centre of their "
+                                     "similarities (0: keep all).")] = O.gumbel_num_centers,
+    gumbel_k_closest: Annotated[int, typer.Option("--gumbel-k-closest", help="age: how many concepts nearest the "
+                                                                              "target are searched.")] = O.gumbel_k_closest,
+    pgd_num_steps: Annotated[int, typer.Option("--pgd-num-steps", help="age: steps per UNet update; all but one "
+                                                                        "move the concept "
+                                                                        "weights.")] = O.pgd_num_steps,
+    keep_special_tokens: Annotated[bool, typer.Option(
+        "--keep-special-tokens", help="age: keep the concepts with characters other than letters (digits, spaces, "
+                                      "hyphens), which the authors leave out (their --ignore_special_tokens, "
+                                      "default True).")] = O.keep_special_tokens,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
                                                                         "OUTPUT.ckpt).", show_default=False)] = O.checkpoint,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Iterations between "

@@ -145,16 +145,17 @@ def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: to
 @torch.no_grad()
 def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
                    uncond: torch.Tensor, *, steps: int, guidance: float,
-                   params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Run the first ``steps`` steps of ``scheduler`` (DDIM η = 0, or the model's own sampler) with
-    classifier-free guidance on the UNet's own predictions, as the pipeline does (the scheduler carries the
-    model's prediction type); ``scheduler`` has ``set_timesteps`` already called with the full step count
-    (and, for a multistep sampler such as PNDM, no steps taken since). ``cond``/``uncond`` (batch 1) serve
-    every one of ``latents``' samples; ``params`` as in ``unet_eps`` (the teacher)."""
+                   params: dict[str, torch.Tensor] | None = None, first: int = 0) -> torch.Tensor:
+    """Run ``steps`` steps of ``scheduler`` (DDIM η = 0, or the model's own sampler) from its step ``first``
+    (default the first) with classifier-free guidance on the UNet's own predictions, as the pipeline does (the
+    scheduler carries the model's prediction type); ``scheduler`` has ``set_timesteps`` already called with the
+    full step count (and, for a multistep sampler such as PNDM, no steps taken since; such a sampler only starts
+    at 0). ``cond``/``uncond`` (batch 1) serve every one of ``latents``' samples, or ``cond`` holds one condition
+    per sample; ``params`` as in ``unet_eps`` (the teacher)."""
     n = latents.shape[0]
     emb = torch.cat([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
     x = latents
-    for t in scheduler.timesteps[:steps]:
+    for t in scheduler.timesteps[first:first + steps]:
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
         e_u, e_c = unet_eps(unet, model_in, t, emb, params=params).chunk(2)
         x = scheduler.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
@@ -180,6 +181,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 # ---------------------------------------------------------------------------------------------
 # Erasure
+
+# Methods whose authors train with Adam (no weight decay): published ESD and AGE. The ReCARE reference: AdamW.
+ADAM_METHODS = ("esd", "age")
 
 
 @dataclass
@@ -259,11 +263,11 @@ class EraseTrainer:
         # as soon as its gradient is complete and the gradient is freed at once: gradients of all trained
         # parameters never coexist (saves one copy of the trained parameters at the peak). fp16 needs the
         # GradScaler's global inf check, so it keeps the usual one-optimizer step. Published ESD uses Adam (no
-        # weight decay), the ReCARE reference AdamW (weight decay 0.01).
+        # weight decay), as does AGE; the ReCARE reference AdamW (weight decay 0.01).
         self.scaler = torch.amp.GradScaler(self.device.type) if settings.precision == "fp16" else None
         self.fused = self.scaler is None
         self.published_esd = settings.method == "esd"
-        optimizer: Any = torch.optim.Adam if self.published_esd else torch.optim.AdamW
+        optimizer: Any = torch.optim.Adam if settings.method in ADAM_METHODS else torch.optim.AdamW
         self.optimizers = ([optimizer([p], lr=settings.lr) for p in self.params] if self.fused
                            else [optimizer(self.params, lr=settings.lr)])
         self.hooks = [p.register_post_accumulate_grad_hook(self._step_in_backward(opt))

@@ -1,6 +1,6 @@
 """Stage: the final erasure (method.md §5b) and its baselines (published ESD, the ReCARE reference's ESD
 step, published STEREO's erasure with its own anchors (``stages/stereo.py``), ReCARE without the retain loss;
-UCE's closed form in ``stages/uce.py``).
+UCE's closed form in ``stages/uce.py``, AGE's target search in ``stages/age.py``).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -28,11 +28,13 @@ from recare_cli.stages.options import recorded, recorded_if_set, recorded_when, 
 SAVE_DTYPES = DTYPES
 # The defaults of the options a method publishes its own value for (the options left None): one table.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "recare": {"lr": 2e-5, "train_method": "noxattn"},  # ReCARE reference train.py (stage 2), AdamW
-    "recare-noretain": {"lr": 2e-5, "train_method": "noxattn"},  # recare's: the same engine without the retain loss
-    "stereo": {"lr": 2e-5, "train_method": "noxattn"},  # STEREO train.py --reo_lr (AdamW); its README's noxattn
-    "esd": {"lr": 5e-5, "train_method": "esd-x"},  # esd_sd.py (Adam); its README's SD v1.4 example trains xattn
-    "esd-recare": {"lr": 5e-6, "train_method": "noxattn"},  # ReCARE reference train.py (stage 1, its invert)
+    "recare": {"lr": 2e-5, "train_method": "noxattn", "iterations": 200},  # ReCARE reference train.py (stage 2), AdamW
+    "recare-noretain": {"lr": 2e-5, "train_method": "noxattn", "iterations": 200},  # recare's, without the retain loss
+    "stereo": {"lr": 2e-5, "train_method": "noxattn", "iterations": 200},  # STEREO train.py --reo_lr (AdamW), README
+    "esd": {"lr": 5e-5, "train_method": "esd-x", "iterations": 200},  # esd_sd.py (Adam); README example: xattn
+    "esd-recare": {"lr": 5e-6, "train_method": "noxattn", "iterations": 200},  # ReCARE reference (its invert)
+    "age": {"lr": 1e-5, "train_method": "noxattn", "iterations": 1000},  # train_age.py, scripts/erasing_nudity.sh
+    "uce": {"iterations": 200},  # no training: recorded as it always was
 }
 WITHOUT_CARESET = ("esd", "esd-recare", "stereo")  # methods that neither anchor on nor retain the CARE-set
 
@@ -40,7 +42,7 @@ WITHOUT_CARESET = ("esd", "esd-recare", "stereo")  # methods that neither anchor
 def _same_prompt(a: str, b: str) -> bool:
     """Two prompts CLIP's tokenizer reads alike (it lower-cases and splits on whitespace)."""
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
-ERASE_METHODS = (*METHODS, "uce")  # uce: a closed-form edit, no training (stages/uce.py)
+ERASE_METHODS = (*METHODS, "uce", "age")  # uce: a closed-form edit, no training (stages/uce.py); age: stages/age.py
 
 
 def _uce(opts: EraseOptions) -> bool:
@@ -49,6 +51,10 @@ def _uce(opts: EraseOptions) -> bool:
 
 def _stereo(opts: EraseOptions) -> bool:
     return opts.method == "stereo"
+
+
+def _age(opts: EraseOptions) -> bool:
+    return opts.method == "age"
 
 
 @dataclass
@@ -62,7 +68,7 @@ class EraseOptions:
     num_adversarial: int = 2
     method: str = "recare"
     train_method: str | None = None  # None: the method's own (METHOD_DEFAULTS)
-    iterations: int = 200
+    iterations: int | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr: float | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr_schedule: str = "constant"  # constant (reference) | linear | cosine decay over the iterations
     guidance: float = 2.0
@@ -89,6 +95,18 @@ class EraseOptions:
     erase_scale: float = recorded_when(_uce, 1.0)
     preserve_scale: float = recorded_when(_uce, 1.0)
     lamb: float = recorded_when(_uce, 0.5)
+    # AGE's options (the authors' names; defaults of their scripts/erasing_nudity.sh; recorded in AGE's files only)
+    concepts: str | None = recorded_when(_age, None)  # the concept dictionary (theirs: data/english_3000.csv)
+    negative_guidance: float = recorded_when(_age, 1.0)
+    lamda: float = recorded_when(_age, 1.0)  # weight of the preservation loss
+    gumbel_lr: float = recorded_when(_age, 1e-2)
+    gumbel_temp: float = recorded_when(_age, 2.0)
+    gumbel_hard: int = recorded_when(_age, 1)  # 1: straight-through one-hot, 0: soft top-k
+    gumbel_topk: int = recorded_when(_age, 2)  # soft top-k only
+    gumbel_num_centers: int = recorded_when(_age, 100)
+    gumbel_k_closest: int = recorded_when(_age, 100)
+    pgd_num_steps: int = recorded_when(_age, 2)  # loop steps per UNet update (the others move the weights)
+    keep_special_tokens: bool = recorded_when(_age, False)  # theirs: --ignore_special_tokens True
     # Run control: a resumed run writes the same bytes as an uninterrupted one.
     checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
     checkpoint_every: int = run_control(50)
@@ -103,7 +121,7 @@ class EraseOptions:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
         check_choice("--method", self.method, ERASE_METHODS, "method")
-        if self.train_method is not None:
+        if self.train_method is not None and self.method != "age":  # AGE's names: stages.age.validate_age
             check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         if self.erase_from is not None:
             if self.method != "esd":
@@ -131,6 +149,10 @@ class EraseOptions:
             from recare_cli.stages.stereo import validate_stereo
 
             validate_stereo(self)
+        elif self.method == "age":
+            from recare_cli.stages.age import validate_age
+
+            validate_age(self)
         elif self.method not in WITHOUT_CARESET and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
@@ -171,7 +193,7 @@ def erase_settings(opts: EraseOptions, latent_size: int) -> Any:
     from recare_cli.core.diffusion import EraseSettings
 
     opts = opts.resolved()
-    assert opts.lr is not None, f"no default lr for method '{opts.method}'"
+    assert opts.lr is not None and opts.iterations is not None, f"no default lr for method '{opts.method}'"
     return EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, lr_schedule=opts.lr_schedule,
                          guidance=opts.guidance, retain_weight=opts.retain_weight, latent_size=latent_size,
                          sample_steps=opts.ddim_steps, precision=opts.precision, xt_batch=opts.xt_batch)
@@ -214,6 +236,8 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any, adversarial: dic
     from recare_cli.core.guidance import balanced_schedule, esd_step_choices, stratified_steps
 
     pipe = bundle.pipe
+    iterations = opts.resolved().iterations
+    assert iterations is not None  # every training method has a default
     tokens = list(adversarial)
     erase_set = [opts.target.strip(), *tokens]
     if len(set(erase_set)) != len(erase_set):
@@ -244,12 +268,12 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any, adversarial: dic
                                anchors=enc(anchors) if anchors else None, retains=enc(retains) if retains else None,
                                erase_from=enc([opts.erase_from.strip()]) if opts.erase_from is not None else None)
     rng = np.random.default_rng(opts.seed)
-    anchor_idx = balanced_schedule(list(range(len(anchors))), opts.iterations, rng) if anchors else None
-    retain_idx = balanced_schedule(list(range(len(retains))), opts.iterations, rng) if retains else None
-    erase_idx = balanced_schedule(list(range(len(erase_set))), opts.iterations, rng)
+    anchor_idx = balanced_schedule(list(range(len(anchors))), iterations, rng) if anchors else None
+    retain_idx = balanced_schedule(list(range(len(retains))), iterations, rng) if retains else None
+    erase_idx = balanced_schedule(list(range(len(erase_set))), iterations, rng)
     # drawn last: the prompt schedules of a seed are the same whichever timestep draw is chosen
     choices = esd_step_choices(opts.ddim_steps) if opts.method == "esd" else None
-    steps = (stratified_steps(opts.ddim_steps, opts.iterations, rng, choices) if opts.timesteps == "stratified"
+    steps = (stratified_steps(opts.ddim_steps, iterations, rng, choices) if opts.timesteps == "stratified"
              else None)
     return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx, steps=steps), erase_set
 
@@ -301,7 +325,11 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     if opts.method == "uce":
         from recare_cli.stages.uce import run_uce
 
-        return run_uce(opts)
+        return run_uce(opts.resolved())
+    if opts.method == "age":
+        from recare_cli.stages.age import run_age
+
+        return run_age(opts.resolved(), on_step=on_step)
     opts = opts.resolved()  # provenance and the output record the values used
     ckpt = opts.checkpoint_path()
     if ckpt is not None and ckpt.exists() and not opts.resume:
@@ -341,7 +369,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial, anchors)
 
     unet = pipe.unet
-    assert opts.train_method is not None and opts.lr is not None  # resolved
+    assert opts.train_method is not None and opts.lr is not None and opts.iterations is not None  # resolved
     names = select_parameters(unet, opts.train_method)
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
