@@ -1,5 +1,6 @@
 """Stage: the final erasure (method.md §5b) and its baselines (published ESD, the ReCARE reference's ESD
-step, STEREO-style anchors; UCE's closed form in ``stages/uce.py``).
+step, STEREO-style anchors; UCE's closed form in ``stages/uce.py``; AdvUnlearn's text-encoder training in
+``stages/advunlearn.py``).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -31,18 +32,26 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "stereo": {"lr": 2e-5, "train_method": "noxattn"},  # recare's: the same engine without the retain loss
     "esd": {"lr": 5e-5, "train_method": "esd-x"},  # esd_sd.py (Adam); its README's SD v1.4 example trains xattn
     "esd-recare": {"lr": 5e-6, "train_method": "noxattn"},  # ReCARE reference train.py (stage 1, its invert)
+    # AdvUnlearn.py (Adam on the text encoder): its --lr, --train_method, --iterations
+    "advunlearn": {"lr": 1e-5, "train_method": "text_encoder_full", "iterations": 1000},
 }
+COMMON_DEFAULTS: dict[str, Any] = {"iterations": 200}  # options a method's table leaves out
 WITHOUT_CARESET = ("esd", "esd-recare")  # methods that neither anchor on nor retain the CARE-set
 
 
 def _same_prompt(a: str, b: str) -> bool:
     """Two prompts CLIP's tokenizer reads alike (it lower-cases and splits on whitespace)."""
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
-ERASE_METHODS = (*METHODS, "uce")  # uce: a closed-form edit, no training (stages/uce.py)
+ERASE_METHODS = (*METHODS, "uce", "advunlearn")  # uce: a closed-form edit (stages/uce.py); advunlearn: trains
+# the text encoder (stages/advunlearn.py)
 
 
 def _uce(opts: EraseOptions) -> bool:
     return opts.method == "uce"
+
+
+def _advunlearn(opts: EraseOptions) -> bool:
+    return opts.method == "advunlearn"
 
 
 @dataclass
@@ -56,7 +65,7 @@ class EraseOptions:
     num_adversarial: int = 2
     method: str = "recare"
     train_method: str | None = None  # None: the method's own (METHOD_DEFAULTS)
-    iterations: int = 200
+    iterations: int | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr: float | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr_schedule: str = "constant"  # constant (reference) | linear | cosine decay over the iterations
     guidance: float = 2.0
@@ -80,6 +89,20 @@ class EraseOptions:
     erase_scale: float = recorded_when(_uce, 1.0)
     preserve_scale: float = recorded_when(_uce, 1.0)
     lamb: float = recorded_when(_uce, 0.5)
+    # AdvUnlearn's options (the authors' names; defaults: their README's command, else AdvUnlearn.py's; recorded
+    # in AdvUnlearn's files only)
+    retain_prompts: str | None = recorded_when(_advunlearn, None)  # required: the authors ship theirs
+    retain_batch: int = recorded_when(_advunlearn, 5)
+    retain_loss_w: float = recorded_when(_advunlearn, 0.3)  # README; AdvUnlearn.py's default is 1.0
+    negative_guidance: float = recorded_when(_advunlearn, 1.0)
+    warmup_iter: int = recorded_when(_advunlearn, 200)
+    attack_step: int = recorded_when(_advunlearn, 30)
+    attack_lr: float = recorded_when(_advunlearn, 1e-3)
+    attack_init: str = recorded_when(_advunlearn, "random")  # README; AdvUnlearn.py's default is latest
+    attack_type: str = recorded_when(_advunlearn, "prefix_k")
+    attack_method: str = recorded_when(_advunlearn, "pgd")
+    adv_prompt_num: int = recorded_when(_advunlearn, 1)
+    adv_prompt_update_step: int = recorded_when(_advunlearn, 1)
     # Run control: a resumed run writes the same bytes as an uninterrupted one.
     checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
     checkpoint_every: int = run_control(50)
@@ -87,14 +110,14 @@ class EraseOptions:
 
     def resolved(self) -> EraseOptions:
         """A copy with every option left None set to the method's own default (METHOD_DEFAULTS)."""
-        table = METHOD_DEFAULTS.get(self.method, {})
+        table = {**COMMON_DEFAULTS, **METHOD_DEFAULTS.get(self.method, {})}
         return replace(self, **{k: v for k, v in table.items() if getattr(self, k) is None})
 
     def validate(self) -> None:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
         check_choice("--method", self.method, ERASE_METHODS, "method")
-        if self.train_method is not None:
+        if self.train_method is not None and self.method != "advunlearn":
             check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         if self.erase_from is not None:
             if self.method != "esd":
@@ -115,6 +138,10 @@ class EraseOptions:
             from recare_cli.stages.uce import validate_uce
 
             validate_uce(self)
+        elif self.method == "advunlearn":
+            from recare_cli.stages.advunlearn import validate_advunlearn
+
+            validate_advunlearn(self)
         elif self.method not in WITHOUT_CARESET and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
@@ -155,7 +182,7 @@ def erase_settings(opts: EraseOptions, latent_size: int) -> Any:
     from recare_cli.core.diffusion import EraseSettings
 
     opts = opts.resolved()
-    assert opts.lr is not None, f"no default lr for method '{opts.method}'"
+    assert opts.lr is not None and opts.iterations is not None, f"no default lr for method '{opts.method}'"
     return EraseSettings(method=opts.method, iterations=opts.iterations, lr=opts.lr, lr_schedule=opts.lr_schedule,
                          guidance=opts.guidance, retain_weight=opts.retain_weight, latent_size=latent_size,
                          sample_steps=opts.ddim_steps, precision=opts.precision, xt_batch=opts.xt_batch)
@@ -224,13 +251,14 @@ def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any,
                                anchors=enc(anchors) if anchors else None, retains=enc(retains) if retains else None,
                                erase_from=enc([opts.erase_from.strip()]) if opts.erase_from is not None else None)
     rng = np.random.default_rng(opts.seed)
-    anchor_idx = balanced_schedule(list(range(len(anchors))), opts.iterations, rng) if anchors else None
-    retain_idx = balanced_schedule(list(range(len(retains))), opts.iterations, rng) if retains else None
-    erase_idx = balanced_schedule(list(range(len(erase_set))), opts.iterations, rng)
+    n = opts.resolved().iterations
+    assert n is not None
+    anchor_idx = balanced_schedule(list(range(len(anchors))), n, rng) if anchors else None
+    retain_idx = balanced_schedule(list(range(len(retains))), n, rng) if retains else None
+    erase_idx = balanced_schedule(list(range(len(erase_set))), n, rng)
     # drawn last: the prompt schedules of a seed are the same whichever timestep draw is chosen
     choices = esd_step_choices(opts.ddim_steps) if opts.method == "esd" else None
-    steps = (stratified_steps(opts.ddim_steps, opts.iterations, rng, choices) if opts.timesteps == "stratified"
-             else None)
+    steps = stratified_steps(opts.ddim_steps, n, rng, choices) if opts.timesteps == "stratified" else None
     return prompts, EraseSchedule(erase=erase_idx, anchor=anchor_idx, retain=retain_idx, steps=steps), erase_set
 
 
@@ -280,7 +308,11 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     if opts.method == "uce":
         from recare_cli.stages.uce import run_uce
 
-        return run_uce(opts)
+        return run_uce(opts.resolved())
+    if opts.method == "advunlearn":
+        from recare_cli.stages.advunlearn import run_advunlearn
+
+        return run_advunlearn(opts.resolved(), on_step=on_step)
     opts = opts.resolved()  # provenance and the output record the values used
     ckpt = opts.checkpoint_path()
     if ckpt is not None and ckpt.exists() and not opts.resume:
@@ -309,7 +341,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial)
 
     unet = pipe.unet
-    assert opts.train_method is not None and opts.lr is not None  # resolved
+    assert opts.train_method is not None and opts.lr is not None and opts.iterations is not None  # resolved
     names = select_parameters(unet, opts.train_method)
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
