@@ -460,10 +460,12 @@ def test_usage_errors_write_nothing(tiny_sd_dir: Path, tmp_path: Path, extra: li
 
 
 def test_too_few_retain_prompts_is_bad_input(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """(and recare's UNet-training options are ignored with a warning that names AdvUnlearn's own)"""
     retain = tmp_path / "one.txt"
     retain.write_text("a photo of chair\n")
-    res = _run(tiny_sd_dir, tmp_path / "te.safetensors", retain)
-    assert res.code == 3 and "1 retain prompts, fewer than --retain-batch 2" in res.stderr
+    res = _run(tiny_sd_dir, tmp_path / "te.safetensors", retain, "--retain-weight", "2")
+    assert res.code == 3 and "1 retain prompts, fewer than --retain-batch 2" in res.stderr.splitlines()[-1]
+    assert "does not use --retain-weight; ignoring it (its own is --retain-loss-w)" in res.stderr
     assert not (tmp_path / "te.safetensors").exists()
 
 
