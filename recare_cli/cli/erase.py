@@ -25,9 +25,9 @@ def _per_method(key: str) -> str:
 
 HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set.
 
-Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts; --method recare-noretain is that objective without the retain loss. --method stereo is published STEREO's "robustly erase once" (Srivatsan et al.): the same compositional objective, no retain loss, no CARE-set, anchored on STEREO's own prompts for the target (--anchors: the authors' utils/anchor_prompts.json, not shipped with recare; --anchor TEXT adds prompts); its search stage is recare invert (docs/erase.md). --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. --method age is AGE (Bui et al., train_age.py): the target is erased towards a concept of the --concepts dictionary that a Gumbel-softmax search picks during training (the concept the erasure disturbs most), which is preserved at the same time; no CARE-set. Options left unset take the method's own defaults (docs/erase.md).
+Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts; --method recare-noretain is that objective without the retain loss. --method stereo is published STEREO's "robustly erase once" (Srivatsan et al.): the same compositional objective, no retain loss, no CARE-set, anchored on STEREO's own prompts for the target (--anchors: the authors' utils/anchor_prompts.json, not shipped with recare; --anchor TEXT adds prompts); its search stage is recare invert (docs/erase.md). --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. --method age is AGE (Bui et al., train_age.py): the target is erased towards a concept of the --concepts dictionary that a Gumbel-softmax search picks during training (the concept the erasure disturbs most), which is preserved at the same time; no CARE-set. --method advunlearn is AdvUnlearn (Zhang et al., AdvUnlearn.py): adversarial training of the text encoder, not the UNet (an attack on the prompt's word embeddings, then the ESD-style loss on the adversarial prompt plus a retain loss on --retain-prompts); it writes text-encoder weights. Options left unset take the method's own defaults (docs/erase.md).
 
-Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights, recare_cli.models.weights.apply_unet_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
+Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights (UNet and text-encoder weights alike), recare_cli.models.weights.apply_unet_weights / apply_text_encoder_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
 
 Examples:
 
@@ -42,6 +42,8 @@ Examples:
   recare erase --target "Van Gogh" --method uce --guide art --preserve Monet --preserve Rembrandt -o uce.safetensors
 
   recare erase --target nudity --method age --concepts english_3000.csv -o age.safetensors
+
+  recare erase --target nudity --method advunlearn --retain-prompts coco_object_retain.csv -o te.safetensors
 """
 
 
@@ -58,7 +60,7 @@ def erase(
     num_adversarial: Annotated[int, typer.Option("--num-adversarial", min=0,
                                                  help="How many adversarial tokens join the erase set.")] = O.num_adversarial,
     method: Annotated[str, typer.Option("--method", help="recare, esd, esd-recare, stereo, recare-noretain, "
-                                                         "uce or age.")] = O.method,
+                                                         "uce, age or advunlearn.")] = O.method,
     erase_from: Annotated[str | None, typer.Option(
         "--erase-from", help="esd only: the concept to erase the target from (default: the target itself), e.g. "
                              "--target 'cowboy hat' --erase-from cowboy.", show_default=False)] = O.erase_from,
@@ -73,7 +75,8 @@ def erase(
         "--train-method", help="Trained UNet parameters: noxattn, xattn, selfattn, full or xattn-kv (cross-attention "
                                "keys and values), or ESD's names esd-u (= noxattn), esd-x (= xattn), esd-all "
                                f"(= full), esd-x-strict (= xattn-kv). age takes the authors' names and selections: "
-                               "noxattn, xattn, selfattn, xattn_matching, full, notime (docs/erase.md). Default: the "
+                               "noxattn, xattn, selfattn, xattn_matching, full, notime (docs/erase.md); advunlearn: trained text-encoder "
+                               "layers, text_encoder_full or the authors' text_encoder_layer… names. Default: the "
                                f"method's ({_per_method('train_method')}).",
         show_default=False)] = O.train_method,
     iterations: Annotated[int | None, typer.Option(
@@ -135,7 +138,8 @@ def erase(
         show_default=False)] = O.concepts,
     negative_guidance: Annotated[float, typer.Option(
         "--negative-guidance", help="age: g of the erase target x0(eps_0) - g(x0(eps_c) - x0(eps_0)), eps_0 the "
-                                    "target concept's.")] = O.negative_guidance,
+                                    "target concept's; advunlearn: g of the target eps_empty - g(eps_c - "
+                                    "eps_empty).")] = O.negative_guidance,
     lamda: Annotated[float, typer.Option("--lamda", min=0.0, help="age: weight of the target concept's "
                                                                    "preservation loss.")] = O.lamda,
     gumbel_lr: Annotated[float, typer.Option("--gumbel-lr", help="age: Adam learning rate of the concept "
@@ -159,6 +163,32 @@ def erase(
         "--keep-special-tokens", help="age: keep the concepts with characters other than letters (digits, spaces, "
                                       "hyphens), which the authors leave out (their --ignore_special_tokens, "
                                       "default True).")] = O.keep_special_tokens,
+    retain_prompts: Annotated[str | None, typer.Option(
+        "--retain-prompts", help="advunlearn (required): prompts whose images are kept, a CSV with a prompt column, "
+                                 "JSONL or one a line, or - for stdin (the authors': data/prompts/train/*.csv of "
+                                 "OPTML-Group/AdvUnlearn).", show_default=False)] = O.retain_prompts,
+    retain_batch: Annotated[int, typer.Option("--retain-batch", min=1, help="advunlearn: retain prompts per "
+                                                                          "iteration.")] = O.retain_batch,
+    retain_loss_w: Annotated[float, typer.Option("--retain-loss-w", min=0.0, help="advunlearn: weight of the "
+                                                                                 "retain loss.")] = O.retain_loss_w,
+    warmup_iter: Annotated[int, typer.Option("--warmup-iter", min=0, help="advunlearn: first iterations without "
+                                                                        "the attack.")] = O.warmup_iter,
+    attack_step: Annotated[int, typer.Option("--attack-step", min=1, help="advunlearn: Adam steps of each "
+                                                                        "attack.")] = O.attack_step,
+    attack_lr: Annotated[float, typer.Option("--attack-lr", min=0.0, help="advunlearn: the attack's learning "
+                                                                        "rate.")] = O.attack_lr,
+    attack_init: Annotated[str, typer.Option("--attack-init", help="advunlearn: random (words drawn from the "
+                                                                   "vocabulary) or latest (the last attack's "
+                                                                   "vectors).")] = O.attack_init,
+    attack_type: Annotated[str, typer.Option("--attack-type", help="advunlearn: where the adversarial vectors go: "
+                                                                   "prefix_k, suffix_k, replace_k or add.")
+                           ] = O.attack_type,
+    attack_method: Annotated[str, typer.Option("--attack-method", help="advunlearn: pgd (Adam on the gradient) or "
+                                                                       "fast_at (Adam on its sign).")] = O.attack_method,
+    adv_prompt_num: Annotated[int, typer.Option("--adv-prompt-num", min=1, help="advunlearn: adversarial vectors "
+                                                                              "(k).")] = O.adv_prompt_num,
+    adv_prompt_update_step: Annotated[int, typer.Option(
+        "--adv-prompt-update-step", min=1, help="advunlearn: iterations between attacks.")] = O.adv_prompt_update_step,
     checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="Checkpoint file (default: "
                                                                         "OUTPUT.ckpt).", show_default=False)] = O.checkpoint,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="Iterations between "

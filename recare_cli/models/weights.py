@@ -1,11 +1,16 @@
-"""Trained UNet parameters and learned token embeddings: safetensors with metadata, applied to pipelines.
+"""Trained UNet and text-encoder parameters and learned token embeddings: safetensors with metadata, applied to
+pipelines.
 
-Two file kinds (docs/erase.md has every metadata key):
+Three file kinds (docs/erase.md has every metadata key):
 
 * ``recare.unet-weights`` (written by ``recare erase`` and ``recare invert --keep-erased``): the
   trained UNet parameters only, as their *new values* (not deltas), so loading is
   ``unet.load_state_dict(tensors, strict=False)``; metadata ``base_unet`` is the fingerprint of the
   UNet they were trained from, and applying them to any other UNet is refused.
+* ``recare.text-encoder-weights`` (written by ``recare erase --method advunlearn``): the trained text-encoder
+  parameters as their new values, named as in Stable Diffusion's ``text_encoder`` checkpoint
+  (``text_model.encoder.…``); metadata ``base_text_encoder``, and applying them to another text encoder is
+  refused. ``recare sample --weights`` takes both weight kinds and knows each file's from its ``format``.
 * ``recare.embeddings`` (written by ``recare invert``): ``{token: (1, D) tensor}``, the layout
   diffusers' ``load_textual_inversion`` reads; metadata ``base_text_encoder``.
 
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 WEIGHTS_FORMAT = "recare.unet-weights"
+TEXT_ENCODER_FORMAT = "recare.text-encoder-weights"
+WEIGHT_FORMATS = (WEIGHTS_FORMAT, TEXT_ENCODER_FORMAT)  # what --weights takes
 EMBEDDINGS_FORMAT = "recare.embeddings"
 CHECKPOINT_FORMAT = "recare.erase-checkpoint"
 VERSION = 1
@@ -121,18 +128,20 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 # What each of recare's safetensors formats holds, for messages that say where a file belongs.
 FORMAT_CONTENTS = {
     WEIGHTS_FORMAT: "trained UNet parameters from recare erase",
+    TEXT_ENCODER_FORMAT: "trained text-encoder parameters from recare erase --method advunlearn",
     EMBEDDINGS_FORMAT: "textual-inversion tokens from recare invert",
     CHECKPOINT_FORMAT: "the state of an unfinished recare erase run",
 }
 
 
-def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str,
+def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str | tuple[str, ...],
                  takes: Mapping[str, str]) -> None:
-    """Refuse a file of another recare format than ``wanted``, saying in one line what it is and where it
-    goes (``takes``: format → the option or command that reads it). Files without a recare format (written
-    by other tools) are left to the reader's own checks."""
+    """Refuse a file of another recare format than ``wanted`` (one format or several), saying in one line what
+    it is and where it goes (``takes``: format → the option or command that reads it). Files without a recare
+    format (written by other tools) are left to the reader's own checks."""
     found = meta.get("format")
-    if found is None or found == wanted or found not in FORMAT_CONTENTS:
+    accepted = (wanted,) if isinstance(wanted, str) else wanted
+    if found is None or found in accepted or found not in FORMAT_CONTENTS:
         return
     where = takes.get(found)
     advice = f": pass it with {where}" if where else ""
@@ -173,16 +182,25 @@ def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: st
 
 
 def apply_weight_files(bundle: Any, paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """Apply ``recare erase`` outputs to an ``SDBundle``'s UNet in order, each file read once; returns the
-    record provenance keeps of each (path, fingerprint of its tensors, base UNet, tensor count)."""
+    """Apply ``recare erase`` outputs to an ``SDBundle`` in order, each file read once: UNet weights to its
+    UNet, text-encoder weights (``format`` ``recare.text-encoder-weights``) to its text encoder. Returns the
+    record provenance keeps of each (path, fingerprint of its tensors, base UNet or base text encoder, tensor
+    count)."""
     from recare_cli.models.fingerprint import state_fingerprint
 
     applied: list[dict[str, Any]] = []
     for path in paths:
         tensors, meta = read_safetensors(path)
-        _load_unet_weights(bundle.pipe.unet, tensors, meta, str(path), bundle.unet_fingerprint)
-        applied.append({"path": str(path), "fingerprint": state_fingerprint(tensors),
-                        "base_unet": meta.get("base_unet"), "tensors": len(tensors)})
+        record: dict[str, Any] = {"path": str(path), "fingerprint": state_fingerprint(tensors)}
+        if meta.get("format") == TEXT_ENCODER_FORMAT:
+            _load_text_encoder_weights(bundle.pipe.text_encoder, tensors, meta, str(path),
+                                       bundle.text_encoder_fingerprint, bundle.unet_fingerprint)
+            record["base_text_encoder"] = meta.get("base_text_encoder")
+        else:
+            _load_unet_weights(bundle.pipe.unet, tensors, meta, str(path), bundle.unet_fingerprint)
+            record["base_unet"] = meta.get("base_unet")
+        record["tensors"] = len(tensors)
+        applied.append(record)
     return applied
 
 
@@ -203,6 +221,72 @@ def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Map
     check_unet_weights(unet, tensors, source)
     state = unet.state_dict()
     unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text-encoder weights
+
+CHECKPOINT_PREFIX = "text_model."  # Stable Diffusion's text_encoder checkpoint names its tensors text_model.…
+
+
+def save_text_encoder_weights(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], *,
+                              base_text_encoder: str, dtype: torch.dtype | None = None, **meta: Any) -> None:
+    """Write trained text-encoder parameters (``{name: new value}``, names as ``named_parameters()`` gives
+    them) under the checkpoint's names (``text_model.…``), whatever the transformers version's nesting."""
+    values = {CHECKPOINT_PREFIX + k.removeprefix(CHECKPOINT_PREFIX): (v.to(dtype) if dtype is not None else v)
+              for k, v in tensors.items()}
+    write_safetensors(path, values, {"format": TEXT_ENCODER_FORMAT, "version": str(VERSION), "values": "new",
+                                     "base_text_encoder": base_text_encoder, **meta})
+
+
+def text_encoder_state(text_encoder: Any, tensors: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """``tensors`` renamed to ``text_encoder``'s own state-dict names (with or without ``text_model.``) and
+    cast to its dtypes, after checking every name and shape."""
+    state = text_encoder.state_dict()
+    out = {}
+    for key, value in tensors.items():
+        bare = key.removeprefix(CHECKPOINT_PREFIX)
+        name = next((n for n in (key, bare, CHECKPOINT_PREFIX + bare) if n in state), None)
+        if name is None:
+            raise BadInputError(f"parameter '{key}' is not in the model's text encoder", source=source)
+        if tuple(value.shape) != tuple(state[name].shape):
+            raise BadInputError(f"parameter '{key}' has shape {tuple(value.shape)}, the text encoder's is "
+                                f"{tuple(state[name].shape)}", source=source)
+        out[name] = value.to(state[name].dtype)
+    return out
+
+
+def apply_text_encoder_weights(pipe: Any, path: str | os.PathLike[str], *,
+                               base_text_encoder: str | None = None) -> dict[str, str]:
+    """Load ``recare erase --method advunlearn`` weights into ``pipe.text_encoder`` (a diffusers pipeline, or
+    a bare text encoder). ``base_text_encoder`` is the fingerprint of the *unmodified* text encoder
+    (``SDBundle.text_encoder_fingerprint``; computed now when omitted). Returns the file's metadata."""
+    tensors, meta = read_safetensors(path)
+    _load_text_encoder_weights(getattr(pipe, "text_encoder", pipe), tensors, meta, str(path), base_text_encoder,
+                               None)
+    return meta
+
+
+def _load_text_encoder_weights(text_encoder: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str],
+                               source: str, base_text_encoder: str | None, base_unet: str | None) -> None:
+    from recare_cli import console
+    from recare_cli.models.fingerprint import module_fingerprint
+
+    made_for = meta.get("base_text_encoder")
+    if made_for is None:
+        raise BadInputError("no 'base_text_encoder' fingerprint in the metadata: not text-encoder weights written "
+                            "by recare erase", source=source, field="base_text_encoder")
+    current = base_text_encoder or module_fingerprint(text_encoder)
+    if made_for != current:
+        raise BadInputError(f"made for base text encoder {made_for}, but this model's text encoder is {current}",
+                            source=source, field="base_text_encoder")
+    if not tensors:
+        raise BadInputError("holds no tensors", source=source)
+    trained_with = meta.get("base_unet")
+    if base_unet is not None and trained_with is not None and trained_with != base_unet:
+        console.warn(f"{source}: trained against base UNet {trained_with}, this model's is {base_unet} (same text "
+                     "encoder): applying it")
+    text_encoder.load_state_dict(text_encoder_state(text_encoder, tensors, source), strict=False)
 
 
 def load_reference_unet(path: str | os.PathLike[str], unet: torch.nn.Module) -> dict[str, torch.Tensor]:

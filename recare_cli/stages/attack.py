@@ -131,14 +131,14 @@ def _digest(opts: AttackOptions, resolution: int, identity: dict[str, Any], weig
 
 def _check_weight_files(paths: tuple[str, ...]) -> None:
     from recare_cli.models.weights import CHECKPOINT_FORMAT as ERASE_CKPT
-    from recare_cli.models.weights import EMBEDDINGS_FORMAT, WEIGHTS_FORMAT, check_format, read_metadata
+    from recare_cli.models.weights import EMBEDDINGS_FORMAT, WEIGHT_FORMATS, check_format, read_metadata
 
     takes = {EMBEDDINGS_FORMAT: "recare sample --embeddings (an attack learns its own token)",
              ERASE_CKPT: "recare erase --resume to finish that run, then give its output to --weights"}
     for path in paths:
         if not Path(path).is_file():
             raise BadInputError("no such file", source=path)
-        check_format(path, read_metadata(path), WEIGHTS_FORMAT, takes)
+        check_format(path, read_metadata(path), WEIGHT_FORMATS, takes)
 
 
 def run_attack(opts: AttackOptions, paths: list[Path], *,

@@ -1,6 +1,7 @@
 """Stage: the final erasure (method.md §5b) and its baselines (published ESD, the ReCARE reference's ESD
 step, published STEREO's erasure with its own anchors (``stages/stereo.py``), ReCARE without the retain loss;
-UCE's closed form in ``stages/uce.py``, AGE's target search in ``stages/age.py``).
+UCE's closed form in ``stages/uce.py``, AGE's target search in ``stages/age.py``, AdvUnlearn's text-encoder
+training in ``stages/advunlearn.py``).
 
 Reads the CARE-set and adversarial tokens, loads the model, trains the selected UNet parameters
 with ``core.diffusion.EraseTrainer``, checkpoints atomically, writes safetensors with metadata.
@@ -35,6 +36,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "esd-recare": {"lr": 5e-6, "train_method": "noxattn", "iterations": 200},  # ReCARE reference (its invert)
     "age": {"lr": 1e-5, "train_method": "noxattn", "iterations": 1000},  # train_age.py, scripts/erasing_nudity.sh
     "uce": {"iterations": 200},  # no training: recorded as it always was
+    # AdvUnlearn.py (Adam on the text encoder): its --lr, --train_method, --iterations
+    "advunlearn": {"lr": 1e-5, "train_method": "text_encoder_full", "iterations": 1000},
 }
 WITHOUT_CARESET = ("esd", "esd-recare", "stereo")  # methods that neither anchor on nor retain the CARE-set
 
@@ -42,7 +45,10 @@ WITHOUT_CARESET = ("esd", "esd-recare", "stereo")  # methods that neither anchor
 def _same_prompt(a: str, b: str) -> bool:
     """Two prompts CLIP's tokenizer reads alike (it lower-cases and splits on whitespace)."""
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
-ERASE_METHODS = (*METHODS, "uce", "age")  # uce: a closed-form edit, no training (stages/uce.py); age: stages/age.py
+
+
+ERASE_METHODS = (*METHODS, "uce", "age", "advunlearn")  # uce: a closed-form edit (stages/uce.py); age:
+# stages/age.py; advunlearn: trains the text encoder (stages/advunlearn.py)
 
 
 def _uce(opts: EraseOptions) -> bool:
@@ -55,6 +61,14 @@ def _stereo(opts: EraseOptions) -> bool:
 
 def _age(opts: EraseOptions) -> bool:
     return opts.method == "age"
+
+
+def _advunlearn(opts: EraseOptions) -> bool:
+    return opts.method == "advunlearn"
+
+
+def _age_or_advunlearn(opts: EraseOptions) -> bool:
+    return opts.method in ("age", "advunlearn")
 
 
 @dataclass
@@ -97,7 +111,7 @@ class EraseOptions:
     lamb: float = recorded_when(_uce, 0.5)
     # AGE's options (the authors' names; defaults of their scripts/erasing_nudity.sh; recorded in AGE's files only)
     concepts: str | None = recorded_when(_age, None)  # the concept dictionary (theirs: data/english_3000.csv)
-    negative_guidance: float = recorded_when(_age, 1.0)
+    negative_guidance: float = recorded_when(_age_or_advunlearn, 1.0)  # both authors' g: 1
     lamda: float = recorded_when(_age, 1.0)  # weight of the preservation loss
     gumbel_lr: float = recorded_when(_age, 1e-2)
     gumbel_temp: float = recorded_when(_age, 2.0)
@@ -107,6 +121,19 @@ class EraseOptions:
     gumbel_k_closest: int = recorded_when(_age, 100)
     pgd_num_steps: int = recorded_when(_age, 2)  # loop steps per UNet update (the others move the weights)
     keep_special_tokens: bool = recorded_when(_age, False)  # theirs: --ignore_special_tokens True
+    # AdvUnlearn's options (the authors' names; defaults: their README's command, else AdvUnlearn.py's; recorded
+    # in AdvUnlearn's files only)
+    retain_prompts: str | None = recorded_when(_advunlearn, None)  # required: the authors ship theirs
+    retain_batch: int = recorded_when(_advunlearn, 5)
+    retain_loss_w: float = recorded_when(_advunlearn, 0.3)  # README; AdvUnlearn.py's default is 1.0
+    warmup_iter: int = recorded_when(_advunlearn, 200)
+    attack_step: int = recorded_when(_advunlearn, 30)
+    attack_lr: float = recorded_when(_advunlearn, 1e-3)
+    attack_init: str = recorded_when(_advunlearn, "random")  # README; AdvUnlearn.py's default is latest
+    attack_type: str = recorded_when(_advunlearn, "prefix_k")
+    attack_method: str = recorded_when(_advunlearn, "pgd")
+    adv_prompt_num: int = recorded_when(_advunlearn, 1)
+    adv_prompt_update_step: int = recorded_when(_advunlearn, 1)
     # Run control: a resumed run writes the same bytes as an uninterrupted one.
     checkpoint: str | None = run_control()  # default <output>.ckpt when checkpoint_every > 0
     checkpoint_every: int = run_control(50)
@@ -121,7 +148,7 @@ class EraseOptions:
         if not self.target.strip():
             raise UsageError("--target must not be empty")
         check_choice("--method", self.method, ERASE_METHODS, "method")
-        if self.train_method is not None and self.method != "age":  # AGE's names: stages.age.validate_age
+        if self.train_method is not None and self.method not in ("age", "advunlearn"):  # their own names
             check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         if self.erase_from is not None:
             if self.method != "esd":
@@ -153,6 +180,10 @@ class EraseOptions:
             from recare_cli.stages.age import validate_age
 
             validate_age(self)
+        elif self.method == "advunlearn":
+            from recare_cli.stages.advunlearn import validate_advunlearn
+
+            validate_advunlearn(self)
         elif self.method not in WITHOUT_CARESET and self.care is None:
             raise UsageError(f"--method {self.method} needs --care (a CARE-set from recare refine)")
         if self.resume and self.checkpoint_path() is None:
@@ -330,6 +361,11 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
         from recare_cli.stages.age import run_age
 
         return run_age(opts.resolved(), on_step=on_step)
+
+    if opts.method == "advunlearn":
+        from recare_cli.stages.advunlearn import run_advunlearn
+
+        return run_advunlearn(opts.resolved(), on_step=on_step)
     opts = opts.resolved()  # provenance and the output record the values used
     ckpt = opts.checkpoint_path()
     if ckpt is not None and ckpt.exists() and not opts.resume:
