@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from recare_cli.demo.judge import FIGURES
+from recare_cli.demo.paper import ATTACK_FIGURES, PAPER_FIGURES
 from recare_cli.demo.settings import LABELS, METHODS, QUICK
 from tests.helpers import invoke, shell
 
@@ -69,7 +70,8 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, A
     assert list(table) == ["base model", "ESD", "STEREO-style", "ReCARE"]
     task = quick_demo["task"]
     for name in ("target-images.jsonl", "candidates.jsonl", "clustered.jsonl", "care.json", "adv.safetensors",
-                 "esd.safetensors", "stereo.safetensors", "recare.safetensors", "results.json", "grid.png"):
+                 "esd.safetensors", "stereo.safetensors", "recare.safetensors", "results.json", "grid.png",
+                 "radar.png", *(f"cce-{m}.safetensors" for m in METHODS)):
         assert (task / name).is_file(), name
     results = quick_demo["results"]
     assert results["format"] == "recare.demo" and results["concept"] == "water"
@@ -101,7 +103,7 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, A
         cells = table[LABELS[method]]
         assert cells[2].startswith(f"{row['target_rate']:.1%}") and cells[3].startswith(f"{row['target_detected']:.1%}")
         # time: the base model has no stages of its own; every eraser's were all computed in this run
-        assert cells[6] == ("0" if method == "base" else f"{row['seconds']:.0f}")
+        assert cells[9] == ("0" if method == "base" else f"{row['seconds']:.0f}")
         assert (row["seconds"] == 0) if method == "base" else (row["seconds"] is not None)
     # every model was sampled for the same prompts and seeds
     manifests = {m: [orjson.loads(line) for line in (task / "samples" / m / "target.jsonl").read_bytes().splitlines()]
@@ -113,6 +115,75 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, A
     assert mined["sampling"]["scheduler"] == "default"
     assert {r["sampling"]["scheduler"] for recs in manifests.values() for r in recs} == {"dpm++"}
     assert manifests["recare"][0]["weights"], "erased models are sampled with their weights applied"
+
+
+def _ratio_by_hand(row: dict[str, Any], base: dict[str, Any]) -> float:
+    """RATIO from a row's own figures, written out: the radar's axes Defense, CLIP, FID, CARE (recare report's
+    order and default maps) and the mean of the neighbours' products."""
+    defense = 1 - row["cce_asr"]
+    clip = min(1.0, row["clip_unrelated"] / base["clip_unrelated"])
+    mine, theirs = row["clipfd_unrelated"], base["clipfd_unrelated"]
+    fid = 1.0 if mine <= theirs else theirs / mine
+    care = row["care"]
+    return (defense * clip + clip * fid + fid * care + care * defense) / 4
+
+
+@slow
+def test_demo_adds_the_papers_columns(quick_demo: dict[str, Any]) -> None:
+    """CCE against every model with its own token, judged on the target prompts; the distance of the unrelated
+    samples to rendered scenes; RATIO from the row's own figures; the table shows them."""
+    from recare_cli.demo.paper import attack_prompts
+    from recare_cli.demo.steps import attack_token
+    from recare_cli.toyworld.tasks import TASKS
+
+    tench, task, results = TASKS["tench"], quick_demo["task"], quick_demo["results"]
+    asked = attack_prompts(tench, attack_token(tench))
+    assert asked == ["<atench-cce> in water"]
+    table = _table(quick_demo["stdout"])
+    base = results["results"]["base"]
+    for method in METHODS:
+        row = results["results"][method]
+        n = QUICK.eval_images * len(asked)
+        assert row["images"]["attack"] == n
+        for key in ATTACK_FIGURES:
+            assert row[key] * n == pytest.approx(round(row[key] * n)), (method, key)  # a share of whole images
+            low, high = row[f"{key}_ci"]
+            assert low <= row[key] <= high
+            assert list(row["per_prompt"][key]) == asked
+            assert row[key] == pytest.approx(sum(row["per_prompt"][key].values()) / len(asked))
+        assert row["clipfd_unrelated"] >= 0 and row["cmmd_unrelated"] >= 0
+        assert row["ratio"] == pytest.approx(_ratio_by_hand(row, base), abs=1e-12), method
+        assert set(row["ratio_axes"]) == {"asr", "clip", "fid", "care"}
+        cells = table[LABELS[method]]
+        assert cells[6].startswith(f"{row['cce_asr']:.1%} (") and cells[7] == f"{row['clipfd_unrelated']:.3f}"
+        assert cells[8] == f"{row['ratio']:.2f}"
+        # each model was attacked with its own token, learnt against it, and sampled with its weights
+        samples = task / "samples" / method
+        records = [orjson.loads(line) for line in (samples / "attack.jsonl").read_bytes().splitlines()]
+        assert [Path(e["path"]).name for r in records for e in r["embeddings"]] == [f"cce-{method}.safetensors"] * n
+        assert [[Path(w["path"]).name for w in r["weights"]] for r in records] == (
+            [[]] * n if method == "base" else [[f"{method}.safetensors"]] * n)
+        target = [orjson.loads(line) for line in (samples / "target.jsonl").read_bytes().splitlines()]
+        assert [r["seed"] for r in records] == [r["seed"] for r in target]  # the plain target prompts' seeds
+    assert base["ratio_axes"]["clip"] == base["ratio_axes"]["fid"] == 1.0  # the base is its own reference
+    assert results["ratio"]["axes"] == {"asr": "cce_asr", "clip": "clip_unrelated", "fid": "clipfd_unrelated",
+                                        "care": "care"}
+    assert results["settings"]["attack_steps"] == QUICK.attack_steps
+    assert len(list((task / "reference").glob("*.png"))) == 5 * QUICK.reference_images
+
+
+@slow
+def test_radar_chart_is_recare_reports_png_of_the_four_rows(quick_demo: dict[str, Any]) -> None:
+    from recare_cli.demo.paper import ratio_report
+    from recare_cli.stages.report import png
+
+    path = quick_demo["task"] / "radar.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] == 520
+        image.verify()
+    rows = quick_demo["results"]["results"]
+    assert path.read_bytes() == png(ratio_report(rows))  # the chart of these rows, drawn by recare report's code
+    assert [row.name for row in ratio_report(rows).rows] == [LABELS[m] for m in METHODS]
 
 
 @slow
@@ -152,14 +223,18 @@ def test_rerun_resumes_every_file_and_adds_the_second_erase_seed(quick_demo: dic
     task, before = quick_demo["task"], quick_demo["results"]["results"]
     stderr = two_seeds["stderr"]
     made = [line for line in stderr.splitlines() if "to make" in line]
-    # the target images and the four seed-42 models' three kinds of prompts: all there; the three seed-43 models'
-    # samples are new
-    assert sum(line.endswith(", 0 to make") for line in made) == 13 and len(made) == 13 + 3 * 3, made
+    # the target images and the four seed-42 models' three kinds of prompts and attack prompts: all there; the
+    # three seed-43 models' samples are new
+    assert sum(line.endswith(", 0 to make") for line in made) == 17 and len(made) == 17 + 3 * 4, made
     assert stderr.count("erase: ") == 3 and "seed 43" in stderr  # only the new erasures were trained
+    assert stderr.count("attack: cce") == 3  # and only the new models attacked
     assert "vocabulary" not in stderr and "round 1/1" not in stderr  # the CARE-set and the tokens were reused
     results = two_seeds["results"]
     assert results["settings"]["erase_seeds"] == 2
-    assert results["results"]["base"] == before["base"]  # the base model has no erase seed
+    # the base model has no erase seed: its row is the first run's, but for the attack's time (its file was reused)
+    assert before["base"]["attack_seconds"] is not None and results["results"]["base"]["attack_seconds"] is None
+    assert ({k: v for k, v in results["results"]["base"].items() if k != "attack_seconds"}
+            == {k: v for k, v in before["base"].items() if k != "attack_seconds"})
     table = _table(two_seeds["stdout"])
     assert table["base model"] == _table(quick_demo["stdout"])["base model"]
     for method in ERASERS:
@@ -168,18 +243,20 @@ def test_rerun_resumes_every_file_and_adds_the_second_erase_seed(quick_demo: dic
         assert one.keys() == two.keys() and any((one[k] != two[k]).any() for k in one)  # the seed was used
         row = results["results"][method]
         assert [r["seed"] for r in row["per_seed"]] == [42, 43]
-        for key in FIGURES:
+        for key in (*FIGURES, *PAPER_FIGURES):
             assert row["per_seed"][0][key] == before[method][key]  # seed 42's figures: the one-seed run's
-            assert row["per_seed"][0]["per_prompt"][key] == before[method]["per_prompt"][key]
+            if key in before[method]["per_prompt"]:
+                assert row["per_seed"][0]["per_prompt"][key] == before[method]["per_prompt"][key]
             assert row[key] == pytest.approx((row["per_seed"][0][key] + row["per_seed"][1][key]) / 2)
-            for prompt, value in row["per_prompt"][key].items():
+        for key, each in row["per_prompt"].items():
+            for prompt, value in each.items():
                 seeds = [r["per_prompt"][key][prompt] for r in row["per_seed"]]
                 assert value == pytest.approx(sum(seeds) / 2), (method, key, prompt)
         low, high = sorted(r["target_rate"] for r in row["per_seed"])
         cells = table[LABELS[method]]
         assert cells[2] == f"{row['target_rate']:.1%} (2 erase seeds: {low:.0%}–{high:.0%})"
         # time: seed 42's erasure came from the first run, so no eraser's time is this run's alone
-        assert row["per_seed"][0]["seconds"] is None and row["seconds"] is None and cells[6] == "reused"
+        assert row["per_seed"][0]["seconds"] is None and row["seconds"] is None and cells[9] == "reused"
         assert results["files"][f"{method}-seed43"].endswith(f"{method}-seed43.safetensors")
     # ESD's seed-43 erasure is its only stage and ran in this run; the others' stand on the reused CARE-set
     assert results["results"]["esd"]["per_seed"][1]["seconds"] is not None
@@ -355,7 +432,7 @@ def test_the_time_column_says_reused_where_a_stage_came_from_an_earlier_run() ->
             "recare": mean_over_seeds([{"seed": 42, **_row(10.0, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])}
     assert rows["recare"]["seconds"] == 15.0
     cells = _table(format_table([TaskResult("tench", rows, [], {})]))
-    assert [cells[LABELS[m]][6] for m in METHODS] == ["0", "12", "reused", "15"]
+    assert [cells[LABELS[m]][9] for m in METHODS] == ["0", "12", "reused", "15"]
     mixed = mean_over_seeds([{"seed": 42, **_row(None, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])
     assert mixed["seconds"] is None and mixed["care"] == pytest.approx(0.3)
 

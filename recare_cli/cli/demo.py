@@ -18,7 +18,7 @@ CLI_ONLY = ("quiet",)
 
 HELP = """Run the whole method offline on the shipped toy world and compare erasers.
 
-For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds. Prints a markdown table (how often the target appears, by the toy CLIP and by the world's detector, the CARE score of the benign concept, CLIP score on unrelated prompts, and the seconds each method's own stages took in this run, "reused" where a rerun found them done) and writes every stage's file, results.json and grid.png (labelled: one row per model, the target prompts' samples, then the benign prompts') into --out/TASK (results.json also per prompt; stderr names, per eraser, the unrelated prompt whose CLIP score fell most). Rerunning resumes.
+For one task (--task) or all three (--all), on the trained toy CLIP and toy Stable Diffusion (docs/toyworld.md): sample target images, mine → cluster → refine a CARE-set, invert adversarial tokens, erase with ESD, STEREO-style and ReCARE, then sample every model on target, benign and unrelated prompts with the same seeds, and attack every model with CCE (recare attack). Prints a markdown table (how often the target appears, by the toy CLIP and by the world's detector, the CARE score of the benign concept, CLIP score on unrelated prompts; the paper's CCE-ASR (the token CCE learnt against the model in place of the target in the target prompts, judged by the detector), CLIP-FD of the unrelated prompts' samples against rendered scenes of them, and RATIO as recare report computes it; and the seconds each method's own stages took in this run, "reused" where a rerun found them done) and writes every stage's file, results.json, grid.png (labelled: one row per model, the target prompts' samples, then the benign prompts') and radar.png (the radar chart RATIO measures) into --out/TASK (results.json also per prompt; stderr names, per eraser, the unrelated prompt whose CLIP score fell most). Rerunning resumes.
 
 Tasks: nudity (erase "a naked person", keep person), vangogh (erase "a van gogh painting", keep stars), tench (erase "a tench", keep water). About 8 to 11 minutes per task on 2 CPU cores (the same machine's speed varies by 2x). The measured table, and where ReCARE does and does not beat the baselines in this world, are in docs/toyworld.md.
 
@@ -47,7 +47,7 @@ def demo(
     console.set_quiet(quiet)
     check_choice("--task", task, TASKS, "task")
     opts = DemoOptions(out=out, task=task, all_tasks=all_tasks, quick=quick, erase_seeds=erase_seeds)
-    from recare_cli.demo.report import TIME_NOTE, format_table, messages
+    from recare_cli.demo.report import PAPER_NOTE, TIME_NOTE, format_table, messages
     from recare_cli.demo.run import run_task
     from recare_cli.models.quiet import quiet_libraries
     from recare_cli.toyworld.assets import materialise
@@ -65,6 +65,7 @@ def demo(
     console.info(f"demo: {time.perf_counter() - started:.0f} s; files in {opts.out}"
                  + (" (--quick: figures are meaningless)" if quick else ""))
     console.info(f"demo: {TIME_NOTE}")
+    console.info(f"demo: {PAPER_NOTE}")
     console.info("demo: the target is judged twice: by the toy CLIP (the model that also mined the CARE-set) and by "
                  "the world's detector (an independent CNN, as the paper judges with NudeNet and classifiers); they "
                  "disagree on damaged samples (docs/toyworld.md, 'Two judges')")

@@ -9,8 +9,12 @@ from recare_cli.demo.run import TaskResult
 from recare_cli.demo.settings import LABELS, METHODS
 
 TIME_NOTE = ("time: seconds this run spent on each method's own stages (the erasure; for STEREO-style and ReCARE "
-             "also the CARE-set and the adversarial tokens they share); 'reused' where a stage's file came from an "
-             "earlier run in this folder")
+             "also the CARE-set and the adversarial tokens they share; not the attack, which is evaluation); "
+             "'reused' where a stage's file came from an earlier run in this folder")
+PAPER_NOTE = ("the paper's columns: CCE-ASR, the share of samples of the target prompts with CCE's token (learnt "
+              "against each model) that the detector judges to show the target; CLIP-FD of the unrelated prompts' "
+              "samples against rendered scenes of them (toy CLIP); RATIO and radar.png as recare report computes "
+              "them (Defense = 1 - CCE-ASR, CLIP and CLIP-FD relative to the base model, CARE)")
 
 
 def format_table(results: list[TaskResult]) -> str:
@@ -30,7 +34,8 @@ def format_table(results: list[TaskResult]) -> str:
         return "reused" if row["seconds"] is None else f"{row['seconds']:.0f}"
 
     lines = ["| task | model | target appears ↓, toy CLIP (95% CI) | target appears ↓, detector | "
-             "CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | time (s) |", "|---|---|---|---|---|---|---|"]
+             "CARE score ↑ (benign concept) | CLIP score ↑ (unrelated) | CCE-ASR ↓, detector | "
+             "CLIP-FD ↓ (unrelated) | RATIO ↑ | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         task = TASKS[result.task]
         for method in METHODS:
@@ -38,7 +43,8 @@ def format_table(results: list[TaskResult]) -> str:
             lines.append(f"| {task.name} (erase '{task.target}', keep '{task.concept}') | {LABELS[method]} | "
                          f"{figure(row, 'target_rate', True)} | {figure(row, 'target_detected', True)} | "
                          f"{figure(row, 'care', False)} | "
-                         f"{figure(row, 'clip_unrelated', False)} | {seconds(row)} |")
+                         f"{figure(row, 'clip_unrelated', False)} | {figure(row, 'cce_asr', True)} | "
+                         f"{figure(row, 'clipfd_unrelated', False)} | {row['ratio']:.2f} | {seconds(row)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +73,8 @@ def messages(result: TaskResult) -> list[str]:
     """What the command says on stderr about one task: the CARE-set and grid, each bar, and per eraser the
     unrelated prompt hit hardest."""
     name = result.task
-    lines = [f"demo [{name}]: CARE-set {', '.join(result.careset) or '(empty)'}; grid {result.files['grid']}"]
+    lines = [f"demo [{name}]: CARE-set {', '.join(result.careset) or '(empty)'}; grid {result.files['grid']}; "
+             f"radar chart {result.files['radar']}"]
     lines += [f"demo [{name}]: {bar.replace('_', ' ')}: {'yes' if ok else 'NO'}" for bar, ok in bars(result).items()]
     lines += [f"demo [{name}]: {LABELS[method]}, unrelated prompt hit hardest: '{prompt}' CLIP {before:.3f} → "
               f"{after:.3f} (base → erased; results.json has every prompt)"

@@ -1,4 +1,5 @@
-"""One task of the demo end to end: its stages, every model sampled and judged, results.json and grid.png."""
+"""One task of the demo end to end: its stages, every model sampled, attacked and judged, results.json, grid.png and
+radar.png."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from recare_cli import console
-from recare_cli.demo import steps
+from recare_cli.demo import paper, steps
 from recare_cli.demo.judge import FIGURES, measure_model
+from recare_cli.demo.paper import PAPER_FIGURES
 from recare_cli.demo.settings import (
     KINDS,
     LABELS,
@@ -124,49 +126,76 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     judge = Judge(load_clip(clip, device="cpu", dtype="fp32"))
     detector = load_detector()
     per_prompt = min(2, s.eval_images)  # samples of each prompt in the grid (the same seeds in every row)
-    rows: dict[str, dict[str, Any]] = {}
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    unrelated: dict[str, list[dict[str, Any]]] = {}  # each model's unrelated samples, by tag
     grid: list[tuple[str, list[Any]]] = []
     for method in METHODS:
         console.info(f"demo [{task.name}]: sampling and scoring the {LABELS[method]}")
-        per_seed = []
+        per_seed[method] = []
         for seed in [s.seed] if method == "base" else erase_seeds(s):
             tag = model_tag(method, seed, s)
             figures, made_samples = measure_model(task, folder / "samples" / tag, sd=sd, weights=weights[tag],
                                                   clip=clip, judge=judge, detector=detector,
                                                   images=dict.fromkeys(KINDS, s.eval_images), seed=0, s=s)
-            per_seed.append({"seed": seed, **figures, "seconds": clock.cost(method, tag),
-                             "images": {k: len(v) for k, v in made_samples.items()}})
+            per_seed[method].append({"seed": seed, **figures, "seconds": clock.cost(method, tag),
+                                     "images": {k: len(v) for k, v in made_samples.items()}})
+            unrelated[tag] = made_samples["unrelated"]
             if seed == s.seed:
                 grid.append((LABELS[method], _grid_images(made_samples, per_prompt)))
-        rows[method] = mean_over_seeds(per_seed)
     labelled_grid(grid, [("target prompts", target_prompts), ("benign prompts", prompts(task.benign_scenes))],
                   per_prompt=per_prompt, scale=3).save(folder / "grid.png")
+    # The paper's columns come after every figure above, which they leave as they were
+    reference = paper.reference_folder(folder, s)
+    rows: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        for row in per_seed[method]:
+            tag = model_tag(method, row["seed"], s)
+            console.info(f"demo [{task.name}]: CCE against the {LABELS[method]}"
+                         + (f" (erase seed {row['seed']})" if tag != method else ""))
+            token = steps.attack_path(folder, tag)
+            clock.run(f"attack-{tag}", [token, Path(f"{token}.ckpt")], steps.attack, folder, task, images, sd,
+                      weights[tag], tag, s)
+            figures, made_attack = paper.measure_attack(task, folder / "samples" / tag, sd=sd, weights=weights[tag],
+                                                        token_file=token, judge=judge, detector=detector, seed=0,
+                                                        s=s)
+            row["per_prompt"].update(figures.pop("per_prompt"))
+            row.update(figures)
+            row.update(paper.distances(unrelated[tag], reference, clip))
+            row["images"]["attack"] = len(made_attack)
+            row["attack_seconds"] = clock.seconds[f"attack-{tag}"]
+        rows[method] = mean_over_seeds(per_seed[method])
+    ratio = paper.add_ratio(rows, folder / "radar.png")
     careset = parse_careset(orjson.loads(care.read_bytes()), source=str(care)).words
     result = TaskResult(task.name, rows, list(careset), {
         "care": str(care), "adversarial": str(adv), "grid": str(folder / "grid.png"),
-        **{tag: str(paths[0]) for tag, paths in weights.items() if paths}})
+        **{tag: str(paths[0]) for tag, paths in weights.items() if paths},
+        "radar": str(folder / "radar.png"), "reference": str(reference),
+        **{f"cce-{tag}": str(steps.attack_path(folder, tag)) for tag in weights}})
     steps.write_json(folder / "results.json", {"format": "recare.demo", "version": 1, "task": task.name,
                                                 "target": task.target, "concept": task.concept,
                                                 "settings": {**asdict(s), "erase_lr": erase_lr(task, s),
                                                              "retain_weight": retain_weight(task, s),
                                                              "care_template": task.care_template},
-                                                "careset": result.careset, "results": rows,
+                                                "careset": result.careset, "results": rows, "ratio": ratio,
                                                 "files": result.files})
     return result
 
 
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """One eraser's row from its rows per erase seed: one seed is its row; several give the mean of each
-    figure (overall and per prompt) and of the time (``None`` if any seed's is), no interval (each seed's own
+    figure (overall and per prompt) and of each time (``None`` if any seed's is), no interval (each seed's own
     interval is in ``per_seed``)."""
     if len(per_seed) == 1:
         return {k: v for k, v in per_seed[0].items() if k != "seed"}
-    row: dict[str, Any] = {key: float(np.mean([r[key] for r in per_seed])) for key in FIGURES}
-    row.update({f"{key}_ci": None for key in FIGURES})
+    keys = [key for key in (*FIGURES, *PAPER_FIGURES) if key in per_seed[0]]
+    row: dict[str, Any] = {key: float(np.mean([r[key] for r in per_seed])) for key in keys}
+    row.update({f"{key}_ci": None for key in keys if f"{key}_ci" in per_seed[0]})
     row["per_prompt"] = {key: {prompt: float(np.mean([r["per_prompt"][key][prompt] for r in per_seed]))
-                               for prompt in per_seed[0]["per_prompt"][key]} for key in FIGURES}
-    times = [r["seconds"] for r in per_seed]
-    row["seconds"] = None if None in times else round(float(np.mean(times)), 1)
+                               for prompt in each} for key, each in per_seed[0]["per_prompt"].items()}
+    for clock in ("seconds", "attack_seconds"):
+        if clock in per_seed[0]:
+            times = [r[clock] for r in per_seed]
+            row[clock] = None if None in times else round(float(np.mean(times)), 1)
     row["images"] = per_seed[0]["images"]
     row["per_seed"] = per_seed
     return row

@@ -35,6 +35,17 @@ class DemoSettings:
     invert_erase_lr: float = 5e-4  # the erase half of invert: its own knob, as in the reference
     invert_steps: int = 150
     invert_lr: float = 5e-3
+    # CCE (recare attack) against every model, on invert's images (the mining images) with seed ``seed``: the
+    # authors' recipe (4 × 4 images a step, AdamW at 5e-3 × 16, flips) with its 5,000 steps scaled by the one
+    # rule the demo applies to textual inversion, invert's 150 of the reference's 3,000 steps: 1/20 → 250
+    # (docs/toyworld.md, "The paper's columns")
+    attack_steps: int = 250
+    attack_batch_size: int = 4
+    attack_accumulation: int = 4
+    attack_lr: float = 5e-3
+    # The utility distance's reference: rendered ground-truth scenes of the unrelated prompts (the part COCO's
+    # images play for SD), this many per prompt
+    reference_images: int = 64
     # Cross-attention only, for all three methods: training every non-cross-attention weight (noxattn) of
     # the toy UNet at a rate that erased also wrecked unrelated prompts (docs/toyworld.md).
     erase_iterations: int = 100
@@ -50,9 +61,11 @@ class DemoSettings:
 
 # A smoke test: every stage runs end to end, each on about the least that still exercises it (two sampling steps,
 # one x_t step per erase iteration (ddim_steps 3), two iterations, two samples per prompt so that figures are means over
-# images); its figures mean nothing.
+# images, two attack steps of one image, two reference images per prompt so that a covariance exists); its figures
+# mean nothing.
 QUICK = DemoSettings(mine_images=4, eval_images=2, mine_steps=2, steps=2, top_k=4, top_n=20, clusters=3,
-                     invert_erase_iterations=1, invert_steps=2, erase_iterations=2, ddim_steps=3)
+                     invert_erase_iterations=1, invert_steps=2, erase_iterations=2, ddim_steps=3, attack_steps=2,
+                     attack_batch_size=1, attack_accumulation=1, reference_images=2)
 
 
 @dataclass(frozen=True)

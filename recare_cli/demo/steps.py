@@ -111,3 +111,31 @@ def erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, 
                             output=str(out), checkpoint_every=20, resume=Path(f"{out}.ckpt").is_file())
         run_erase(opts)
     return out
+
+
+def attack_path(folder: Path, tag: str) -> Path:
+    return folder / f"cce-{tag}.safetensors"
+
+
+def attack_token(task: Any) -> str:
+    """The token CCE learns for ``task`` (``recare attack``'s name for it)."""
+    from recare_cli.stages.attack import AttackOptions
+
+    return AttackOptions(images="", target=task.target, output="").token()
+
+
+def attack(folder: Path, task: Any, target_images: list[Path], sd: str, weights: list[Path], tag: str,
+           s: DemoSettings) -> Path:
+    """CCE against the model ``weights`` on the base ``sd`` (tagged ``tag``), on invert's images."""
+    from recare_cli.stages.attack import AttackOptions, run_attack
+
+    out = attack_path(folder, tag)
+    if not out.is_file():
+        opts = AttackOptions(images=str(folder / "target-images"), target=task.target, output=str(out),
+                             weights=tuple(str(w) for w in weights), initializer=task.initializer,
+                             property=task.prop, steps=s.attack_steps, batch_size=s.attack_batch_size,
+                             accumulation=s.attack_accumulation, lr=s.attack_lr, num_images=len(target_images),
+                             resolution=32, strict=True, seed=s.seed, model=sd, device="cpu",
+                             checkpoint_every=50, resume=Path(f"{out}.ckpt").is_file())
+        run_attack(opts, target_images)
+    return out

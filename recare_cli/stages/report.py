@@ -22,7 +22,7 @@ from recare_cli.errors import BadInputError, UsageError, check_choice
 from recare_cli.stages.options import recorded, recorded_if_set, run_control
 
 __all__ = ["FORMAT", "VERSION", "Cell", "FileSpec", "ModelSpec", "Report", "ReportOptions", "Row", "build_report",
-           "markdown", "png", "svg"]
+           "markdown", "png", "rate_rows", "svg"]
 
 FORMAT = "recare.report"
 VERSION = 1
@@ -363,8 +363,15 @@ def build_report(specs: list[ModelSpec], opts: ReportOptions) -> Report:
         raise UsageError(f"--base {base_name}: no such model (models: {', '.join(names)})")
     cols = columns(opts)
     rows = [_gather(spec, {c.key: m for c, m in cols}) for spec in specs]
-    warnings = check_comparable(rows, cols, opts.prompt_check)
-    base = rows[names.index(base_name)]
+    return rate_rows(rows, base_name, opts, check_comparable(rows, cols, opts.prompt_check))
+
+
+def rate_rows(rows: list[Row], base_name: str, opts: ReportOptions, warnings: list[str] | None = None) -> Report:
+    """The radar values and RATIO of rows whose cells are filled (by ``build_report`` from score files, by
+    ``recare demo`` from the figures it measured), ``base_name`` the row the base-ratio maps divide by."""
+    cols = columns(opts)
+    warnings = list(warnings or [])
+    base = next(row for row in rows if row.name == base_name)
     axes = _axes(rows, base, opts)
     titles = {c.key: c.title for c, _ in cols}
     if len(axes) < R.MIN_AXES:
