@@ -80,7 +80,7 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, A
     assert results["settings"]["retain_weight"] == tench.retain_weight
     assert results["settings"]["care_template"] == tench.care_template  # the CARE judge's labels
     asked = {"target": prompts(tench.target_scenes), "benign": prompts(tench.benign_scenes),
-             "unrelated": prompts(UNRELATED_SCENES)}
+             "unrelated": prompts(UNRELATED_SCENES), "attack": ["<atench-cce> in water"]}
     for method in METHODS:
         row = results["results"][method]
         # every model sampled QUICK.eval_images per prompt; the shares are shares of those whole images
@@ -421,7 +421,8 @@ def test_stage_clock_counts_only_stages_computed_from_scratch(tmp_path: Path) ->
 
 def _row(seconds: float | None, value: float) -> dict[str, Any]:
     return {"seconds": seconds, "images": {}, **{k: value for k in FIGURES}, **{f"{k}_ci": [0.0, 1.0] for k in FIGURES},
-            "per_prompt": {k: {"p": value} for k in FIGURES}}
+            "per_prompt": {k: {"p": value} for k in FIGURES}, "cce_asr": value, "cce_asr_ci": [0.0, 1.0],
+            "clipfd_unrelated": value, "ratio": value}
 
 
 def test_the_time_column_says_reused_where_a_stage_came_from_an_earlier_run() -> None:
@@ -431,6 +432,7 @@ def test_the_time_column_says_reused_where_a_stage_came_from_an_earlier_run() ->
     rows = {"base": _row(0.0, 0.5), "esd": _row(12.4, 0.4), "stereo": _row(None, 0.3),
             "recare": mean_over_seeds([{"seed": 42, **_row(10.0, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])}
     assert rows["recare"]["seconds"] == 15.0
+    rows["recare"]["ratio"] = 0.5  # RATIO is computed on the rows as the table shows them, after the mean
     cells = _table(format_table([TaskResult("tench", rows, [], {})]))
     assert [cells[LABELS[m]][9] for m in METHODS] == ["0", "12", "reused", "15"]
     mixed = mean_over_seeds([{"seed": 42, **_row(None, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])
