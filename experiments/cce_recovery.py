@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = judged(records)
             verdicts[name] = [shown[i] for i in order]
             print(f"  {name:48s} {rate(verdicts[name])}   e.g. '{records[0]['prompt']}'")
-        values = list(verdicts.values())
-        token, neutral = values[0], values[2]
+        token, _, neutral, _ = verdicts.values()  # the token, the initializer, the unknown word, the plain prompt
         only_token = sum(t and not n for t, n in zip(token, neutral, strict=True))
         only_neutral = sum(n and not t for t, n in zip(token, neutral, strict=True))
         print(f"  same seed: target with the token only {only_token}, with the unknown word only {only_neutral}")
