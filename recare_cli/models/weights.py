@@ -6,6 +6,9 @@ Two file kinds (docs/erase.md has every metadata key):
   trained UNet parameters only, as their *new values* (not deltas), so loading is
   ``unet.load_state_dict(tensors, strict=False)``; metadata ``base_unet`` is the fingerprint of the
   UNet they were trained from, and applying them to any other UNet is refused.
+* ``recare.unet-lora`` (written by ``recare erase --lora``): LoRA adapters in the layout diffusers'
+  ``load_lora_weights`` reads (``models/lora.py``); applied here as the merged new values, with the same
+  ``base_unet`` check.
 * ``recare.embeddings`` (written by ``recare invert``): ``{token: (1, D) tensor}``, the layout
   diffusers' ``load_textual_inversion`` reads; metadata ``base_text_encoder``.
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 WEIGHTS_FORMAT = "recare.unet-weights"
 EMBEDDINGS_FORMAT = "recare.embeddings"
 CHECKPOINT_FORMAT = "recare.erase-checkpoint"
+LORA_FORMAT = "recare.unet-lora"
 VERSION = 1
 
 
@@ -44,7 +48,7 @@ def metadata_strings(meta: Mapping[str, Any]) -> dict[str, str]:
 
 def decode_metadata(meta: Mapping[str, str], keys: tuple[str, ...] = ("provenance", "tokens", "hyperparameters",
                                                                       "adversarial", "seed", "rounds",
-                                                                      "version")) -> dict[str, Any]:
+                                                                      "version", "lora")) -> dict[str, Any]:
     out: dict[str, Any] = dict(meta)
     for key in keys:
         if key in out:
@@ -123,7 +127,10 @@ FORMAT_CONTENTS = {
     WEIGHTS_FORMAT: "trained UNet parameters from recare erase",
     EMBEDDINGS_FORMAT: "textual-inversion tokens from recare invert",
     CHECKPOINT_FORMAT: "the state of an unfinished recare erase run",
+    LORA_FORMAT: "LoRA adapters from recare erase --lora",
 }
+# Formats an option takes besides the one it names: --weights applies a LoRA file as merged weights.
+ALSO_TAKEN = {WEIGHTS_FORMAT: (LORA_FORMAT,)}
 
 
 def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str,
@@ -132,7 +139,7 @@ def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: 
     goes (``takes``: format → the option or command that reads it). Files without a recare format (written
     by other tools) are left to the reader's own checks."""
     found = meta.get("format")
-    if found is None or found == wanted or found not in FORMAT_CONTENTS:
+    if found is None or found == wanted or found not in FORMAT_CONTENTS or found in ALSO_TAKEN.get(wanted, ()):
         return
     where = takes.get(found)
     advice = f": pass it with {where}" if where else ""
@@ -161,7 +168,8 @@ def check_unet_weights(unet: torch.nn.Module, tensors: Mapping[str, torch.Tensor
 
 
 def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: str | None = None) -> dict[str, str]:
-    """Load ``recare erase`` weights into ``pipe.unet`` (a diffusers pipeline, or a bare UNet).
+    """Load ``recare erase`` weights (new values, or a LoRA file merged in) into ``pipe.unet`` (a diffusers
+    pipeline, or a bare UNet).
 
     ``base_unet`` is the fingerprint of the pipeline's *unmodified* UNet (``SDBundle.unet_fingerprint``);
     when omitted it is computed from the UNet now, so call this before any other change. Weights made
@@ -200,8 +208,12 @@ def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Map
                             source=source, field="base_unet")
     if not tensors:
         raise BadInputError("holds no tensors", source=source)
-    check_unet_weights(unet, tensors, source)
     state = unet.state_dict()
+    if meta.get("format") == LORA_FORMAT:
+        from recare_cli.models.lora import lora_new_values
+
+        tensors = lora_new_values(state, tensors, meta, source)
+    check_unet_weights(unet, tensors, source)
     unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
 
 

@@ -20,7 +20,7 @@ from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
 from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
-from recare_cli.stages.options import recorded, run_control
+from recare_cli.stages.options import recorded, recorded_if_set, recorded_when, run_control
 
 # Prompt templates of the textual-inversion reference (diffusers' textual_inversion example).
 OBJECT_TEMPLATES = (
@@ -44,6 +44,11 @@ STYLE_TEMPLATES = (
 TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
 # Options that do not change the learned tokens (the images themselves are hashed by path).
 _NOT_SHAPING = ("images", "output", "recursive", "as_list", "strict", "keep_erased", "device", "resume")
+_LORA = ("lora", "lora_alpha")  # shape the tokens, but are left out when not used (earlier files keep their bytes)
+
+
+def _lora(opts: Any) -> bool:
+    return opts.lora is not None
 
 
 @dataclass
@@ -61,6 +66,8 @@ class InvertOptions:
     negative_guidance: float = 2.0
     ddim_steps: int = 50
     train_method: str = "noxattn"
+    lora: int | None = recorded_if_set()  # the rounds' erasures train LoRA adapters of this rank (erase --lora)
+    lora_alpha: float | None = recorded_when(_lora, None)  # None: the rank
     steps: int = 3000
     lr: float = 5e-3
     resolution: int | None = None  # None: the model's own image size
@@ -82,6 +89,9 @@ class InvertOptions:
         check_choice("--property", self.property, TEMPLATES, "property")
         check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
+        from recare_cli.stages.erase import validate_lora
+
+        validate_lora(self, "invert")
         check_binary_destination(self.output)  # refuse now, not after the training
         if self.output != STDIO:
             check_output_dir(Path(self.output))
@@ -96,7 +106,12 @@ class InvertOptions:
 
     def hyperparameters(self, resolution: int) -> dict[str, Any]:
         """What shapes the learned tokens (the image size as resolved for the loaded model)."""
-        return {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
+        out = {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
+        if self.lora is None:
+            out = {k: v for k, v in out.items() if k not in _LORA}
+        elif self.lora_alpha is None:
+            out["lora_alpha"] = float(self.lora)
+        return out
 
     def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
@@ -219,6 +234,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     from recare_cli.io.provenance import provenance
     from recare_cli.models.sd import load_sd, native_square_resolution
     from recare_cli.models.weights import save_embeddings, save_unet_weights
+    from recare_cli.stages.erase import lora_settings
 
     opts.validate()
     ckpt = opts.checkpoint_path()
@@ -267,7 +283,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             settings = round_erase_settings(opts, latent_size)
             unet.train()
             eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
-                                  pipe.scheduler.config, generator)
+                                  pipe.scheduler.config, generator, lora=lora_settings(opts))
             erasing = f"round {r + 1}/{opts.rounds}: erasing '{concept}'"
             with console.progress(erasing, opts.erase_iterations) as advance:
                 for i in range(opts.erase_iterations):
