@@ -305,3 +305,16 @@ def test_invert_rounds_erase_with_lora(tiny_sd_dir: Path, target_images: Path, t
     base = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet").state_dict()
     assert all(k.endswith(".weight") and "attn2" not in k for k in round0)
     assert any(not torch.equal(v, base[k]) for k, v in round0.items())
+
+
+def test_export_merges_a_lora_file(tiny_sd_dir: Path, lora_outputs: dict[str, Path], tmp_path: Path) -> None:
+    """recare export --weights takes the LoRA file: the checkpoint equals the one exported from --merge's file."""
+    written = {}
+    for kind, path in lora_outputs.items():
+        out = tmp_path / f"{kind}.safetensors"
+        res = invoke(["export", "--model", str(tiny_sd_dir), "--weights", str(path), "-o", str(out), "-q"])
+        assert res.code == 0, res.stderr
+        written[kind], _ = _tensors(out)
+    assert written["lora"].keys() == written["merged"].keys()
+    for key, value in written["merged"].items():
+        torch.testing.assert_close(written["lora"][key], value, rtol=0, atol=1e-6)

@@ -200,12 +200,13 @@ def check_input_files(opts: SampleOptions) -> None:
     from recare_cli.models.weights import (
         CHECKPOINT_FORMAT,
         EMBEDDINGS_FORMAT,
+        LORA_FORMAT,
         WEIGHTS_FORMAT,
         check_format,
         read_metadata,
     )
 
-    takes = {WEIGHTS_FORMAT: "--weights", EMBEDDINGS_FORMAT: "--embeddings",
+    takes = {WEIGHTS_FORMAT: "--weights", LORA_FORMAT: "--weights", EMBEDDINGS_FORMAT: "--embeddings",
              CHECKPOINT_FORMAT: "recare erase --resume to finish that run, then give its output to --weights"}
     for paths, wanted in ((opts.weights, WEIGHTS_FORMAT), (opts.embeddings, EMBEDDINGS_FORMAT)):
         for path in paths:
