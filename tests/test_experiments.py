@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from experiments import care_judge, careset_grid, demo_sweep, second_judge
 from recare_cli.stages.erase import EraseOptions
@@ -103,6 +104,35 @@ def test_demo_sweep_fields_left_out_take_erases_defaults_and_esd_takes_no_carese
     assert (opts.timesteps, opts.lr_schedule, opts.xt_batch) == (defaults.timesteps, defaults.lr_schedule,
                                                                  defaults.xt_batch)
     assert (opts.num_adversarial, opts.guidance) == (defaults.num_adversarial, defaults.guidance) == (2, 2.0)
+    assert opts.lora is None
+
+
+def test_demo_sweep_lora_field_is_erases_lora_rank() -> None:
+    assert _options("recare:xattn:5e-5:100:1:uniform:constant:1:1:2:4").lora == 4
+    assert _options("recare:xattn:5e-5:100:1:uniform:constant:1:1:2:-").lora is None
+
+
+def test_demo_sweep_reuses_a_cached_erasure_only_when_made_alike(tmp_path: Path) -> None:
+    import torch
+
+    from recare_cli.io.digest import sha256_file
+    from recare_cli.models.weights import save_unet_weights
+
+    (tmp_path / "care.json").write_text("{}")
+    (tmp_path / "adv.safetensors").write_bytes(b"token")
+    opts = demo_sweep.erase_options("recare:xattn:5e-5:100:1:uniform:constant:1:1:2:4", 43, target="a tench",
+                                    source=tmp_path, sd="sd", ddim_steps=20, output=tmp_path / "w.safetensors")
+
+    def cached(**hyper: object) -> Path:
+        path = tmp_path / "w.safetensors"
+        save_unet_weights(path, {"w": torch.zeros(1)}, base_unet="x", careset_sha256=sha256_file(opts.care),
+                          adversarial={"sha256": sha256_file(opts.adversarial)},
+                          hyperparameters={**opts.hyperparameters(32), **hyper})
+        return path
+
+    demo_sweep._check_cached(cached(), opts)  # made alike: reused
+    with pytest.raises(SystemExit, match="another lora"):
+        demo_sweep._check_cached(cached(lora=8), opts)
 
 
 # second_judge: the listing of every model and erase seed of a demo folder
