@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import care_judge, careset_grid, demo_sweep, second_judge
+from experiments import care_judge, careset_grid, demo_sweep, lora_toy, second_judge
 from recare_cli.stages.erase import EraseOptions
 from recare_cli.toyworld import world
 from recare_cli.toyworld.tasks import STOP_WORDS, TASKS
@@ -133,6 +133,23 @@ def test_demo_sweep_reuses_a_cached_erasure_only_when_made_alike(tmp_path: Path)
     demo_sweep._check_cached(cached(), opts)  # made alike: reused
     with pytest.raises(SystemExit, match="another lora"):
         demo_sweep._check_cached(cached(lora=8), opts)
+
+
+# lora_toy: the demo's ReCARE erasure with adapters
+
+
+def test_lora_toy_trains_the_demos_recare_erasure_with_adapters(tmp_path: Path) -> None:
+    from recare_cli.demo.settings import DemoSettings, erase_lr, retain_weight
+
+    task, s = TASKS["nudity"], DemoSettings()
+    opts = lora_toy.lora_options(task, s, Path("demo/nudity"), "sd", 4, erase_lr(task, s), retain_weight(task, s),
+                                 tmp_path / "r4")
+    opts.validate()
+    assert (opts.method, opts.target, opts.lora, opts.lr) == ("recare", task.target, 4, task.erase_lr)
+    assert (opts.train_method, opts.iterations, opts.ddim_steps, opts.seed) == (s.train_method, s.erase_iterations,
+                                                                               s.ddim_steps, s.seed)
+    assert (opts.retain_weight, opts.resolution) == (task.retain_weight, 32)
+    assert opts.care == str(Path("demo/nudity/care.json")) and opts.output == str(tmp_path / "r4/weights.safetensors")
 
 
 # second_judge: the listing of every model and erase seed of a demo folder

@@ -106,7 +106,7 @@ class EraseOptions:
         """A copy with every option left None set to the method's own default (METHOD_DEFAULTS)."""
         table: dict[str, Any] = dict(METHOD_DEFAULTS.get(self.method, {}))
         if self.lora is not None:
-            table["lora_alpha"] = float(self.lora)  # scale 1, as diffusers' LoRA training
+            table["lora_alpha"] = lora_alpha(self)
         return replace(self, **{k: v for k, v in table.items() if getattr(self, k) is None})
 
     def validate(self) -> None:
@@ -195,14 +195,19 @@ def validate_lora(opts: Any, command: str) -> None:
         raise UsageError(f"--lora-alpha: must be above 0 (got {opts.lora_alpha:g})")
 
 
+def lora_alpha(opts: Any) -> float | None:
+    """``--lora-alpha`` as used: left unset, the rank (scale alpha / rank = 1, as diffusers' LoRA training)."""
+    if opts.lora is None:
+        return None
+    return float(opts.lora_alpha if opts.lora_alpha is not None else opts.lora)
+
+
 def lora_settings(opts: Any) -> Any:
     """The trainer's LoRA settings (``core.lora.LoraSettings``), or None without ``--lora``."""
     from recare_cli.core.lora import LoraSettings
 
-    if opts.lora is None:
-        return None
-    alpha = opts.lora_alpha if opts.lora_alpha is not None else float(opts.lora)
-    return LoraSettings(rank=opts.lora, alpha=alpha, seed=opts.seed)
+    alpha = lora_alpha(opts)
+    return None if alpha is None else LoraSettings(rank=opts.lora, alpha=alpha, seed=opts.seed)
 
 
 def erase_settings(opts: EraseOptions, latent_size: int) -> Any:

@@ -107,11 +107,11 @@ class InvertOptions:
     def hyperparameters(self, resolution: int) -> dict[str, Any]:
         """What shapes the learned tokens (the image size as resolved for the loaded model)."""
         out = {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
+        from recare_cli.stages.erase import lora_alpha
+
         if self.lora is None:
-            out = {k: v for k, v in out.items() if k not in _LORA}
-        elif self.lora_alpha is None:
-            out["lora_alpha"] = float(self.lora)
-        return out
+            return {k: v for k, v in out.items() if k not in _LORA}
+        return {**out, "lora_alpha": lora_alpha(self)}
 
     def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
