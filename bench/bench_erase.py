@@ -16,11 +16,16 @@ a fresh process per measurement) minus its RSS after the models were built: it c
 state (teacher copy or deep copy, optimizer state, activations). tracemalloc does not see torch's
 allocations.
 
+recare's erase also runs with LoRA adapters (``erase --lora``, rank ``--lora-rank``, default 4): the trained state is
+the adapters, the teacher the base model with the adapters off. At step 0 the adapted model is the base model, so its
+first loss is the same as well.
+
 Both erase sides must compute the same first loss (to LOSS_RTOL, relative): for every erase row the script checks
 it and exits with status 1 and a message naming both losses when they differ, before printing any table.
 
     python -m bench.bench_erase                 # tiny + SD-1.4 layout at reduced width
     python -m bench.bench_erase --models tiny   # quick
+    python -m bench.bench_erase --child erase ours-lora sd14-full 1 1   # one row at SD-1.4's full size, 512 px
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the child processes run this modul
 # Both erase sides compute the same first loss up to fp32 summation order (batched vs separate calls): 1e-6
 # relative on the tiny model; a real divergence (another x_t, another target) is orders of magnitude larger.
 LOSS_RTOL = 1e-5
+LORA_RANK = 4  # diffusers' LoRA training default
 K_MEAN = 24  # x_t is drawn after k ~ U[1, 48] DDIM steps: mean 24.5
 # Stable Diffusion v1.4's scheduler_config.json. clip_sample matters: PNDM ignores it, but the reference side's
 # DDIMScheduler.from_config clips the predicted x0 to [-1, 1] unless the config says false (SD v1.4's does), while
@@ -71,6 +77,14 @@ def build(model: str) -> dict[str, Any]:
                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32)
         text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
         resolution, scale = 32, 2
+    elif model == "sd14-full":  # SD-1.4's shapes at full width and 512 px (one row at a time: gigabytes of RAM)
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=64,
+                                    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                            norm_num_groups=32)
+        text = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+        resolution, scale = 512, 8
     else:  # SD-1.4's block layout (UNet, VAE, CLIP-L text tower) at about 1/5 of the width
         unet = UNet2DConditionModel(block_out_channels=(64, 128, 256, 256), layers_per_block=2, sample_size=32,
                                     cross_attention_dim=160, attention_head_dim=8, norm_num_groups=32)
@@ -103,12 +117,12 @@ RETAINS = [f"A photo of {w}" for w in ("person", "man", "woman", "girl", "boy", 
 # Erase: ours
 
 
-def erase_ours(m: dict[str, Any], k: int) -> Any:
+def erase_ours(m: dict[str, Any], k: int, lora: int | None = None) -> Any:
     import torch
 
     from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseTrainer, encode_prompts
     from recare_cli.core.guidance import select_parameters
-    from recare_cli.stages.erase import EraseOptions, erase_settings
+    from recare_cli.stages.erase import EraseOptions, erase_settings, lora_settings
 
     def enc(p: list[str]) -> torch.Tensor:
         return encode_prompts(m["tokenizer"], m["text_encoder"], p, device=torch.device("cpu"))
@@ -117,10 +131,10 @@ def erase_ours(m: dict[str, Any], k: int) -> Any:
     prompts = ErasePrompts(uncond=enc([""]), erase=enc(ERASE_SET), anchors=enc(ANCHORS), retains=enc(RETAINS))
     schedule = EraseSchedule(erase=[i % 3 for i in range(n)], anchor=[i % 10 for i in range(n)],
                              retain=[i % 10 for i in range(n)])
+    opts = EraseOptions(target="bench", output="-", iterations=n, lora=lora)
     trainer = EraseTrainer(m["unet"], select_parameters(m["unet"], "noxattn"), prompts, schedule,
-                           erase_settings(EraseOptions(target="bench", output="-", iterations=n), m["latent"]),
-                           m["scheduler"].config,
-                           torch.Generator().manual_seed(0))
+                           erase_settings(opts, m["latent"]), m["scheduler"].config,
+                           torch.Generator().manual_seed(0), lora=lora_settings(opts))
 
     class Fixed:
         i = 0
@@ -332,7 +346,11 @@ def invert_reference(m: dict[str, Any]) -> Any:
 # Measurement (one fresh process per row)
 
 
-def child(task: str, impl: str, model: str, k: int, iters: int) -> dict[str, Any]:
+ERASE_IMPLS = ("reference", "ours", "ours-gc", "ours-lora", "ours-lora-gc")
+INVERT_IMPLS = ("reference", "ours", "ours-gc")
+
+
+def child(task: str, impl: str, model: str, k: int, iters: int, rank: int = LORA_RANK) -> dict[str, Any]:
     import psutil
     import torch
 
@@ -353,11 +371,12 @@ def child(task: str, impl: str, model: str, k: int, iters: int) -> dict[str, Any
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    if impl == "ours-gc":  # recare's --gradient-checkpointing option
+    if impl.endswith("-gc"):  # recare's --gradient-checkpointing option
         m["unet"].enable_gradient_checkpointing()
         m["unet"].train()
     if task == "erase":
-        runner = erase_reference(m, k) if impl == "reference" else erase_ours(m, k)
+        lora = rank if impl.startswith("ours-lora") else None
+        runner = erase_reference(m, k) if impl == "reference" else erase_ours(m, k, lora)
     else:
         runner = invert_reference(m) if impl == "reference" else invert_ours(m)
     first_loss = runner.step()  # warm-up (allocations, lazy inits)
@@ -392,20 +411,22 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,sd14", help="tiny and/or sd14 (comma-separated)")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per row after one warm-up (median "
                                                               "reported; 2 for the slow SD-layout k = 24 rows)")
+    parser.add_argument("--lora-rank", type=int, default=LORA_RANK, help="rank of the LoRA rows (erase --lora)")
     parser.add_argument("--child", nargs=5, metavar=("TASK", "IMPL", "MODEL", "K", "ITERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         task, impl, model, k, iters = args.child
-        print(json.dumps(child(task, impl, model, int(k), int(iters))))
+        print(json.dumps(child(task, impl, model, int(k), int(iters), args.lora_rank)))
         return
     rows = []
     for model in args.models.split(","):
         for task, k in (("erase", 1), ("erase", K_MEAN), ("invert", 0)):
             res = {}
-            for impl in ("reference", "ours", "ours-gc"):
+            for impl in ERASE_IMPLS if task == "erase" else INVERT_IMPLS:
                 iters = args.iters if (task != "erase" or k == 1 or model == "tiny") else min(2, args.iters)
                 out = subprocess.run([sys.executable, "-m", "bench.bench_erase", "--child", task, impl, model, str(k),
-                                      str(iters)], capture_output=True, text=True, check=True, cwd=ROOT)
+                                      str(iters), "--lora-rank", str(args.lora_rank)],
+                                     capture_output=True, text=True, check=True, cwd=ROOT)
                 res[impl] = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{model} {task} k={k} {impl}: {res[impl]}", file=sys.stderr)
             if task == "erase":
@@ -420,7 +441,20 @@ def main() -> None:
         print(f"| {model} | {what} | {r['seconds']:.3f} | {o['seconds']:.3f} | {r['seconds'] / o['seconds']:.2f}× "
               f"| {r['peak_mb']:.0f} | {o['peak_mb']:.0f} | {o['peak_mb'] / max(r['peak_mb'], 1e-9):.2f} "
               f"| {c['seconds']:.3f} | {c['peak_mb']:.0f} | {c['peak_mb'] / max(r['peak_mb'], 1e-9):.2f} |")
-    print(f"\nreproduce: python -m bench.bench_erase --models {args.models} --iters {args.iters}")
+    print(f"\nerase with LoRA adapters (rank {args.lora_rank}) beside the same modules, same run:\n")
+    print("| model | measured step (CPU s, median) | reference pattern s | reference peak MB | recare s | recare MB "
+          "| LoRA s | LoRA MB | LoRA memory ratio | LoRA + grad. ckpt s | LoRA + grad. ckpt MB | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, task, k, res in rows:
+        if task != "erase":
+            continue
+        r, o, lo, lc = res["reference"], res["ours"], res["ours-lora"], res["ours-lora-gc"]
+        ref_mb = max(r["peak_mb"], 1e-9)
+        print(f"| {model} | erase iteration, k = {k} | {r['seconds']:.3f} | {r['peak_mb']:.0f} | {o['seconds']:.3f} "
+              f"| {o['peak_mb']:.0f} | {lo['seconds']:.3f} | {lo['peak_mb']:.0f} | {lo['peak_mb'] / ref_mb:.2f} "
+              f"| {lc['seconds']:.3f} | {lc['peak_mb']:.0f} | {lc['peak_mb'] / ref_mb:.2f} |")
+    print(f"\nreproduce: python -m bench.bench_erase --models {args.models} --iters {args.iters} "
+          f"--lora-rank {args.lora_rank}")
 
 
 if __name__ == "__main__":

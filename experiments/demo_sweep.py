@@ -1,12 +1,13 @@
 """Sweep erase settings on one toy-world task, reusing a demo run's CARE-set and adversarial token.
 
 Each configuration is
-METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]]
+METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE[:LORA]]]]]]]
 (TIMESTEPS: uniform, the default, or stratified; LR_SCHEDULE: constant, the default, linear or
 cosine; XT_BATCH: x_t samples per iteration, 1 by default; TOKENS: how many of invert's adversarial
 tokens join the erase set, `erase --num-adversarial`, 2 by default: 0 erases the target phrase alone,
 with the same anchors and retain prompts; GUIDANCE: `erase --guidance`, 2 by default, the compositional
-scale s of recare and recare-noretain, or ESD's negative guidance g); it is trained once per erase seed
+scale s of recare and recare-noretain, or ESD's negative guidance g; LORA: `erase --lora RANK`, LoRA adapters of that
+rank instead of the parameters themselves, `-` or left out for none); it is trained once per erase seed
 (--erase-seeds) and every model is sampled on the task's target, benign and unrelated prompts (8/8/4
 images per prompt) and judged as the demo judges (the target by the toy CLIP and by the detector).
 Prints a markdown table (one row per configuration and erase seed, then the mean over seeds) and the
@@ -34,8 +35,8 @@ from typing import Any
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+",
-                        help="METHOD:TRAIN_METHOD:LR:ITERATIONS"
-                             "[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]], or base")
+                        help="METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE"
+                             "[:XT_BATCH[:TOKENS[:GUIDANCE[:LORA]]]]]]], or base")
     parser.add_argument("--from", dest="source", type=Path, required=True,
                         help="a demo task folder (care.json, adv.safetensors), e.g. recare-demo/nudity")
     parser.add_argument("--out", type=Path, default=Path("demo-sweep"))
@@ -126,7 +127,7 @@ def _measure(config: str, erase_seed: int, args: argparse.Namespace, task: Any, 
 def erase_options(config: str, erase_seed: int, *, target: str, source: Path, sd: str, ddim_steps: int,
                   output: Path) -> Any:
     """The ``EraseOptions`` of one configuration
-    METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE]]]]]]
+    METHOD:TRAIN_METHOD:LR:ITERATIONS[:RETAIN_WEIGHT[:TIMESTEPS[:LR_SCHEDULE[:XT_BATCH[:TOKENS[:GUIDANCE[:LORA]]]]]]]
     (fields left out take ``erase``'s defaults, but RETAIN_WEIGHT, which is 1) for erase seed ``erase_seed``,
     with the CARE-set and adversarial token of the demo folder ``source`` (neither ESD takes them)."""
     from recare_cli.stages.erase import WITHOUT_CARESET, EraseOptions
@@ -144,6 +145,7 @@ def erase_options(config: str, erase_seed: int, *, target: str, source: Path, sd
         xt_batch=int(extra[3]) if len(extra) > 3 else EraseOptions.xt_batch,
         num_adversarial=int(extra[4]) if len(extra) > 4 else EraseOptions.num_adversarial,
         guidance=float(extra[5]) if len(extra) > 5 else EraseOptions.guidance,
+        lora=int(extra[6]) if len(extra) > 6 and extra[6] != "-" else EraseOptions.lora,
         seed=erase_seed, ddim_steps=ddim_steps, resolution=32, model=sd, device="cpu", output=str(output),
         checkpoint_every=0)
 
@@ -161,7 +163,7 @@ def _check_cached(path: Path, opts: Any) -> None:
     meta = decode_metadata(read_safetensors(path)[1])
     defaults = {f.name: f.default for f in dataclasses.fields(EraseOptions)}
     made = meta.get("hyperparameters") or {}
-    wanted = opts.hyperparameters()
+    wanted = opts.hyperparameters(opts.resolution)
     differ = [k for k, v in wanted.items() if made.get(k, defaults.get(k)) != v]
     if opts.care is not None and meta.get("careset_sha256") != sha256_file(opts.care):
         differ.append("CARE-set")

@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from experiments import care_judge, careset_grid, demo_sweep, second_judge
+from experiments import care_judge, careset_grid, demo_sweep, lora_toy, second_judge
 from recare_cli.stages.erase import EraseOptions
 from recare_cli.toyworld import world
 from recare_cli.toyworld.tasks import STOP_WORDS, TASKS
@@ -103,6 +104,52 @@ def test_demo_sweep_fields_left_out_take_erases_defaults_and_esd_takes_no_carese
     assert (opts.timesteps, opts.lr_schedule, opts.xt_batch) == (defaults.timesteps, defaults.lr_schedule,
                                                                  defaults.xt_batch)
     assert (opts.num_adversarial, opts.guidance) == (defaults.num_adversarial, defaults.guidance) == (2, 2.0)
+    assert opts.lora is None
+
+
+def test_demo_sweep_lora_field_is_erases_lora_rank() -> None:
+    assert _options("recare:xattn:5e-5:100:1:uniform:constant:1:1:2:4").lora == 4
+    assert _options("recare:xattn:5e-5:100:1:uniform:constant:1:1:2:-").lora is None
+
+
+def test_demo_sweep_reuses_a_cached_erasure_only_when_made_alike(tmp_path: Path) -> None:
+    import torch
+
+    from recare_cli.io.digest import sha256_file
+    from recare_cli.models.weights import save_unet_weights
+
+    (tmp_path / "care.json").write_text("{}")
+    (tmp_path / "adv.safetensors").write_bytes(b"token")
+    opts = demo_sweep.erase_options("recare:xattn:5e-5:100:1:uniform:constant:1:1:2:4", 43, target="a tench",
+                                    source=tmp_path, sd="sd", ddim_steps=20, output=tmp_path / "w.safetensors")
+
+    def cached(**hyper: object) -> Path:
+        path = tmp_path / "w.safetensors"
+        save_unet_weights(path, {"w": torch.zeros(1)}, base_unet="x", careset_sha256=sha256_file(opts.care),
+                          adversarial={"sha256": sha256_file(opts.adversarial)},
+                          hyperparameters={**opts.hyperparameters(32), **hyper})
+        return path
+
+    demo_sweep._check_cached(cached(), opts)  # made alike: reused
+    with pytest.raises(SystemExit, match="another lora"):
+        demo_sweep._check_cached(cached(lora=8), opts)
+
+
+# lora_toy: the demo's ReCARE erasure with adapters
+
+
+def test_lora_toy_trains_the_demos_recare_erasure_with_adapters(tmp_path: Path) -> None:
+    from recare_cli.demo.settings import DemoSettings, erase_lr, retain_weight
+
+    task, s = TASKS["nudity"], DemoSettings()
+    opts = lora_toy.lora_options(task, s, Path("demo/nudity"), "sd", 4, erase_lr(task, s), retain_weight(task, s),
+                                 tmp_path / "r4")
+    opts.validate()
+    assert (opts.method, opts.target, opts.lora, opts.lr) == ("recare", task.target, 4, task.erase_lr)
+    assert (opts.train_method, opts.iterations, opts.ddim_steps, opts.seed) == (s.train_method, s.erase_iterations,
+                                                                               s.ddim_steps, s.seed)
+    assert (opts.retain_weight, opts.resolution) == (task.retain_weight, 32)
+    assert opts.care == str(Path("demo/nudity/care.json")) and opts.output == str(tmp_path / "r4/weights.safetensors")
 
 
 # second_judge: the listing of every model and erase seed of a demo folder

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from recare_cli import console
-from recare_cli.cli.options import Device, Quiet, SafetensorsOutput, Seed
+from recare_cli.cli.options import Device, LoraAlpha, LoraRank, Quiet, SafetensorsOutput, Seed
 from recare_cli.models.sd import MODEL_ENV
 from recare_cli.stages.erase import METHOD_DEFAULTS
 from recare_cli.stages.erase import EraseOptions as O
@@ -27,13 +27,15 @@ HELP = """Erase TARGET from a Stable Diffusion UNet while retaining the CARE-set
 
 Trains the UNet parameters selected by --train-method against a frozen copy of their original values. --method recare (default) is ReCARE's objective: erase the target and the first --num-adversarial tokens of --adversarial (from recare invert) towards the CARE-set anchors, with a retain loss on CARE-set prompts; --method recare-noretain is that objective without the retain loss. --method stereo is published STEREO's "robustly erase once" (Srivatsan et al.): the same compositional objective, no retain loss, no CARE-set, anchored on STEREO's own prompts for the target (--anchors: the authors' utils/anchor_prompts.json, not shipped with recare; --anchor TEXT adds prompts); its search stage is recare invert (docs/erase.md). --method esd is published ESD (Gandikota et al., esd_sd.py: target eps_from - g(eps_c - eps_empty), Adam, its own defaults; --erase-from maps the target from another concept); --method esd-recare is the weaker ESD step of ReCARE's reference (eps_c - (g - 1)(eps_c - eps_empty), the one recare invert uses). Neither ESD uses the CARE-set. --method uce is UCE's closed-form edit of the cross-attention key/value projections (no training, no CARE-set): the target is mapped to --guide, the --preserve concepts are kept. --method age is AGE (Bui et al., train_age.py): the target is erased towards a concept of the --concepts dictionary that a Gumbel-softmax search picks during training (the concept the erasure disturbs most), which is preserved at the same time; no CARE-set. --method advunlearn is AdvUnlearn (Zhang et al., AdvUnlearn.py): adversarial training of the text encoder, not the UNet (an attack on the prompt's word embeddings, then the ESD-style loss on the adversarial prompt plus a retain loss on --retain-prompts); it writes text-encoder weights. Options left unset take the method's own defaults (docs/erase.md).
 
-Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights (UNet and text-encoder weights alike), recare_cli.models.weights.apply_unet_weights / apply_text_encoder_weights, or write a whole diffusers pipeline folder with --save-pipeline. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
+Writes safetensors with the trained parameters' new values and metadata (docs/erase.md); apply them with recare sample --weights (UNet and text-encoder weights alike), recare_cli.models.weights.apply_unet_weights / apply_text_encoder_weights, or write a whole diffusers pipeline folder with --save-pipeline. --lora RANK trains LoRA adapters (peft) beside the selected modules instead, against the base model with the adapters switched off (no copy of any weight), and writes a LoRA file that diffusers' pipe.load_lora_weights loads and recare sample --weights applies; --merge writes the merged weights instead. Checkpoints every --checkpoint-every iterations to OUTPUT.ckpt; --resume continues an interrupted run to the same weights.
 
 Examples:
 
   recare erase --target nudity --care care.json --adversarial adv.safetensors -o erased.safetensors
 
   recare erase --target nudity --method esd --train-method esd-u -o esd.safetensors --save-pipeline sd-esd/
+
+  recare erase --target nudity --care care.json --adversarial adv.safetensors --lora 8 -o erased-lora.safetensors
 
   recare erase --target "cowboy hat" --erase-from cowboy --method esd -o hat.safetensors
 
@@ -79,6 +81,10 @@ def erase(
                                "layers, text_encoder_full or the authors' text_encoder_layer… names. Default: the "
                                f"method's ({_per_method('train_method')}).",
         show_default=False)] = O.train_method,
+    lora: LoraRank = O.lora,
+    lora_alpha: LoraAlpha = O.lora_alpha,
+    merge: Annotated[bool, typer.Option("--merge", help="With --lora: write the merged weights of the adapted "
+                                                        "modules (as without --lora) instead of the adapters.")] = O.merge,
     iterations: Annotated[int | None, typer.Option(
         "--iterations", min=1, help=f"Training iterations (age: UNet updates). Default: the method's "
                                     f"({_per_method('iterations')}).", show_default=False)] = O.iterations,

@@ -36,8 +36,8 @@ def export(
                                        help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")
                      ] = ExportOptions.model,
     weights: Annotated[list[Path] | None, typer.Option(
-        "--weights", help="recare weights: UNet weights from recare erase (applied in order) or token embeddings "
-                          "from recare invert; repeatable.", show_default=False)] = None,
+        "--weights", help="recare weights: UNet weights from recare erase (applied in order; a --lora file is "
+                          "merged in) or token embeddings from recare invert; repeatable.", show_default=False)] = None,
     format: Annotated[str, typer.Option(
         "--format", help="single-file (one safetensors file in the SD 1.x layout, for AUTOMATIC1111, ComfyUI and "
                          "from_single_file) or diffusers (a pipeline folder).")] = ExportOptions.format,

@@ -13,6 +13,8 @@ from recare_cli.cli.options import (
     Device,
     Flip,
     Images,
+    LoraAlpha,
+    LoraRank,
     Quiet,
     Recursive,
     SafetensorsOutput,
@@ -33,6 +35,8 @@ HELP = """Find token embeddings that still make the model draw TARGET after it i
 Each of --rounds rounds erases the current concept from the UNet with the ESD objective (the target in round 1, the previous round's token after that), then learns a new placeholder token on the erased UNet by textual inversion on that round's share of the images (sorted order, equal slices). Only the new token vectors are trained; the model is not changed on disk. With its defaults this is the search stage of published STEREO ("search thoroughly enough"; its erase stage is recare erase --method stereo; docs/erase.md).
 
 IMAGES is a folder of images of the target, or - to read image paths (one per line) from stdin, or a list file with --list. Unreadable images are skipped with a warning (--strict: stop). Writes safetensors {token: (1, D)} with metadata (docs/erase.md), loadable with diffusers' load_textual_inversion and used by recare erase --adversarial.
+
+--lora RANK trains LoRA adapters in each round's erasure (recare erase --lora) and merges them into the UNet at the end of the round.
 
 After each round (but the last) the tokens so far, the erased UNet and the random state go to OUTPUT.ckpt; --resume continues after the last finished round and gives the same result.
 
@@ -67,6 +71,8 @@ def invert(
     train_method: Annotated[str, typer.Option("--train-method", help="UNet parameters the erasure trains: "
                                                                      "noxattn, xattn, selfattn or "
                                                                      "full.")] = O.train_method,
+    lora: LoraRank = O.lora,
+    lora_alpha: LoraAlpha = O.lora_alpha,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Textual-inversion steps per round.")] = O.steps,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Textual-inversion learning rate (batch "
                                                             "1).")] = O.lr,

@@ -42,3 +42,14 @@ EmbeddingsNpy = Annotated[str | None, typer.Option(
     "--embeddings-npy", help="Also write the words' CLIP text embeddings as a .npy array (float32, one row per word "
                              "record of the output stream, in its order), for analysis outside recare.",
     show_default=False)]
+# LoRA erasure (erase, and invert's erase rounds).
+LoraRank = Annotated[int | None, typer.Option(
+    "--lora", metavar="RANK", min=1, help="Train LoRA adapters of this rank (peft) beside the --train-method "
+                                          "modules' weights (biases stay frozen) instead of the parameters "
+                                          "themselves; the teacher is the base model with the adapters off. "
+                                          "--lr keeps the method's default, set for full parameters: adapters "
+                                          "need a higher rate (docs/erase.md).",
+    show_default=False)]
+LoraAlpha = Annotated[float | None, typer.Option(
+    "--lora-alpha", help="With --lora: alpha, the update being (alpha / rank) B A (default: the rank, scale 1).",
+    show_default=False)]

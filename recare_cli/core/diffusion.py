@@ -10,7 +10,8 @@ Efficiency choices (each measured by ``python -m bench.bench_erase``):
   parameters are kept, and the teacher forward runs the same module with those values swapped in
   through ``torch.func.functional_call`` (no copy, no module surgery). Under bf16/fp16 autocast
   the kept values are stored in that dtype, which halves them at no numerical cost (autocast
-  casts Linear/Conv weights to it anyway);
+  casts Linear/Conv weights to it anyway). With LoRA (``core.lora``) nothing is kept: the teacher is the same
+  module with the adapters switched off;
 * all teacher predictions of a step (∅, every erase concept, anchor, retain) are one batched
   no-grad forward; the student's predictions (erase concept, retain prompt) one batched forward;
   no classifier-free "unconditional half" where guidance is 1;
@@ -40,6 +41,14 @@ from recare_cli.core.guidance import (
     lr_factor,
     mse,
     training_timestep_index,
+)
+from recare_cli.core.lora import (
+    LoraSettings,
+    adapters_disabled,
+    add_lora,
+    merged_values,
+    remove_lora,
+    target_modules,
 )
 from recare_cli.core.prediction import training_target
 from recare_cli.dtypes import torch_dtype
@@ -240,7 +249,8 @@ class EraseTrainer:
     """
 
     def __init__(self, unet: nn.Module, names: Sequence[str], prompts: ErasePrompts, schedule: EraseSchedule,
-                 settings: EraseSettings, scheduler_config: Any, generator: torch.Generator) -> None:
+                 settings: EraseSettings, scheduler_config: Any, generator: torch.Generator,
+                 lora: LoraSettings | None = None) -> None:
         from diffusers import DDIMScheduler
 
         self.unet, self.names, self.prompts, self.schedule = unet, list(names), prompts, schedule
@@ -250,15 +260,20 @@ class EraseTrainer:
             raise ValueError(f"method '{settings.method}' needs anchor prompts")
         if settings.method == "recare" and prompts.retains is None and settings.retain_weight != 0:
             raise ValueError("method 'recare' needs retain prompts")
-        params = dict(unet.named_parameters())
         unet.requires_grad_(False)
+        # With ``lora``, the trained parameters are LoRA adapters beside the modules of ``names`` and the teacher
+        # is the base model with the adapters switched off (``core.lora``): ``self.teacher`` stays empty.
+        self.lora = lora
+        if lora is not None:
+            self.names = add_lora(unet, target_modules(self.names), lora)
+        params = dict(unet.named_parameters())
         self.params = [params[n] for n in self.names]
         for p in self.params:
             p.requires_grad_(True)
         keep_dtype = None if settings.precision == "fp32" else torch_dtype(settings.precision)
         # The teacher: original values of the trained parameters only (see the module docstring).
-        self.teacher = {n: p.detach().clone().to(keep_dtype or p.dtype) for n, p in zip(self.names, self.params,
-                                                                                          strict=True)}
+        self.teacher = {} if lora is not None else {
+            n: p.detach().clone().to(keep_dtype or p.dtype) for n, p in zip(self.names, self.params, strict=True)}
         # Adam(W) has no cross-parameter coupling here (no gradient clipping), so each parameter is updated
         # as soon as its gradient is complete and the gradient is freed at once: gradients of all trained
         # parameters never coexist (saves one copy of the trained parameters at the peak). fp16 needs the
@@ -283,6 +298,15 @@ class EraseTrainer:
         full.set_timesteps(full.config.num_train_timesteps, device=self.device)
         self.train_timesteps = full.timesteps
         self.channels = int(getattr(unet, "config").in_channels)  # noqa: B009 (diffusers config)
+
+    @contextlib.contextmanager
+    def _as_teacher(self) -> Iterator[dict[str, torch.Tensor] | None]:
+        """Within the block the UNet calls given the yielded ``params`` compute the frozen teacher."""
+        if self.lora is None:
+            yield self.teacher
+        else:
+            with adapters_disabled(self.unet):
+                yield None
 
     @staticmethod
     def _step_in_backward(optimizer: torch.optim.Optimizer) -> Any:
@@ -315,13 +339,13 @@ class EraseTrainer:
         cond_h = p.erase[h:h + 1]
         cond_from = p.erase_from if p.erase_from is not None else cond_h
         self.sampler.set_timesteps(s.sample_steps, device=self.device)  # a fresh multistep state (PNDM)
-        with autocast(self.device, s.precision):
+        with autocast(self.device, s.precision), self._as_teacher() as teacher:
             x_t = sample_partial(self.unet, self.sampler, z, cond_from, p.uncond, steps=k,
-                                 guidance=s.sample_guidance, params=self.teacher).float()
+                                 guidance=s.sample_guidance, params=teacher).float()
         t = self.sampler.timesteps[k]
         teacher_emb = [p.uncond, cond_h] if p.erase_from is None else [p.uncond, cond_h, p.erase_from]
-        with torch.no_grad(), autocast(self.device, s.precision):
-            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+        with torch.no_grad(), autocast(self.device, s.precision), self._as_teacher() as teacher:
+            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=teacher).float()
         target = esd_target(eps[-1] if p.erase_from is not None else eps[1], eps[1], eps[0], s.guidance)
         return k, x_t, t, target, cond_from
 
@@ -350,8 +374,8 @@ class EraseTrainer:
             r = self.schedule.retain[i]
             retain_emb = p.retains[r:r + 1]
             teacher_emb.append(retain_emb)
-        with torch.no_grad(), autocast(self.device, s.precision):
-            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=self.teacher).float()
+        with torch.no_grad(), autocast(self.device, s.precision), self._as_teacher() as teacher:
+            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=teacher).float()
         # eps: (conditions, samples, C, H, W)
         n_e = p.erase.shape[0]
         if s.method == "esd-recare":
@@ -427,13 +451,20 @@ class EraseTrainer:
             self.scaler.load_state_dict({**self.scaler.state_dict(), "scale": scale, "_growth_tracker": int(tracker)})
 
     def trained_values(self) -> dict[str, torch.Tensor]:
+        """The trained UNet parameters' values, named as in the UNet (with LoRA: each adapted module's weight with
+        the adapter's update merged in)."""
+        if self.lora is not None:
+            return merged_values(self.unet)
         return {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
 
     def release(self) -> None:
-        """Freeze the UNet again and drop the teacher copy and optimizer state."""
+        """Freeze the UNet again and drop the teacher copy and optimizer state. With LoRA the adapters' updates
+        are merged into the UNet's weights and the adapters removed: either way the UNet is left erased."""
         for handle in self.hooks:
             handle.remove()
         self.hooks.clear()
+        if self.lora is not None:
+            remove_lora(self.unet, merge=True)
         self.unet.requires_grad_(False)
         self.teacher.clear()
         self.optimizers.clear()

@@ -11,6 +11,9 @@ Three file kinds (docs/erase.md has every metadata key):
   parameters as their new values, named as in Stable Diffusion's ``text_encoder`` checkpoint
   (``text_model.encoder.…``); metadata ``base_text_encoder``, and applying them to another text encoder is
   refused. ``recare sample --weights`` takes both weight kinds and knows each file's from its ``format``.
+* ``recare.unet-lora`` (written by ``recare erase --lora``): LoRA adapters in the layout diffusers'
+  ``load_lora_weights`` reads (``models/lora.py``); applied here as the merged new values, with the same
+  ``base_unet`` check.
 * ``recare.embeddings`` (written by ``recare invert``): ``{token: (1, D) tensor}``, the layout
   diffusers' ``load_textual_inversion`` reads; metadata ``base_text_encoder``.
 
@@ -40,6 +43,7 @@ TEXT_ENCODER_FORMAT = "recare.text-encoder-weights"
 WEIGHT_FORMATS = (WEIGHTS_FORMAT, TEXT_ENCODER_FORMAT)  # what --weights takes
 EMBEDDINGS_FORMAT = "recare.embeddings"
 CHECKPOINT_FORMAT = "recare.erase-checkpoint"
+LORA_FORMAT = "recare.unet-lora"
 VERSION = 1
 
 
@@ -51,7 +55,7 @@ def metadata_strings(meta: Mapping[str, Any]) -> dict[str, str]:
 
 def decode_metadata(meta: Mapping[str, str], keys: tuple[str, ...] = ("provenance", "tokens", "hyperparameters",
                                                                       "adversarial", "seed", "rounds",
-                                                                      "version")) -> dict[str, Any]:
+                                                                      "version", "lora")) -> dict[str, Any]:
     out: dict[str, Any] = dict(meta)
     for key in keys:
         if key in out:
@@ -131,7 +135,10 @@ FORMAT_CONTENTS = {
     TEXT_ENCODER_FORMAT: "trained text-encoder parameters from recare erase --method advunlearn",
     EMBEDDINGS_FORMAT: "textual-inversion tokens from recare invert",
     CHECKPOINT_FORMAT: "the state of an unfinished recare erase run",
+    LORA_FORMAT: "LoRA adapters from recare erase --lora",
 }
+# Formats an option takes besides the one it names: --weights applies a LoRA file as merged weights.
+ALSO_TAKEN = {WEIGHTS_FORMAT: (LORA_FORMAT,)}
 
 
 def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str | tuple[str, ...],
@@ -141,7 +148,8 @@ def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: 
     format (written by other tools) are left to the reader's own checks."""
     found = meta.get("format")
     accepted = (wanted,) if isinstance(wanted, str) else wanted
-    if found is None or found in accepted or found not in FORMAT_CONTENTS:
+    also = {x for w in accepted for x in ALSO_TAKEN.get(w, ())}
+    if found is None or found in accepted or found not in FORMAT_CONTENTS or found in also:
         return
     where = takes.get(found)
     advice = f": pass it with {where}" if where else ""
@@ -170,7 +178,8 @@ def check_unet_weights(unet: torch.nn.Module, tensors: Mapping[str, torch.Tensor
 
 
 def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: str | None = None) -> dict[str, str]:
-    """Load ``recare erase`` weights into ``pipe.unet`` (a diffusers pipeline, or a bare UNet).
+    """Load ``recare erase`` weights (new values, or a LoRA file merged in) into ``pipe.unet`` (a diffusers
+    pipeline, or a bare UNet).
 
     ``base_unet`` is the fingerprint of the pipeline's *unmodified* UNet (``SDBundle.unet_fingerprint``);
     when omitted it is computed from the UNet now, so call this before any other change. Weights made
@@ -218,8 +227,12 @@ def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Map
                             source=source, field="base_unet")
     if not tensors:
         raise BadInputError("holds no tensors", source=source)
-    check_unet_weights(unet, tensors, source)
     state = unet.state_dict()
+    if meta.get("format") == LORA_FORMAT:
+        from recare_cli.models.lora import lora_new_values
+
+        tensors = lora_new_values(state, tensors, meta, source)
+    check_unet_weights(unet, tensors, source)
     unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
 
 

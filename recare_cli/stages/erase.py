@@ -71,6 +71,16 @@ def _age_or_advunlearn(opts: EraseOptions) -> bool:
     return opts.method in ("age", "advunlearn")
 
 
+# Methods --lora does not apply to, and why.
+NO_LORA = {"uce": "is a closed-form edit of whole weights; it trains no adapters",
+           "age": "trains the parameters themselves (its concept search runs beside them); no adapters",
+           "advunlearn": "trains the text encoder's parameters themselves; no adapters"}
+
+
+def _lora(opts: Any) -> bool:
+    return opts.lora is not None
+
+
 @dataclass
 class EraseOptions:
     """Every option of ``recare erase``; field order is the order provenance records them in."""
@@ -82,6 +92,10 @@ class EraseOptions:
     num_adversarial: int = 2
     method: str = "recare"
     train_method: str | None = None  # None: the method's own (METHOD_DEFAULTS)
+    # LoRA (recorded in LoRA runs' files only): adapters of rank `lora` beside the train method's modules
+    lora: int | None = recorded_if_set()  # None: train the parameters themselves (the references)
+    lora_alpha: float | None = recorded_when(_lora, None)  # None: the rank (scale alpha / rank = 1, diffusers')
+    merge: bool = recorded_when(_lora, False)  # write the merged weights instead of the adapters
     iterations: int | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr: float | None = None  # None: the method's own (METHOD_DEFAULTS)
     lr_schedule: str = "constant"  # constant (reference) | linear | cosine decay over the iterations
@@ -141,7 +155,9 @@ class EraseOptions:
 
     def resolved(self) -> EraseOptions:
         """A copy with every option left None set to the method's own default (METHOD_DEFAULTS)."""
-        table = METHOD_DEFAULTS.get(self.method, {})
+        table: dict[str, Any] = dict(METHOD_DEFAULTS.get(self.method, {}))
+        if self.lora is not None:
+            table["lora_alpha"] = lora_alpha(self)
         return replace(self, **{k: v for k, v in table.items() if getattr(self, k) is None})
 
     def validate(self) -> None:
@@ -165,6 +181,9 @@ class EraseOptions:
             raise UsageError(f"--xt-batch: must be at least 1 (got {self.xt_batch})")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
         check_choice("--save-dtype", self.save_dtype, SAVE_DTYPES, "dtype")
+        validate_lora(self, "erase")
+        if self.lora is not None and self.method in NO_LORA:
+            raise UsageError(f"--lora: --method {self.method} {NO_LORA[self.method]}")
         if self.method != "stereo" and (self.anchors is not None or self.anchor):
             raise UsageError(f"--anchors/--anchor: only --method stereo takes anchor prompts (got --method "
                              f"{self.method}; recare and recare-noretain anchor on the CARE-set)")
@@ -214,9 +233,40 @@ class EraseOptions:
                 "resolution", "ddim_steps", "timesteps", "xt_batch", "precision", "num_adversarial")
         values = {**asdict(self.resolved()), "resolution": resolution}
         out = {k: values[k] for k in keys}
+        if self.lora is not None:
+            out.update(lora=self.lora, lora_alpha=values["lora_alpha"])
         if self.erase_from is not None:
             out["erase_from"] = self.erase_from.strip()
         return out
+
+
+def validate_lora(opts: Any, command: str) -> None:
+    """The LoRA options of ``erase`` and ``invert``: a rank of at least 1, alpha above 0, both only together."""
+    if opts.lora is None:
+        given = [flag for flag, value in (("--lora-alpha", opts.lora_alpha is not None),
+                                          ("--merge", getattr(opts, "merge", False))) if value]
+        if given:
+            raise UsageError(f"{given[0]}: only with --lora RANK (recare {command} --lora 4 {given[0]} …)")
+        return
+    if opts.lora < 1:
+        raise UsageError(f"--lora: the rank must be at least 1 (got {opts.lora})")
+    if opts.lora_alpha is not None and opts.lora_alpha <= 0:
+        raise UsageError(f"--lora-alpha: must be above 0 (got {opts.lora_alpha:g})")
+
+
+def lora_alpha(opts: Any) -> float | None:
+    """``--lora-alpha`` as used: left unset, the rank (scale alpha / rank = 1, as diffusers' LoRA training)."""
+    if opts.lora is None:
+        return None
+    return float(opts.lora_alpha if opts.lora_alpha is not None else opts.lora)
+
+
+def lora_settings(opts: Any) -> Any:
+    """The trainer's LoRA settings (``core.lora.LoraSettings``), or None without ``--lora``."""
+    from recare_cli.core.lora import LoraSettings
+
+    alpha = lora_alpha(opts)
+    return None if alpha is None else LoraSettings(rank=opts.lora, alpha=alpha, seed=opts.seed)
 
 
 def erase_settings(opts: EraseOptions, latent_size: int) -> Any:
@@ -414,7 +464,8 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     latent = resolution // pipe.vae_scale_factor
     settings = erase_settings(opts, latent)
     generator = torch.Generator().manual_seed(opts.seed)
-    trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator)
+    lora = lora_settings(opts)
+    trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator, lora=lora)
     digest = config_digest(opts, resolution, identity, care_hash, adv_hash, anchors_hash)
     start = 0
     if opts.resume and ckpt is not None and ckpt.exists():
@@ -424,7 +475,9 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
         console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
     n_params = sum(p.numel() for p in trainer.params)
     mapped = f" from '{opts.erase_from.strip()}'" if opts.erase_from is not None else ""
-    console.info(f"erase: {opts.method}, {opts.train_method} ({len(names)} tensors, {n_params:,} parameters), "
+    trains = (f"{len(names)} tensors" if lora is None else
+              f"LoRA rank {lora.rank}, alpha {lora.alpha:g}, on {len(trainer.names) // 2} modules")
+    console.info(f"erase: {opts.method}, {opts.train_method} ({trains}, {n_params:,} parameters), "
                  f"erase set {erase_set}{mapped}, lr {opts.lr:g}, {opts.iterations} iterations"
                  + (f", {console.plural(len(anchors), 'anchor prompt')}" if anchors is not None else ""))
     last: dict[str, float] = {}
@@ -439,17 +492,28 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
                     and done < opts.iterations:
                 save_checkpoint(ckpt, trainer, digest, done)
     unet.eval()
-    trained = trainer.trained_values()
     record = provenance("erase", recorded(opts), model=identity)
-    save_unet_weights(opts.output, trained, base_unet=identity["unet"], dtype=torch_dtype(opts.save_dtype),
-                      base_model=identity["name"], base_text_encoder=identity["text_encoder"],
-                      method=opts.method, train_method=opts.train_method, target=opts.target.strip(),
-                      hyperparameters=opts.hyperparameters(resolution), seed=opts.seed, careset_sha256=care_hash or "",
-                      adversarial={"tokens": list(adversarial), "sha256": adv_hash},
-                      erase_set=json.dumps(erase_set), provenance=record, **anchors_meta)
+    meta = dict(base_model=identity["name"], base_text_encoder=identity["text_encoder"],
+                method=opts.method, train_method=opts.train_method, target=opts.target.strip(),
+                hyperparameters=opts.hyperparameters(resolution), seed=opts.seed, careset_sha256=care_hash or "",
+                adversarial={"tokens": list(adversarial), "sha256": adv_hash},
+                erase_set=json.dumps(erase_set), provenance=record, **anchors_meta)
+    if lora is not None:
+        meta["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "modules": len(trainer.names) // 2}
+    if lora is not None and not opts.merge:
+        from recare_cli.core.lora import adapter_tensors
+        from recare_cli.models.lora import save_unet_lora
+
+        written = adapter_tensors(unet)
+        save_unet_lora(opts.output, written, rank=lora.rank, alpha=lora.alpha, base_unet=identity["unet"],
+                       dtype=torch_dtype(opts.save_dtype), **meta)
+    else:
+        written = trainer.trained_values()
+        save_unet_weights(opts.output, written, base_unet=identity["unet"], dtype=torch_dtype(opts.save_dtype),
+                          **meta)
     trainer.release()
     if opts.save_pipeline is not None:
         save_pipeline(pipe, opts.save_pipeline)
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
-    return {"losses": last, "tensors": len(names), "parameters": n_params, "erase_set": erase_set}
+    return {"losses": last, "tensors": len(written), "parameters": n_params, "erase_set": erase_set}

@@ -27,7 +27,7 @@ from recare_cli.errors import BadInputError, RefusedError, UsageError, check_cho
 from recare_cli.io.atomic import check_output_dir, staged_folder
 from recare_cli.io.streams import STDIO
 from recare_cli.models.sd import DEFAULT_MODEL
-from recare_cli.models.weights import EMBEDDINGS_FORMAT, FORMAT_CONTENTS, WEIGHTS_FORMAT
+from recare_cli.models.weights import EMBEDDINGS_FORMAT, FORMAT_CONTENTS, LORA_FORMAT, WEIGHTS_FORMAT
 from recare_cli.stages.options import recorded, run_control
 
 FORMATS = ("single-file", "diffusers")
@@ -35,7 +35,8 @@ SINGLE_FILE_SUFFIX = ".safetensors"  # the UIs list checkpoints by extension
 PROVENANCE_FILE = "recare-export.json"  # in a diffusers folder (a single file keeps it in its metadata)
 # The recare files --weights takes, by their metadata format. A new kind of weights is one entry here and one
 # branch in _apply (embeddings are not applied: they are written as files of their own).
-TAKES = {WEIGHTS_FORMAT: "UNet weights from recare erase", EMBEDDINGS_FORMAT: "token embeddings from recare invert"}
+TAKES = {WEIGHTS_FORMAT: "UNet weights from recare erase", LORA_FORMAT: "LoRA adapters from recare erase --lora",
+         EMBEDDINGS_FORMAT: "token embeddings from recare invert"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _apply(bundle: Any, path: Path, kind: str) -> dict[str, Any]:
     """Apply one weights file to the loaded model; returns the record provenance keeps of it."""
     from recare_cli.models.weights import apply_weight_files
 
-    if kind == WEIGHTS_FORMAT:
+    if kind in (WEIGHTS_FORMAT, LORA_FORMAT):  # a LoRA file is merged into the weights
         return {"kind": kind, **apply_weight_files(bundle, [path])[0]}
     raise AssertionError(f"no way to apply {kind}")  # TAKES and this function disagree
 

@@ -20,7 +20,7 @@ from recare_cli.io.atomic import check_output_dir
 from recare_cli.io.streams import STDIO, check_binary_destination
 from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
-from recare_cli.stages.options import recorded, recorded_when, run_control
+from recare_cli.stages.options import recorded, recorded_if_set, recorded_when, run_control
 
 # Prompt templates of the textual-inversion reference (diffusers' textual_inversion example).
 OBJECT_TEMPLATES = (
@@ -53,6 +53,13 @@ def _initializer_by_entry(opts: InvertOptions) -> bool:
     return opts.initializer_token != "word"
 
 
+_LORA = ("lora", "lora_alpha")  # shape the tokens, but are left out when not used (earlier files keep their bytes)
+
+
+def _lora(opts: Any) -> bool:
+    return opts.lora is not None
+
+
 @dataclass
 class InvertOptions:
     """Every option of ``recare invert``; field order is the order provenance records them in."""
@@ -69,6 +76,8 @@ class InvertOptions:
     negative_guidance: float = 2.0
     ddim_steps: int = 50
     train_method: str = "noxattn"
+    lora: int | None = recorded_if_set()  # the rounds' erasures train LoRA adapters of this rank (erase --lora)
+    lora_alpha: float | None = recorded_when(_lora, None)  # None: the rank
     steps: int = 3000
     lr: float = 5e-3
     resolution: int | None = None  # None: the model's own image size
@@ -91,6 +100,9 @@ class InvertOptions:
         check_choice("--initializer-token", self.initializer_token, INITIALIZER_TOKENS, "initializer token")
         check_choice("--train-method", self.train_method, TRAIN_METHODS, "train method")
         check_choice("--precision", self.precision, PRECISIONS, "precision")
+        from recare_cli.stages.erase import validate_lora
+
+        validate_lora(self, "invert")
         check_binary_destination(self.output)  # refuse now, not after the training
         if self.output != STDIO:
             check_output_dir(Path(self.output))
@@ -105,10 +117,14 @@ class InvertOptions:
 
     def hyperparameters(self, resolution: int) -> dict[str, Any]:
         """What shapes the learned tokens (the image size as resolved for the loaded model)."""
+        from recare_cli.stages.erase import lora_alpha
+
         shaping = {k: v for k, v in {**asdict(self), "resolution": resolution}.items() if k not in _NOT_SHAPING}
         if not _initializer_by_entry(self):
             del shaping["initializer_token"]  # the default: files and checkpoints keep the bytes they had
-        return shaping
+        if self.lora is None:
+            return {k: v for k, v in shaping.items() if k not in _LORA}
+        return {**shaping, "lora_alpha": lora_alpha(self)}
 
     def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
@@ -241,6 +257,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     from recare_cli.io.provenance import provenance
     from recare_cli.models.sd import load_sd, native_square_resolution
     from recare_cli.models.weights import save_embeddings, save_unet_weights
+    from recare_cli.stages.erase import lora_settings
 
     opts.validate()
     ckpt = opts.checkpoint_path()
@@ -289,7 +306,7 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             settings = round_erase_settings(opts, latent_size)
             unet.train()
             eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
-                                  pipe.scheduler.config, generator)
+                                  pipe.scheduler.config, generator, lora=lora_settings(opts))
             erasing = f"round {r + 1}/{opts.rounds}: erasing '{concept}'"
             with console.progress(erasing, opts.erase_iterations) as advance:
                 for i in range(opts.erase_iterations):

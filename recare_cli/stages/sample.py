@@ -200,6 +200,7 @@ def check_input_files(opts: SampleOptions) -> None:
     from recare_cli.models.weights import (
         CHECKPOINT_FORMAT,
         EMBEDDINGS_FORMAT,
+        LORA_FORMAT,
         TEXT_ENCODER_FORMAT,
         WEIGHT_FORMATS,
         WEIGHTS_FORMAT,
@@ -207,7 +208,8 @@ def check_input_files(opts: SampleOptions) -> None:
         read_metadata,
     )
 
-    takes = {WEIGHTS_FORMAT: "--weights", TEXT_ENCODER_FORMAT: "--weights", EMBEDDINGS_FORMAT: "--embeddings",
+    takes = {WEIGHTS_FORMAT: "--weights", TEXT_ENCODER_FORMAT: "--weights", LORA_FORMAT: "--weights",
+             EMBEDDINGS_FORMAT: "--embeddings",
              CHECKPOINT_FORMAT: "recare erase --resume to finish that run, then give its output to --weights"}
     wanted: tuple[str, ...]
     for paths, wanted in ((opts.weights, WEIGHT_FORMATS), (opts.embeddings, (EMBEDDINGS_FORMAT,))):

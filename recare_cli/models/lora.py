@@ -1,0 +1,88 @@
+"""LoRA files of ``recare erase --lora`` (``recare.unet-lora``): what diffusers' ``pipe.load_lora_weights``
+reads, plus recare's metadata; recare applies them as merged weights.
+
+Layout (diffusers' for a UNet LoRA in peft's naming): tensors ``unet.<module>.lora_A.weight`` (r, in[, kh, kw])
+and ``unet.<module>.lora_B.weight`` (out, r[, 1, 1]); the safetensors metadata key ``lora_adapter_metadata``
+holds the ``LoraConfig`` arguments diffusers builds the adapter from (``unet.r``, ``unet.lora_alpha``,
+``unet.target_modules``), so a scale ``α / r`` other than 1 loads as trained. The update of a module's weight
+is ``(α / r)·B A`` (for a convolution ``Σ_r B[o, r]·A[r, i, kh, kw]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from recare_cli.errors import BadInputError
+from recare_cli.models.weights import LORA_FORMAT, VERSION, write_safetensors
+
+if TYPE_CHECKING:
+    import torch
+
+PREFIX = "unet."  # diffusers' prefix of a pipeline's UNet adapters (text-encoder ones would be text_encoder.)
+DIFFUSERS_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
+
+
+def lora_modules(tensors: Mapping[str, Any]) -> list[str]:
+    """The adapted modules of peft-named adapter tensors (``<module>.lora_A.weight``), first-seen order."""
+    return list(dict.fromkeys(key.rsplit(".lora_", 1)[0] for key in tensors))
+
+
+def save_unet_lora(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], *, rank: int, alpha: float,
+                   base_unet: str, dtype: torch.dtype | None = None, **meta: Any) -> None:
+    """Write peft-named adapter tensors (``core.lora.adapter_tensors``) as a ``recare.unet-lora`` file."""
+    config = {"r": rank, "lora_alpha": alpha, "target_modules": lora_modules(tensors)}
+    values = {PREFIX + k: (v.to(dtype) if dtype is not None else v) for k, v in tensors.items()}
+    write_safetensors(path, values, {"format": LORA_FORMAT, "version": str(VERSION), "values": "lora",
+                                     "base_unet": base_unet, **meta,
+                                     DIFFUSERS_KEY: {PREFIX + k: v for k, v in config.items()}})
+
+
+def lora_scale(meta: Mapping[str, str], source: str) -> float:
+    """``α / r`` from the file's diffusers metadata."""
+    try:
+        config = json.loads(meta[DIFFUSERS_KEY])
+        rank, alpha = config[f"{PREFIX}r"], config[f"{PREFIX}lora_alpha"]
+        scale = float(alpha) / int(rank)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+        raise BadInputError(f"no usable LoRA rank and alpha ({err})", source=source, field=DIFFUSERS_KEY) from err
+    return scale
+
+
+def lora_new_values(state: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str],
+                    source: str) -> dict[str, torch.Tensor]:
+    """``{<module>.weight: W + (α / r)·B A}`` for every adapted module of a ``recare.unet-lora`` file, ``W`` from
+    ``state`` (the UNet's ``state_dict``), computed in float32. Keys that are not a module's A/B pair, or whose
+    shapes do not fit the module's weight, raise ``BadInputError``."""
+    import torch
+
+    scale = lora_scale(meta, source)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name = key.removeprefix(PREFIX)
+        module, sep, part = name.rpartition(".lora_")
+        if not key.startswith(PREFIX) or not sep or part not in ("A.weight", "B.weight"):
+            raise BadInputError(f"tensor '{key}' is not a UNet LoRA tensor (unet.<module>.lora_A/B.weight)",
+                                source=source)
+        pairs.setdefault(module, {})[part[0]] = value
+    out = {}
+    for module, pair in pairs.items():
+        weight = state.get(f"{module}.weight")
+        if weight is None:
+            raise BadInputError(f"LoRA module '{module}' is not in the model's UNet", source=source)
+        if set(pair) != {"A", "B"}:
+            raise BadInputError(f"LoRA module '{module}' lacks its lora_{'B' if 'A' in pair else 'A'} tensor",
+                                source=source)
+        a, b = pair["A"].float(), pair["B"].float()
+        rank = a.shape[0]
+        fits = (b.dim() == weight.dim() and tuple(b.shape[:2]) == (weight.shape[0], rank)
+                and b.shape[2:] == (1,) * (weight.dim() - 2) and tuple(a.shape[1:]) == tuple(weight.shape[1:]))
+        if not fits:
+            raise BadInputError(f"LoRA module '{module}': A {tuple(a.shape)} and B {tuple(b.shape)} do not fit its "
+                                f"weight {tuple(weight.shape)}", source=source)
+        b2 = b.reshape(b.shape[0], rank)
+        delta = b2 @ a if a.dim() == 2 else torch.einsum("or,rikl->oikl", b2, a)
+        out[f"{module}.weight"] = weight.float() + scale * delta
+    return out
