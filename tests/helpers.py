@@ -6,8 +6,10 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -75,3 +77,33 @@ def sample_with_and_without(weights: Path, model: Path, folder: Path, prompt: st
     record = json.loads(erased.stdout.decode().splitlines()[0])
     image = Path(record["path"]).name
     return record, folder / "erased" / image, folder / "base" / image
+
+
+def check_resume_gives_same_bytes(opts: Callable[[bool], Any], stop_at: int,
+                                  between: Callable[[Path], None] | None = None) -> None:
+    """Run ``run_erase(opts(False))`` straight through; run it again interrupted after step ``stop_at`` (the
+    checkpoint is kept, no output is written; ``between(checkpoint)`` then runs), resume with ``opts(True)`` and
+    check the output has the straight run's bytes and the checkpoint is gone."""
+    import pytest
+
+    from recare_cli.errors import InterruptedRunError
+    from recare_cli.stages.erase import run_erase
+
+    out = Path(opts(False).output)
+    run_erase(opts(False))
+    straight = out.read_bytes()
+    out.unlink()
+
+    def interrupt(i: int, _: dict[str, float]) -> None:
+        if i == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRunError):
+        run_erase(opts(False), on_step=interrupt)
+    ckpt = Path(f"{out}.ckpt")
+    assert ckpt.exists() and not out.exists()
+    if between is not None:
+        between(ckpt)
+    run_erase(opts(True))
+    assert out.read_bytes() == straight
+    assert not ckpt.exists()

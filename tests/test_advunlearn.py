@@ -17,8 +17,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recare_cli.errors import InterruptedRunError
-from tests.helpers import invoke, recare_exe, shell
+from tests.helpers import check_resume_gives_same_bytes, invoke, recare_exe, shell
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -546,7 +545,7 @@ def test_text_encoder_weights_for_another_model_are_refused(tiny_sd_dir: Path, t
 
 
 def test_resume_gives_the_same_bytes(tiny_sd_dir: Path, tmp_path: Path) -> None:
-    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.erase import EraseOptions
 
     out = tmp_path / "te.safetensors"
     retain = _retain_file(tmp_path)
@@ -557,21 +556,10 @@ def test_resume_gives_the_same_bytes(tiny_sd_dir: Path, tmp_path: Path) -> None:
                             resolution=32, device="cpu", model=str(tiny_sd_dir), output=str(out), checkpoint_every=2,
                             resume=resume, lr=1e-3)
 
-    run_erase(opts(False))
-    straight = out.read_bytes()
-    out.unlink()
+    def the_attack_is_kept(ckpt: Path) -> None:
+        assert "adversarial" in _tensors(ckpt)[0]  # the latest attack's prompt: the next attack starts from it
 
-    def interrupt(i: int, _: dict[str, float]) -> None:
-        if i == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(InterruptedRunError):
-        run_erase(opts(False), on_step=interrupt)
-    ckpt = Path(f"{out}.ckpt")
-    assert ckpt.exists() and not out.exists()
-    assert "adversarial" in _tensors(ckpt)[0]  # the latest attack's prompt: the next attack starts from it
-    run_erase(opts(True))
-    assert out.read_bytes() == straight and not ckpt.exists()
+    check_resume_gives_same_bytes(opts, stop_at=2, between=the_attack_is_kept)
 
 
 def test_cli_subprocess_writes_weights_sample_applies(tiny_sd_dir: Path, tmp_path: Path) -> None:

@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recare_cli.errors import InterruptedRunError
-from tests.helpers import invoke, shell
+from tests.helpers import check_resume_gives_same_bytes, invoke, shell
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -556,7 +555,7 @@ def test_other_methods_do_not_record_age_options(tiny_sd_dir: Path) -> None:
 
 
 def test_resume_gives_the_same_bytes(tiny_sd_dir: Path, tmp_path: Path, words: Path) -> None:
-    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.erase import EraseOptions
 
     out = tmp_path / "age.safetensors"
 
@@ -565,20 +564,7 @@ def test_resume_gives_the_same_bytes(tiny_sd_dir: Path, tmp_path: Path, words: P
                             resolution=32, device="cpu", model=str(tiny_sd_dir), output=str(out), checkpoint_every=2,
                             lr=1e-2, resume=resume)
 
-    run_erase(opts(False))
-    straight = out.read_bytes()
-    out.unlink()
-
-    def interrupt(i: int, _: dict[str, float]) -> None:
-        if i == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(InterruptedRunError):
-        run_erase(opts(False), on_step=interrupt)
-    assert Path(f"{out}.ckpt").exists() and not out.exists()
-    run_erase(opts(True))
-    assert out.read_bytes() == straight
-    assert not Path(f"{out}.ckpt").exists()
+    check_resume_gives_same_bytes(opts, stop_at=2)
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recare_cli.errors import InterruptedRunError
-from tests.helpers import invoke, sample_with_and_without
+from tests.helpers import check_resume_gives_same_bytes, invoke, sample_with_and_without
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -239,7 +238,7 @@ def test_stratified_draws_cover_the_published_steps(tiny_sd_dir: Path) -> None:
 
 
 def test_esd_resume_gives_the_same_bytes(tiny_sd_dir: Path, tmp_path: Path) -> None:
-    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.erase import EraseOptions
 
     def opts(resume: bool) -> EraseOptions:
         return EraseOptions(target="cowboy hat", erase_from="cowboy", method="esd", iterations=4, ddim_steps=5,
@@ -247,19 +246,7 @@ def test_esd_resume_gives_the_same_bytes(tiny_sd_dir: Path, tmp_path: Path) -> N
                             resume=resume)
 
     out = tmp_path / "esd.safetensors"
-    run_erase(opts(False))
-    straight = out.read_bytes()
-    out.unlink()
-
-    def interrupt(i: int, _: dict[str, float]) -> None:
-        if i == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(InterruptedRunError):
-        run_erase(opts(False), on_step=interrupt)
-    assert Path(f"{out}.ckpt").exists() and not out.exists()
-    run_erase(opts(True))
-    assert out.read_bytes() == straight
+    check_resume_gives_same_bytes(opts, stop_at=2)
     _, meta = _tensors(out)
     assert json.loads(meta["hyperparameters"])["erase_from"] == "cowboy"
     assert json.loads(meta["provenance"])["params"]["erase_from"] == "cowboy"

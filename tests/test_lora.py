@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recare_cli.errors import InterruptedRunError
-from tests.helpers import invoke
+from tests.helpers import check_resume_gives_same_bytes, invoke
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -201,7 +200,7 @@ def test_merge_writes_base_plus_the_adapters_update(tiny_sd_dir: Path, lora_outp
 
 
 def test_resume_gives_the_same_bytes(tiny_sd_dir: Path, care_file: Path, tmp_path: Path) -> None:
-    from recare_cli.stages.erase import EraseOptions, run_erase
+    from recare_cli.stages.erase import EraseOptions
 
     def opts(resume: bool) -> EraseOptions:
         return EraseOptions(target="nudity", care=str(care_file), iterations=5, resolution=32, ddim_steps=8,
@@ -209,23 +208,11 @@ def test_resume_gives_the_same_bytes(tiny_sd_dir: Path, care_file: Path, tmp_pat
                             resume=resume, lora=2)
 
     out = tmp_path / "lora.safetensors"
-    run_erase(opts(False))
-    straight = out.read_bytes()
-    out.unlink()
+    def only_adapters_are_kept(ckpt: Path) -> None:
+        with safe_open(str(ckpt), framework="pt") as fh:
+            assert all("lora_" in k for k in fh.keys() if k.startswith("param/"))  # noqa: SIM118
 
-    def interrupt(i: int, _: dict[str, float]) -> None:
-        if i == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(InterruptedRunError):
-        run_erase(opts(False), on_step=interrupt)
-    ckpt = Path(f"{out}.ckpt")
-    assert ckpt.exists() and not out.exists()
-    with safe_open(str(ckpt), framework="pt") as fh:
-        assert all("lora_" in k for k in fh.keys() if k.startswith("param/"))  # noqa: SIM118
-    run_erase(opts(True))
-    assert out.read_bytes() == straight
-    assert not ckpt.exists()
+    check_resume_gives_same_bytes(opts, stop_at=3, between=only_adapters_are_kept)
 
 
 def test_lora_file_for_another_base_model(tiny_sd_dir: Path, lora_outputs: dict[str, Path], tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from recare_cli.errors import BadInputError, InterruptedRunError
-from tests.helpers import invoke, sample_with_and_without
+from recare_cli.errors import BadInputError
+from tests.helpers import check_resume_gives_same_bytes, invoke, sample_with_and_without
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -407,25 +407,15 @@ def test_stereo_ignores_the_careset_and_resume_gives_the_same_bytes(tiny_sd_dir:
                             ddim_steps=5, resolution=32, device="cpu", model=str(tiny_sd_dir), output=str(out),
                             checkpoint_every=2, resume=resume)
 
-    run_erase(opts(False))
+    def other_anchors_are_refused(_: Path) -> None:
+        saved = anchors.read_text()
+        anchors.write_text(json.dumps({"nudity": ["A nude form by a lake"]}))
+        with pytest.raises(BadInputError, match="checkpoint made with other settings"):
+            run_erase(opts(True))
+        anchors.write_text(saved)
+
+    check_resume_gives_same_bytes(opts, stop_at=2, between=other_anchors_are_refused)
     assert "does not use the CARE-set; ignoring --care" in capsys.readouterr().err
-    straight = out.read_bytes()
-    out.unlink()
-
-    def interrupt(i: int, _: dict[str, float]) -> None:
-        if i == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(InterruptedRunError):
-        run_erase(opts(False), on_step=interrupt)
-    assert Path(f"{out}.ckpt").exists() and not out.exists()
-    saved = anchors.read_text()
-    anchors.write_text(json.dumps({"nudity": ["A nude form by a lake"]}))
-    with pytest.raises(BadInputError, match="checkpoint made with other settings"):
-        run_erase(opts(True))
-    anchors.write_text(saved)
-    run_erase(opts(True))
-    assert out.read_bytes() == straight
     tensors, meta = _tensors(out)
     assert meta["method"] == "stereo" and json.loads(meta["erase_set"]) == ["nudity", "<a0>", "<a1>"]
     assert tensors and not any("attn2" in k for k in tensors)  # noxattn, their README's

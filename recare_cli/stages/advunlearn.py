@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from recare_cli import console
 from recare_cli.errors import BadInputError, RefusedError, UsageError, check_choice
-from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
 
 if TYPE_CHECKING:
     from recare_cli.stages.erase import EraseOptions
@@ -102,7 +101,7 @@ def run_advunlearn(opts: EraseOptions, *,
     from recare_cli.models.fingerprint import combine
     from recare_cli.models.sd import load_sd, native_square_resolution
     from recare_cli.models.weights import save_pipeline, save_text_encoder_weights
-    from recare_cli.stages.erase import load_checkpoint, save_checkpoint
+    from recare_cli.stages.erase import resume_point, train_with_checkpoints
     from recare_cli.stages.options import recorded
 
     assert opts.train_method is not None and opts.lr is not None and opts.iterations is not None  # resolved
@@ -147,28 +146,13 @@ def run_advunlearn(opts: EraseOptions, *,
     hyper = hyperparameters(opts, resolution)
     digest = combine(json.dumps(hyper, sort_keys=True), identity["unet"], identity["text_encoder"], retain_hash,
                      target)
-    start = 0
-    if opts.resume and ckpt is not None and ckpt.exists():
-        start = load_checkpoint(ckpt, trainer, digest)
-        console.info(f"erase: resuming from {ckpt} at iteration {start}/{opts.iterations}")
-    elif opts.resume:
-        console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
+    start = resume_point(opts, ckpt, trainer, digest)
     n_params = sum(p.numel() for p in trainer.params)
     console.info(f"erase: advunlearn, text encoder {opts.train_method} ({len(names)} tensors, {n_params:,} "
                  f"parameters), target '{target}', {len(retain)} retain prompts, lr {opts.lr:g}, "
                  f"{opts.iterations} iterations ({opts.warmup_iter} without attack), {opts.attack_step} attack "
                  f"steps each")
-    last: dict[str, float] = {}
-    with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
-        for i in range(start, opts.iterations):
-            last = trainer.step(i)
-            advance(1)
-            if on_step is not None:
-                on_step(i, last)
-            done = i + 1
-            if ckpt is not None and opts.checkpoint_every > 0 and done % opts.checkpoint_every == 0 \
-                    and done < opts.iterations:
-                save_checkpoint(ckpt, trainer, digest, done)
+    last = train_with_checkpoints(opts, trainer, ckpt, digest, start, on_step)
     trained = trainer.trained_values()
     record = provenance("erase", recorded(opts), model=identity)
     save_text_encoder_weights(opts.output, trained, base_text_encoder=identity["text_encoder"],

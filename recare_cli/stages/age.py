@@ -165,8 +165,7 @@ def run_age(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], No
     from recare_cli.models.fingerprint import combine
     from recare_cli.models.sd import load_sd, native_square_resolution
     from recare_cli.models.weights import save_pipeline, save_unet_weights
-    from recare_cli.stages.erase import erase_settings, load_checkpoint, save_checkpoint
-    from recare_cli.stages.interrupt import checkpoint_kept_on_interrupt
+    from recare_cli.stages.erase import erase_settings, resume_point, train_with_checkpoints
     from recare_cli.stages.options import recorded
 
     assert opts.concepts is not None and opts.train_method is not None and opts.iterations is not None
@@ -212,26 +211,11 @@ def run_age(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], No
     hyper = hyperparameters(opts, resolution)
     digest = combine(json.dumps(hyper, sort_keys=True), identity["unet"], identity["text_encoder"], concepts_hash,
                      target)
-    start = 0
-    if opts.resume and ckpt is not None and ckpt.exists():
-        start = load_checkpoint(ckpt, trainer, digest)
-        console.info(f"erase: resuming from {ckpt} at iteration {start}/{opts.iterations}")
-    elif opts.resume:
-        console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
+    start = resume_point(opts, ckpt, trainer, digest)
     n_params = sum(p.numel() for p in trainer.params)
     console.info(f"erase: age, {opts.train_method} ({len(names)} tensors, {n_params:,} parameters), lr {opts.lr:g}, "
                  f"{opts.iterations} iterations of {opts.pgd_num_steps} steps")
-    last: dict[str, float] = {}
-    with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
-        for i in range(start, opts.iterations):
-            last = trainer.step(i)
-            advance(1)
-            if on_step is not None:
-                on_step(i, last)
-            done = i + 1
-            if ckpt is not None and opts.checkpoint_every > 0 and done % opts.checkpoint_every == 0 \
-                    and done < opts.iterations:
-                save_checkpoint(ckpt, trainer, digest, done)
+    last = train_with_checkpoints(opts, trainer, ckpt, digest, start, on_step)
     unet.eval()
     final = chosen[trainer.chosen()]
     weights = [float(w) for w in trainer.pi.detach().cpu()[0]]

@@ -391,6 +391,35 @@ def save_checkpoint(path: Path, trainer: Any, digest: str, iteration: int) -> No
                                                       "config": digest, "iteration": str(iteration)})
 
 
+def resume_point(opts: Any, ckpt: Path | None, trainer: Any, digest: str) -> int:
+    """The iteration a run starts at: a ``--resume`` run's checkpoint's, else 0."""
+    if opts.resume and ckpt is not None and ckpt.exists():
+        start = load_checkpoint(ckpt, trainer, digest)
+        console.info(f"erase: resuming from {ckpt} at iteration {start}/{opts.iterations}")
+        return start
+    if opts.resume:
+        console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
+    return 0
+
+
+def train_with_checkpoints(opts: Any, trainer: Any, ckpt: Path | None, digest: str, start: int,
+                           on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
+    """Run ``trainer.step`` from ``start`` to ``opts.iterations`` with progress, writing a checkpoint every
+    ``opts.checkpoint_every`` iterations (kept if interrupted); returns the last step's losses."""
+    last: dict[str, float] = {}
+    with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
+        for i in range(start, opts.iterations):
+            last = trainer.step(i)
+            advance(1)
+            if on_step is not None:
+                on_step(i, last)
+            done = i + 1
+            if ckpt is not None and opts.checkpoint_every > 0 and done % opts.checkpoint_every == 0 \
+                    and done < opts.iterations:
+                save_checkpoint(ckpt, trainer, digest, done)
+    return last
+
+
 def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train and write the output; returns a summary. ``on_step(i, losses)`` runs after step ``i``."""
     import torch
@@ -467,12 +496,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     lora = lora_settings(opts)
     trainer = EraseTrainer(unet, names, prompts, schedule, settings, pipe.scheduler.config, generator, lora=lora)
     digest = config_digest(opts, resolution, identity, care_hash, adv_hash, anchors_hash)
-    start = 0
-    if opts.resume and ckpt is not None and ckpt.exists():
-        start = load_checkpoint(ckpt, trainer, digest)
-        console.info(f"erase: resuming from {ckpt} at iteration {start}/{opts.iterations}")
-    elif opts.resume:
-        console.info(f"erase: no checkpoint at {ckpt}; starting from the beginning")
+    start = resume_point(opts, ckpt, trainer, digest)
     n_params = sum(p.numel() for p in trainer.params)
     mapped = f" from '{opts.erase_from.strip()}'" if opts.erase_from is not None else ""
     trains = (f"{len(names)} tensors" if lora is None else
@@ -480,17 +504,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     console.info(f"erase: {opts.method}, {opts.train_method} ({trains}, {n_params:,} parameters), "
                  f"erase set {erase_set}{mapped}, lr {opts.lr:g}, {opts.iterations} iterations"
                  + (f", {console.plural(len(anchors), 'anchor prompt')}" if anchors is not None else ""))
-    last: dict[str, float] = {}
-    with checkpoint_kept_on_interrupt(ckpt), console.progress("erasing", opts.iterations - start) as advance:
-        for i in range(start, opts.iterations):
-            last = trainer.step(i)
-            advance(1)
-            if on_step is not None:
-                on_step(i, last)
-            done = i + 1
-            if ckpt is not None and opts.checkpoint_every > 0 and done % opts.checkpoint_every == 0 \
-                    and done < opts.iterations:
-                save_checkpoint(ckpt, trainer, digest, done)
+    last = train_with_checkpoints(opts, trainer, ckpt, digest, start, on_step)
     unet.eval()
     record = provenance("erase", recorded(opts), model=identity)
     meta = dict(base_model=identity["name"], base_text_encoder=identity["text_encoder"],
