@@ -9,6 +9,14 @@ from pathlib import Path
 import pytest
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per pytest-xdist worker (and per process it starts): the workers already fill the cores, and
+    # contending torch/OpenMP threads on tiny tensors are far slower than one each.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 UNSET = ("RECARE_CLIP", "RECARE_MODEL", "RECARE_DEBUG")
 
 
