@@ -190,6 +190,20 @@ def test_names_or_shapes_the_unet_lacks_are_one_line_exit_3(tiny_sd_dir: Path, t
     _one_line_exit_3(tiny_sd_dir, tmp_path, path, phrase)
 
 
+def test_a_file_that_records_a_base_unet_is_checked_against_it(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    """Only files without any recare record are taken unverified: a base_unet in the metadata is checked, whatever
+    the format says."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "old.safetensors"
+    save_file({"conv_out.bias": torch.zeros(4)}, str(path),
+              metadata={"format": "recare.weights", "base_unet": "sha256:0123456789abcdef"})
+    res = invoke(["export", "--model", str(tiny_sd_dir), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")])
+    assert res.code == 3 and "recare.weights file" in res.stderr, res.stderr
+    with pytest.raises(BadInputError, match="made for base UNet sha256:0123456789abcdef"):
+        _ours(tiny_sd_dir, path)
+
+
 def test_a_file_that_is_no_checkpoint_is_one_line_exit_3(tiny_sd_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "notes.pt"
     path.write_text("not a checkpoint\n")

@@ -164,8 +164,10 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 
 
 def is_recare_file(meta: Mapping[str, str]) -> bool:
-    """Whether a file's metadata names one of recare's formats (other tools' files carry none, or ``pt``)."""
-    return meta.get("format") in FORMAT_CONTENTS
+    """Whether a file is recare's: its metadata names a recare format, or records the base UNet it was made for
+    (then that is checked). Other tools' files carry no metadata, or only ``format: pt``."""
+    found = str(meta.get("format", ""))
+    return found in FORMAT_CONTENTS or found.startswith("recare.") or "base_unet" in meta
 
 
 def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str | tuple[str, ...],

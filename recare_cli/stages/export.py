@@ -89,17 +89,17 @@ def read_inputs(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     """Each file with its recare format (``FIELD`` for a file without one: another tool's erased UNet), read
     from its metadata before any model is loaded (a pickle is read weights-only here, and refused if it needs
     code)."""
-    from recare_cli.models.weights import read_metadata
+    from recare_cli.models.weights import is_recare_file, read_metadata
 
     takes = "; ".join(TAKES.values())
     out = []
     for path in paths:
-        kind = read_metadata(path).get("format")
-        if kind not in FORMAT_CONTENTS:
-            kind = FIELD
-        elif kind not in TAKES:
-            raise BadInputError(f"a {kind} file ({FORMAT_CONTENTS[kind]}); --weights takes {takes}, or another "
-                                "tool's erased UNet", source=str(path))
+        meta = read_metadata(path)
+        kind = meta.get("format") if is_recare_file(meta) else FIELD
+        if kind not in TAKES and kind != FIELD:
+            what = f" ({FORMAT_CONTENTS[kind]})" if kind in FORMAT_CONTENTS else ""
+            raise BadInputError(f"a {kind or 'recare'} file{what}; --weights takes {takes}, or another tool's "
+                                "erased UNet", source=str(path))
         out.append((Path(path), str(kind)))
     return out
 
