@@ -5,6 +5,7 @@ pickles that need code, unknown names, wrong shapes and other tools' LoRAs refus
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,36 @@ def test_read_metadata_of_a_pickle_is_empty_and_loads_nothing_unsafe(tmp_path: P
     raw.write_bytes(pickle.dumps({"conv_out.bias": 1}, protocol=4))
     with pytest.raises(BadInputError, match="weights-only"):
         read_metadata(raw)
+
+
+def test_export_writes_another_tools_unet_as_it_writes_recare_weights(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from recare_cli.io.digest import sha256_file
+    from recare_cli.models.fingerprint import module_fingerprint
+    from recare_cli.models.weights import save_unet_weights
+
+    unet = _pipe(tiny_sd_dir).unet
+    tensors = uce_file(unet)
+    uce = tmp_path / "uce.safetensors"
+    save_file(tensors, str(uce))
+    ours = tmp_path / "ours.safetensors"
+    save_unet_weights(ours, tensors, base_unet=module_fingerprint(unet))
+    outputs = {}
+    for name, weights in (("uce-model", uce), ("ours-model", ours)):
+        out = tmp_path / f"{name}.safetensors"
+        res = invoke(["export", "--model", str(tiny_sd_dir), "--weights", str(weights), "-o", str(out)])
+        assert res.code == 0, res.stderr
+        outputs[name] = out
+        if weights == uce:
+            warnings = [line for line in res.stderr.splitlines() if line.startswith("warning")]
+            assert len(warnings) == 1 and "cannot be verified" in warnings[0], res.stderr
+    with safe_open(str(outputs["uce-model"]), framework="pt") as a, \
+            safe_open(str(outputs["ours-model"]), framework="pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118
+        written = [a.get_tensor(k) for k in a.keys() if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]  # noqa: SIM118
+        record = json.loads(a.metadata()["provenance"])["models"]["weights"][0]
+    assert len(written) == len(tensors) and all(any(torch.equal(w, v) for v in tensors.values()) for w in written)
+    assert record["kind"] == "unet-weights of another tool" and record["sha256"] == sha256_file(uce)
