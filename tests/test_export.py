@@ -496,7 +496,7 @@ def test_kohya_lora_of_weights_that_are_not_lora_is_one_usage_line(tiny_sd_dir: 
     out = tmp_path / "kohya.safetensors"
     cases = [("holds trained UNet parameters from recare erase", [inputs.weights]),
              ("holds trained UNet parameters from recare erase", [lora_file, inputs.weights]),
-             ("holds unet-weights of another tool", [esd]), ("exactly one", [lora_file, lora_file]),
+             ("holds weights of another tool", [esd]), ("exactly one", [lora_file, lora_file]),
              ("(0 given)", [inputs.adv])]
     for phrase, files in cases:
         args = [x for f in files for x in ("--weights", str(f))]

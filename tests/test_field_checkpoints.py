@@ -133,7 +133,7 @@ def test_an_original_layout_checkpoint_applies_its_unet(tiny_sd_dir: Path, tmp_p
     torch.testing.assert_close(ours, _their_loading(tiny_sd_dir, states["unet"]), rtol=0, atol=0)
     assert records[0]["layout"] == "original" and records[0]["tensors"] == len(checkpoint)  # in the file
     warning = capsys.readouterr().err.strip().splitlines()
-    assert len(warning) == 1 and f"{others + 1} tensors of its other parts" in warning[0], warning
+    assert len(warning) == 1 and f"{others + 1} other tensors" in warning[0], warning
 
 
 class Evil:
@@ -274,4 +274,57 @@ def test_export_writes_another_tools_unet_as_it_writes_recare_weights(tiny_sd_di
         written = [a.get_tensor(k) for k in a.keys() if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]  # noqa: SIM118
         record = json.loads(a.metadata()["provenance"])["models"]["weights"][0]
     assert len(written) == len(tensors) and all(any(torch.equal(w, v) for v in tensors.values()) for w in written)
-    assert record["kind"] == "unet-weights of another tool" and record["sha256"] == sha256_file(uce)
+    assert record["kind"] == "weights of another tool" and record["sha256"] == sha256_file(uce)
+
+
+def advunlearn_file(text_encoder: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What AdvUnlearn's save_text_encoder writes (torch.save(custom_text_encoder.state_dict())), written with
+    transformers 4: its CustomTextEncoder holds the CLIPTextModel as ``text_encoder`` and three of its parts again
+    as ``embedding``, ``encoder``, ``final_layer_norm``, so the state dict names every tensor twice; transformers 4
+    also kept the ``position_ids`` buffer. Returns the file's dict and the moved text-model tensors (bare names)."""
+    bare = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    moved = {k: _moved(v, i) if v.is_floating_point() else v for i, (k, v) in enumerate(bare.items())
+             if not k.endswith("position_ids")}
+    moved_all = {**moved, "embeddings.position_ids": torch.arange(77).unsqueeze(0)}
+    aliases = {"embeddings.": "embedding.", "encoder.": "encoder.", "final_layer_norm.": "final_layer_norm."}
+    out = {f"text_encoder.text_model.{k}": v for k, v in moved_all.items()}
+    for k, v in moved_all.items():
+        prefix = next(p for p in aliases if k.startswith(p))
+        out[aliases[prefix] + k.removeprefix(prefix)] = v
+    return out, moved
+
+
+def test_advunlearn_text_encoder_pt_applies_to_the_text_encoder(tiny_sd_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from recare_cli.models.sd import load_sd
+    from recare_cli.models.weights import apply_weight_files
+
+    pipe = _pipe(tiny_sd_dir)
+    saved, moved = advunlearn_file(pipe.text_encoder)
+    path = tmp_path / "TextEncoder-nudity.pt"
+    torch.save(saved, path)
+    ids = pipe.tokenizer(["a photo of a person"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    theirs = _pipe(tiny_sd_dir)  # loading the CLIP text model's own tensors, as their wrapper holds it
+    state = theirs.text_encoder.state_dict()
+    theirs.text_encoder.load_state_dict({n: v for n, v in ((p + k, v) for k, v in moved.items()
+                                                           for p in ("", "text_model.")) if n in state}, strict=False)
+    bundle = load_sd(str(tiny_sd_dir), device="cpu", dtype="fp32")
+    unet_before = {k: v.clone() for k, v in bundle.pipe.unet.state_dict().items()}
+    records = apply_weight_files(bundle, [path])
+    with torch.no_grad():
+        ours, expected, base = (p.text_encoder(ids)[0] for p in (bundle.pipe, theirs, pipe))
+    assert not torch.allclose(expected, base)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    assert all(torch.equal(v, unet_before[k]) for k, v in bundle.pipe.unet.state_dict().items())
+    assert records[0]["layout"] == "text encoder (wrapped)" and records[0]["base_text_encoder"] is None
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and f"{len(moved)} text-encoder tensors" in warning[0], warning
+
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "model.safetensors"  # a transformers text_encoder folder's file: text_model.… names
+    save_file({f"text_model.{k}": v.contiguous() for k, v in moved.items()}, str(plain))
+    again = load_sd(str(tiny_sd_dir), device="cpu", dtype="fp32")
+    assert apply_weight_files(again, [plain])[0]["layout"] == "text encoder"
+    with torch.no_grad():
+        torch.testing.assert_close(again.pipe.text_encoder(ids)[0], expected, rtol=0, atol=0)

@@ -19,7 +19,7 @@ HELP = """Write a base model plus recare weights as checkpoints other tools load
 
 --format single-file writes one safetensors file in the original Stable Diffusion 1.x layout (UNet, VAE, text encoder), which AUTOMATIC1111, ComfyUI and diffusers' from_single_file load; --format diffusers writes a complete diffusers pipeline folder; --format kohya-lora writes the adapters of one recare erase --lora file, not merged, in kohya naming (lora_unet_…lora_down/lora_up/alpha), the LoRA layout the web UIs and diffusers' load_lora_weights read. Token embeddings from recare invert become one textual-inversion file per token (the layout the web UIs and diffusers' load_textual_inversion read) in OUTPUT-embeddings/ beside the output (OUTPUT without .safetensors); the file name, without the characters file systems refuse, is the word to write in a UI prompt.
 
---weights also takes other tools' erased UNets (ESD's and UCE's safetensors, the ReCARE reference's .pt, original-layout checkpoints; pickles read weights-only), checked by name and shape only since they record no base model. Weights made for another base model are refused. Every output appears only when complete, and an existing one is replaced only with --force. docs/export.md says where each file goes in each UI.
+--weights also takes other tools' erased models (ESD's and UCE's safetensors, the ReCARE reference's .pt, AdvUnlearn's text-encoder .pt, original-layout checkpoints; pickles read weights-only), checked by name and shape only since they record no base model. Weights made for another base model are refused. Every output appears only when complete, and an existing one is replaced only with --force. docs/export.md says where each file goes in each UI.
 
 Examples:
 
@@ -40,7 +40,7 @@ def export(
     weights: Annotated[list[Path] | None, typer.Option(
         "--weights", help="recare weights: UNet weights from recare erase (applied in order; a --lora file is "
                           "merged in, or converted with --format kohya-lora) or token embeddings from recare invert; "
-                          "also another tool's erased UNet (.safetensors, .pt, .ckpt, .bin); repeatable.",
+                          "also another tool's erased UNet or text encoder (.safetensors, .pt, .ckpt, .bin); repeatable.",
         show_default=False)] = None,
     format: Annotated[str, typer.Option(
         "--format", help="single-file (one safetensors file in the SD 1.x layout, for AUTOMATIC1111, ComfyUI and "

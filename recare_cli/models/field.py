@@ -8,7 +8,11 @@ What the field's tools write (docs/erase.md, "Reading other tools' checkpoints")
   ``torch.save(unet.state_dict())``, a pickled full UNet state dict under diffusers names; other tools wrap one
   in a dict under ``state_dict``, ``model_state_dict`` or ``unet``;
 * ESD's older train script (its compvis ``.pt``) and single-file checkpoints: the original Stable Diffusion
-  layout, the UNet under ``model.diffusion_model.`` beside the VAE, text encoder and schedule buffers.
+  layout, the UNet under ``model.diffusion_model.`` beside the VAE, text encoder and schedule buffers;
+* text encoders erased by other tools: AdvUnlearn's ``TextEncoder-….pt`` (``torch.save`` of its
+  ``CustomTextEncoder`` wrapper: the CLIP text model under ``text_encoder.text_model.…``, plus the same tensors
+  again under the wrapper's aliases ``embedding.``, ``encoder.``, ``final_layer_norm.``) and a transformers
+  ``text_encoder`` state dict (``text_model.…``).
 
 Pickles are read with ``torch.load(weights_only=True)`` only: tensors and plain containers; a pickle that needs
 code to load is refused. These files record no base model, so the caller checks their names and shapes against
@@ -125,3 +129,30 @@ def unet_weights(tensors: Mapping[str, torch.Tensor], unet_keys: list[str], sour
         part = {k.removeprefix(PIPELINE_PREFIX): v for k, v in tensors.items() if k.startswith(PIPELINE_PREFIX)}
         return FieldWeights(part, "diffusers (pipeline)", len(tensors) - len(part))
     return FieldWeights(dict(tensors), "diffusers", 0)
+
+
+TEXT_MODEL = "text_model."  # transformers' CLIPTextModel names (Stable Diffusion's text_encoder checkpoint)
+TEXT_WRAPPER = "text_encoder."  # a wrapper's (AdvUnlearn's CustomTextEncoder) or a pipeline's text encoder
+# a constant arange that transformers 4 saved as a buffer and transformers 5 does not keep: never trained
+POSITION_IDS = "embeddings.position_ids"
+
+
+def is_text_encoder(tensors: Mapping[str, Any]) -> bool:
+    """Whether a field checkpoint holds a text encoder: CLIP text-model names, and no UNet."""
+    from recare_cli.models.export import UNET_PREFIX
+
+    keys = list(tensors)
+    if any(k.startswith((UNET_PREFIX, PIPELINE_PREFIX)) for k in keys):
+        return False
+    return any(k.startswith((TEXT_MODEL, TEXT_WRAPPER + TEXT_MODEL)) for k in keys)
+
+
+def text_encoder_weights(tensors: Mapping[str, torch.Tensor], source: str) -> FieldWeights:
+    """The text-encoder tensors of a field checkpoint, under ``text_model.…`` names (``weights.text_encoder_state``
+    maps them to the loaded encoder's own and checks names and shapes)."""
+    _refuse_lora(list(tensors), source)
+    wrapped = any(k.startswith(TEXT_WRAPPER) for k in tensors)
+    part = {k.removeprefix(TEXT_WRAPPER): v for k, v in tensors.items()
+            if (k.startswith(TEXT_WRAPPER) or not wrapped)
+            and not k.endswith(POSITION_IDS)}
+    return FieldWeights(part, "text encoder (wrapped)" if wrapped else "text encoder", len(tensors) - len(part))

@@ -219,7 +219,7 @@ def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: st
     if is_recare_file(meta):
         _load_unet_weights(unet, tensors, meta, str(path), base_unet)
     else:
-        _load_field_unet(unet, tensors, str(path))
+        _load_field(pipe, tensors, str(path))
     return meta
 
 
@@ -237,8 +237,8 @@ def apply_weight_files(bundle: Any, paths: Sequence[str | os.PathLike[str]]) -> 
         record: dict[str, Any] = {"path": str(path), "fingerprint": state_fingerprint(tensors)}
         if not is_recare_file(meta):  # another tool's file: identified by its bytes, no base model to check
             record["sha256"] = sha256_file(path)
-            record["layout"] = _load_field_unet(bundle.pipe.unet, tensors, str(path))
-            record["base_unet"] = None
+            record["layout"], part = _load_field(bundle.pipe, tensors, str(path))
+            record[f"base_{part}"] = None
         elif meta.get("format") == TEXT_ENCODER_FORMAT:
             _load_text_encoder_weights(bundle.pipe.text_encoder, tensors, meta, str(path),
                                        bundle.text_encoder_fingerprint, bundle.unet_fingerprint)
@@ -278,24 +278,32 @@ def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Map
     unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
 
 
-def _load_field_unet(unet: Any, tensors: Mapping[str, torch.Tensor], source: str) -> str:
-    """Load another tool's erased UNet tensors (``models.field`` layouts) after checking every name and shape
-    against ``unet``, with one warning that the base model cannot be verified. Returns the layout's name."""
+def _load_field(pipe: Any, tensors: Mapping[str, torch.Tensor], source: str) -> tuple[str, str]:
+    """Load another tool's erased UNet or text encoder (``models.field`` layouts; ``pipe`` a pipeline, or a bare
+    UNet) after checking every name and shape against the model, with one warning that the base model cannot be
+    verified. Returns the layout's name and the part loaded (``unet`` or ``text_encoder``)."""
     from recare_cli import console
-    from recare_cli.models.field import unet_weights
+    from recare_cli.models.field import is_text_encoder, text_encoder_weights, unet_weights
 
-    state = unet.state_dict()
-    found = unet_weights(tensors, list(state), source)
-    if not found.tensors:
-        raise BadInputError("holds no UNet tensors", source=source)
-    check_unet_weights(unet, found.tensors, source)
-    unet.load_state_dict({k: v.to(state[k].dtype) for k, v in found.tensors.items()}, strict=False)
-    skipped = (f"; {found.ignored} tensors of its other parts (VAE, text encoder, noise schedule, EMA) are not "
-               "applied" if found.ignored else "")
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None and is_text_encoder(tensors):
+        part, found = "text_encoder", text_encoder_weights(tensors, source)
+        text_encoder.load_state_dict(text_encoder_state(text_encoder, found.tensors, source), strict=False)
+    else:
+        unet = getattr(pipe, "unet", pipe)
+        state = unet.state_dict()
+        part, found = "unet", unet_weights(tensors, list(state), source)
+        if not found.tensors:
+            raise BadInputError("holds no UNet tensors", source=source)
+        check_unet_weights(unet, found.tensors, source)
+        unet.load_state_dict({k: v.to(state[k].dtype) for k, v in found.tensors.items()}, strict=False)
+    what = "UNet" if part == "unet" else "text-encoder"
+    skipped = (f"; {found.ignored} other tensors (other parts, or the same tensors under a wrapper's aliases) are "
+               "not applied" if found.ignored else "")
     console.warn(f"{source}: not a recare file ({found.layout} layout), so the base model it was made for cannot "
-                 f"be verified: {len(found.tensors)} UNet tensors applied after checking their names and shapes"
+                 f"be verified: {len(found.tensors)} {what} tensors applied after checking their names and shapes"
                  f"{skipped}")
-    return found.layout
+    return found.layout, part
 
 
 # ------------------------------------------------------------------------------------------------

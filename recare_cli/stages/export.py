@@ -10,9 +10,9 @@ when made for another base model), and one writer per format writes the result, 
 * ``kohya-lora``: the adapters of one ``recare erase --lora`` file, not merged, in kohya naming
   (``models.lora.kohya_tensors``), for the web UIs' LoRA loaders and diffusers' ``load_lora_weights``.
 
-``--weights`` also takes other tools' erased UNets (``models.field``), applied as ``recare sample`` applies
-them. Token embeddings become the UIs' textual-inversion files,
-one per token, in ``OUTPUT-embeddings/``. Every output appears only when complete; an existing one is replaced
+``--weights`` also takes other tools' erased UNets and text encoders (``models.field``), applied as
+``recare sample`` applies them. Token embeddings become the UIs' textual-inversion files, one per token, in
+``OUTPUT-embeddings/``. Every output appears only when complete; an existing one is replaced
 only with ``force``.
 """
 
@@ -37,7 +37,7 @@ KOHYA = "kohya-lora"
 FORMATS = ("single-file", "diffusers", KOHYA)
 FILE_FORMATS = ("single-file", KOHYA)  # formats that write one file
 SINGLE_FILE_SUFFIX = ".safetensors"  # the UIs list checkpoints and LoRAs by extension
-FIELD = "unet-weights of another tool"  # the kind of a --weights file without a recare format (models.field)
+FIELD = "weights of another tool"  # the kind of a --weights file without a recare format (models.field)
 PROVENANCE_FILE = "recare-export.json"  # in a diffusers folder (a single file keeps it in its metadata)
 # The recare files --weights takes, by their metadata format. A new kind of weights is one entry here and one
 # branch in _apply (embeddings are not applied: they are written as files of their own).
@@ -86,7 +86,7 @@ class ExportResult:
 
 
 def read_inputs(paths: Sequence[Path]) -> list[tuple[Path, str]]:
-    """Each file with its recare format (``FIELD`` for a file without one: another tool's erased UNet), read
+    """Each file with its recare format (``FIELD`` for a file without one: another tool's erased model), read
     from its metadata before any model is loaded (a pickle is read weights-only here, and refused if it needs
     code)."""
     from recare_cli.models.weights import is_recare_file, read_metadata
@@ -99,7 +99,7 @@ def read_inputs(paths: Sequence[Path]) -> list[tuple[Path, str]]:
         if kind not in TAKES and kind != FIELD:
             what = f" ({FORMAT_CONTENTS[kind]})" if kind in FORMAT_CONTENTS else ""
             raise BadInputError(f"a {kind or 'recare'} file{what}; --weights takes {takes}, or another tool's "
-                                "erased UNet", source=str(path))
+                                "erased model", source=str(path))
         out.append((Path(path), str(kind)))
     return out
 
@@ -134,7 +134,7 @@ def _apply(bundle: Any, path: Path, kind: str) -> dict[str, Any]:
     """Apply one weights file to the loaded model; returns the record provenance keeps of it."""
     from recare_cli.models.weights import apply_weight_files
 
-    if kind in (WEIGHTS_FORMAT, LORA_FORMAT, FIELD):  # a LoRA file is merged into the weights
+    if kind in (WEIGHTS_FORMAT, LORA_FORMAT, FIELD):  # a LoRA file is merged into the weights; FIELD: models.field
         return {"kind": kind, **apply_weight_files(bundle, [path])[0]}
     raise AssertionError(f"no way to apply {kind}")  # TAKES and this function disagree
 
