@@ -328,3 +328,22 @@ def test_advunlearn_text_encoder_pt_applies_to_the_text_encoder(tiny_sd_dir: Pat
     assert apply_weight_files(again, [plain])[0]["layout"] == "text encoder"
     with torch.no_grad():
         torch.testing.assert_close(again.pipe.text_encoder(ids)[0], expected, rtol=0, atol=0)
+
+
+def test_attack_takes_the_reference_pt_and_records_it(tiny_sd_dir: Path, target_images: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from recare_cli.io.digest import sha256_file
+
+    unet = _pipe(tiny_sd_dir).unet
+    path = tmp_path / "ReCARE-Diffusers-UNet.pt"
+    torch.save({k: _moved(v, i) for i, (k, v) in enumerate(unet.state_dict().items())}, path)
+    out = tmp_path / "cce.safetensors"
+    res = invoke(["attack", str(target_images), "--target", "nudity", "--model", str(tiny_sd_dir), "--device", "cpu",
+                  "--steps", "2", "--batch-size", "1", "--accumulation", "2", "--num-images", "4", "-o", str(out),
+                  "--weights", str(path)])
+    assert res.code == 0, res.stderr
+    assert sum("cannot be verified" in line for line in res.stderr.splitlines()) == 1, res.stderr
+    with safe_open(str(out), framework="pt") as fh:
+        attacked = json.loads(fh.metadata()["attacked_weights"])
+    assert attacked[0]["sha256"] == sha256_file(path) and attacked[0]["layout"] == "diffusers"

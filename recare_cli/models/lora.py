@@ -6,6 +6,8 @@ and ``unet.<module>.lora_B.weight`` (out, r[, 1, 1]); the safetensors metadata k
 holds the ``LoraConfig`` arguments diffusers builds the adapter from (``unet.r``, ``unet.lora_alpha``,
 ``unet.target_modules``), so a scale ``α / r`` other than 1 loads as trained. The update of a module's weight
 is ``(α / r)·B A`` (for a convolution ``Σ_r B[o, r]·A[r, i, kh, kw]``).
+
+``kohya_tensors`` writes the same adapters in kohya naming (``recare export --format kohya-lora``).
 """
 
 from __future__ import annotations

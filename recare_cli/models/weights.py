@@ -17,8 +17,9 @@ Three file kinds (docs/erase.md has every metadata key):
 * ``recare.embeddings`` (written by ``recare invert``): ``{token: (1, D) tensor}``, the layout
   diffusers' ``load_textual_inversion`` reads; metadata ``base_text_encoder``.
 
-Other tools' erased UNets (ESD, UCE, the ReCARE reference's ``.pt``, original-layout checkpoints) are taken by
-``--weights`` too (``models.field``): checked by name and shape, since they record no base model. Pickles are
+Other tools' erased UNets and text encoders (ESD, UCE, the ReCARE reference's ``.pt``, AdvUnlearn's text
+encoders, original-layout checkpoints) are taken by ``--weights`` too (``models.field``): checked by name and
+shape, since they record no base model. Pickles are
 read with ``torch.load(weights_only=True)`` only.
 """
 
