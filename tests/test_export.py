@@ -3,6 +3,7 @@ own loaders (from_single_file, from_pretrained, load_textual_inversion)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -292,13 +293,24 @@ def test_weights_for_another_base_model_are_one_line_exit_3(tiny_sd_dir: Path, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.safetensors"]
 
 
-def test_a_file_that_is_not_recare_weights_is_exit_3(tiny_sd_dir: Path, tmp_path: Path) -> None:
+def test_a_file_of_neither_recare_nor_the_unet_is_exit_3(tiny_sd_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     alien = tmp_path / "alien.safetensors"
     save_file({"x": torch.zeros(1)}, str(alien))
     res = _export(tiny_sd_dir, tmp_path / "m.safetensors", "--weights", str(alien))
-    assert res.code == 3 and "not a recare weights file" in res.stderr, res.stderr
+    assert res.code == 3 and "parameter 'x' is not in the model's UNet" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alien.safetensors"]
+
+
+def test_an_erase_checkpoint_is_exit_3_naming_what_it_is(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    from recare_cli.models.weights import CHECKPOINT_FORMAT, write_safetensors
+
+    ckpt = tmp_path / "erased.safetensors.ckpt"
+    write_safetensors(ckpt, {"x": torch.zeros(1)}, {"format": CHECKPOINT_FORMAT})
+    res = _export(tiny_sd_dir, tmp_path / "m.safetensors", "--weights", str(ckpt))
+    assert res.code == 3 and "unfinished recare erase run" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 
@@ -359,3 +371,136 @@ def test_a_staged_folder_appears_only_when_complete(tmp_path: Path) -> None:
     with staged_folder(target, replace=True) as tmp:
         (tmp / "b").write_text("newer")
     assert sorted(p.name for p in target.iterdir()) == ["b"] and sorted(tmp_path.iterdir()) == [target]
+
+
+# ------------------------------------------------------------------------------------------------
+# --format kohya-lora
+
+@pytest.fixture(scope="module")
+def lora_file(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recare erase --lora run on the tiny model (rank 4, alpha 8: a scale of 2)."""
+    folder = tmp_path_factory.mktemp("lora")
+    care = folder / "care.json"
+    care.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
+                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
+    out = folder / "lora.safetensors"
+    res = invoke(["erase", "--target", "nudity", "--care", str(care), "--model", str(tiny_sd_dir), "--device", "cpu",
+                  "--resolution", "32", "--iterations", "3", "--ddim-steps", "8", "--lr", "1e-2", "--lora", "4",
+                  "--lora-alpha", "8", "-o", str(out), "-q"])
+    assert res.code == 0, res.stderr
+    return out
+
+
+def every_module_lora(tiny_sd_dir: Path, path: Path) -> None:
+    """A recare.unet-lora file adapting every Linear and Conv2d module of the tiny UNet (cross-attention, the
+    3×3 convolutions, conv_in/conv_out, the time embedding), rank 2, alpha 3, B not zero."""
+    from recare_cli.models.fingerprint import module_fingerprint
+    from recare_cli.models.lora import save_unet_lora
+
+    unet = _load(tiny_sd_dir).unet
+    g = torch.Generator().manual_seed(4)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            a_shape, b_shape = (2, module.in_features), (module.out_features, 2)
+        elif isinstance(module, torch.nn.Conv2d):
+            a_shape, b_shape = (2, module.in_channels, *module.kernel_size), (module.out_channels, 2, 1, 1)
+        else:
+            continue
+        tensors[f"{name}.lora_A.weight"] = 0.1 * torch.randn(a_shape, generator=g)
+        tensors[f"{name}.lora_B.weight"] = 0.1 * torch.randn(b_shape, generator=g)
+    save_unet_lora(path, tensors, rank=2, alpha=3.0, base_unet=module_fingerprint(unet))
+
+
+@pytest.mark.parametrize("source", ["erase-run", "every-module"])
+def test_kohya_lora_loads_in_diffusers_as_recare_applies_it(tiny_sd_dir: Path, lora_file: Path, tmp_path: Path,
+                                                            source: str, one_torch_thread: None) -> None:
+    from safetensors import safe_open
+
+    from recare_cli.core.lora import lora_layers
+    from recare_cli.models.lora import lora_modules
+    from recare_cli.models.weights import apply_unet_weights
+
+    recare_lora = lora_file
+    if source == "every-module":
+        recare_lora = tmp_path / "every.safetensors"
+        every_module_lora(tiny_sd_dir, recare_lora)
+    with safe_open(str(recare_lora), framework="pt") as fh:
+        modules = lora_modules([k.removeprefix("unet.") for k in fh.keys()])  # noqa: SIM118
+        alpha = float(json.loads(fh.metadata()["lora_adapter_metadata"])["unet.lora_alpha"])
+    out = tmp_path / "kohya.safetensors"
+    res = _export(tiny_sd_dir, out, "--weights", str(recare_lora), "--format", "kohya-lora")
+    assert res.code == 0 and res.stdout == b"", res.stderr
+    assert f"{3 * len(modules)} tensors" in res.stderr
+    with safe_open(str(out), framework="pt") as fh:
+        keys, meta = set(fh.keys()), fh.metadata()
+        alphas = {k: fh.get_tensor(k) for k in keys if k.endswith(".alpha")}
+    expected_keys = {"lora_unet_" + m.replace(".", "_") + part for m in modules
+                     for part in (".lora_down.weight", ".lora_up.weight", ".alpha")}
+    assert keys == expected_keys  # kohya naming, every module, nothing else
+    assert all(a.shape == () and float(a) == alpha for a in alphas.values())
+    assert meta["format"] == "pt" and meta["ss_network_module"] == "networks.lora" and '"kohya-lora"' in \
+        meta["provenance"]
+
+    base = _unet_out(_load(tiny_sd_dir))
+    loaded = _load(tiny_sd_dir)
+    loaded.load_lora_weights(str(out))  # diffusers' kohya converter, then peft layers
+    assert len(lora_layers(loaded.unet)) == len(modules)  # every adapter found its module
+    ours = _load(tiny_sd_dir)
+    apply_unet_weights(ours, recare_lora)  # recare's merged application
+    moved = float((_unet_out(ours) - base).abs().max())
+    assert moved > 1e-3
+    torch.testing.assert_close(_unet_out(loaded), _unet_out(ours), rtol=0, atol=1e-5 * moved + 1e-6)
+
+
+def test_kohya_lora_in_fp16_keeps_alpha_exact(tiny_sd_dir: Path, lora_file: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    out = tmp_path / "kohya16.safetensors"
+    res = _export(tiny_sd_dir, out, "--weights", str(lora_file), "--format", "kohya-lora", "--dtype", "fp16")
+    assert res.code == 0, res.stderr
+    with safe_open(str(out), framework="pt") as fh, safe_open(str(lora_file), framework="pt") as src:
+        for key in fh.keys():  # noqa: SIM118
+            value = fh.get_tensor(key)
+            if key.endswith(".alpha"):
+                assert value.dtype == torch.float32 and float(value) == 8.0
+                continue
+            assert value.dtype == torch.float16
+            module = key.removeprefix("lora_unet_").rsplit(".lora_", 1)[0]
+            original = next(src.get_tensor(k) for k in src.keys()  # noqa: SIM118
+                            if k.removeprefix("unet.").rsplit(".lora_", 1)[0].replace(".", "_") == module
+                            and k.endswith("lora_A.weight" if ".lora_down." in key else "lora_B.weight"))
+            assert torch.equal(value, original.to(torch.float16))
+
+
+def test_kohya_lora_for_another_base_model_is_one_line_exit_3(tiny_sd_dir: Path, lora_file: Path,
+                                                             tmp_path: Path) -> None:
+    from recare_cli.models.weights import read_safetensors, write_safetensors
+
+    tensors, meta = read_safetensors(lora_file)
+    other = tmp_path / "other-lora.safetensors"
+    write_safetensors(other, tensors, {**meta, "base_unet": "sha256:0123456789abcdef"})
+    out = tmp_path / "kohya.safetensors"
+    res = _export(tiny_sd_dir, out, "--weights", str(other), "--format", "kohya-lora")
+    lines = res.stderr.strip().splitlines()
+    assert res.code == 3 and len(lines) == 1 and "made for base UNet sha256:0123456789abcdef" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other-lora.safetensors"]
+
+
+def test_kohya_lora_of_weights_that_are_not_lora_is_one_usage_line(tiny_sd_dir: Path, inputs: SimpleNamespace,
+                                                                   lora_file: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    esd = tmp_path / "esd.safetensors"
+    save_file({"conv_out.bias": torch.zeros(4)}, str(esd))
+    out = tmp_path / "kohya.safetensors"
+    cases = [("holds trained UNet parameters from recare erase", [inputs.weights]),
+             ("holds trained UNet parameters from recare erase", [lora_file, inputs.weights]),
+             ("holds weights of another tool", [esd]), ("exactly one", [lora_file, lora_file]),
+             ("(0 given)", [inputs.adv])]
+    for phrase, files in cases:
+        args = [x for f in files for x in ("--weights", str(f))]
+        res = _export(Path("/nonexistent-model"), out, *args, "--format", "kohya-lora")  # refused before loading
+        lines = res.stderr.strip().splitlines()
+        assert res.code == 2 and len(lines) == 1 and phrase in lines[0], (phrase, res.stderr)
+        assert not out.exists()

@@ -11,8 +11,8 @@ nothing is dropped silently. The only change of values is a reshape: the VAE's m
 ``Linear`` in diffusers and a 1×1 convolution in the original (``(C, C)`` ↔ ``(C, C, 1, 1)``).
 
 The facts of the mapping are those of diffusers' own converters (``scripts/convert_diffusers_to_original_
-stable_diffusion.py`` and ``loaders/single_file_utils.py``); the code is recare's own. LoRA layouts (kohya
-``lora_unet_*`` keys, diffusers/PEFT) belong beside this module when LoRA erasing arrives.
+stable_diffusion.py`` and ``loaders/single_file_utils.py``); the code is recare's own. The same mapping reads
+the UNet of an original-layout checkpoint back (``original_unet_to_diffusers``, for ``--weights``).
 """
 
 from __future__ import annotations
@@ -213,6 +213,22 @@ class OriginalLayout:
             name, mapped = self.mappers[part].to_diffusers(key, value)
             out[part][name] = mapped
         return out
+
+
+def original_unet_to_diffusers(checkpoint: Mapping[str, torch.Tensor],
+                               unet_keys: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The ``model.diffusion_model.`` tensors of an original-layout checkpoint under the diffusers names of a
+    UNet whose keys are ``unet_keys`` (the structure is read from them, as for writing); a key without a place
+    is refused."""
+    keys = set(unet_keys)
+    mapper = _Mapper("unet", UNET_PREFIX, _unet_rules(keys), keys)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in checkpoint.items():
+        name, mapped = mapper.to_diffusers(key, value)
+        if name in out:
+            raise BadInputError(f"'{key}' and another both map to unet parameter '{name}'")
+        out[name] = mapped
+    return out
 
 
 def pipeline_states(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:

@@ -6,6 +6,8 @@ and ``unet.<module>.lora_B.weight`` (out, r[, 1, 1]); the safetensors metadata k
 holds the ``LoraConfig`` arguments diffusers builds the adapter from (``unet.r``, ``unet.lora_alpha``,
 ``unet.target_modules``), so a scale ``α / r`` other than 1 loads as trained. The update of a module's weight
 is ``(α / r)·B A`` (for a convolution ``Σ_r B[o, r]·A[r, i, kh, kw]``).
+
+``kohya_tensors`` writes the same adapters in kohya naming (``recare export --format kohya-lora``).
 """
 
 from __future__ import annotations
@@ -85,4 +87,43 @@ def lora_new_values(state: Mapping[str, torch.Tensor], tensors: Mapping[str, tor
         b2 = b.reshape(b.shape[0], rank)
         delta = b2 @ a if a.dim() == 2 else torch.einsum("or,rikl->oikl", b2, a)
         out[f"{module}.weight"] = weight.float() + scale * delta
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# kohya naming, the layout the web UIs (AUTOMATIC1111, ComfyUI) and sd-scripts read
+
+KOHYA_PREFIX = "lora_unet_"  # sd-scripts' LORA_PREFIX_UNET, joined to the module path with "_"
+KOHYA_DOWN, KOHYA_UP, KOHYA_ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+
+
+def kohya_name(module: str) -> str:
+    """``down_blocks.0.attentions.0.proj_in`` → ``lora_unet_down_blocks_0_attentions_0_proj_in`` (sd-scripts
+    names a module by its diffusers path with dots as underscores; for SD 1.x/2.x its UNet has diffusers' names)."""
+    return KOHYA_PREFIX + module.replace(".", "_")
+
+
+def kohya_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], source: str,
+                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A ``recare.unet-lora`` file's adapters in kohya naming: ``<name>.lora_down.weight`` = A,
+    ``<name>.lora_up.weight`` = B (in ``dtype``), ``<name>.alpha`` = α as a float32 scalar, so that a reader's
+    ``alpha / rank`` (rank = A's first dimension) is the file's ``α / r``. Module order is kept."""
+    import torch
+
+    scale = lora_scale(meta, source)
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[str, str] = {}
+    for key, value in tensors.items():
+        module, sep, part = key.removeprefix(PREFIX).rpartition(".lora_")
+        if not key.startswith(PREFIX) or not sep or part not in ("A.weight", "B.weight"):
+            raise BadInputError(f"tensor '{key}' is not a UNet LoRA tensor (unet.<module>.lora_A/B.weight)",
+                                source=source)
+        name = kohya_name(module)
+        if seen.setdefault(name, module) != module:  # cannot happen for diffusers' names; never merge two
+            raise BadInputError(f"LoRA modules '{seen[name]}' and '{module}' share the kohya name '{name}'",
+                                source=source)
+        cast = value.to(dtype) if dtype is not None else value
+        out[name + (KOHYA_DOWN if part == "A.weight" else KOHYA_UP)] = cast
+        if part == "A.weight":
+            out[name + KOHYA_ALPHA] = torch.tensor(scale * value.shape[0], dtype=torch.float32)
     return out

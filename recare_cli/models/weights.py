@@ -17,7 +17,10 @@ Three file kinds (docs/erase.md has every metadata key):
 * ``recare.embeddings`` (written by ``recare invert``): ``{token: (1, D) tensor}``, the layout
   diffusers' ``load_textual_inversion`` reads; metadata ``base_text_encoder``.
 
-Pickles are never loaded, except a reference ``.pt`` on request, and then with ``weights_only=True``.
+Other tools' erased UNets and text encoders (ESD, UCE, the ReCARE reference's ``.pt``, AdvUnlearn's text
+encoders, original-layout checkpoints) are taken by ``--weights`` too (``models.field``): checked by name and
+shape, since they record no base model. Pickles are
+read with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -116,12 +119,19 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tens
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A safetensors file's metadata, without reading its tensors."""
+    """A safetensors file's metadata, without reading its tensors. A PyTorch checkpoint (another tool's
+    ``.pt``/``.ckpt``/``.bin``) has none: it is read once with ``weights_only=True`` (memory-mapped), so that a
+    pickle that needs code is refused here, before any model is loaded, and ``{}`` is returned."""
     from safetensors import SafetensorError, safe_open
+
+    from recare_cli.models.field import is_safetensors, read_pickle, state_dict_of
 
     p = Path(path)
     if not p.is_file():
         raise BadInputError("no such file", source=str(p))
+    if not is_safetensors(p):
+        state_dict_of(read_pickle(p), str(p))
+        return {}
     try:
         with safe_open(str(p), framework="pt") as fh:
             return dict(fh.metadata() or {})
@@ -139,6 +149,26 @@ FORMAT_CONTENTS = {
 }
 # Formats an option takes besides the one it names: --weights applies a LoRA file as merged weights.
 ALSO_TAKEN = {WEIGHTS_FORMAT: (LORA_FORMAT,)}
+
+
+def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a ``--weights`` file: safetensors (recare's, or another tool's), or a PyTorch
+    checkpoint read with ``weights_only=True`` (``models.field``; no metadata)."""
+    from recare_cli.models.field import is_safetensors, read_pickle, state_dict_of
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError("no such file", source=str(p))
+    if is_safetensors(p):
+        return read_safetensors(p)
+    return state_dict_of(read_pickle(p), str(p)), {}
+
+
+def is_recare_file(meta: Mapping[str, str]) -> bool:
+    """Whether a file is recare's: its metadata names a recare format, or records the base UNet it was made for
+    (then that is checked). Other tools' files carry no metadata, or only ``format: pt``."""
+    found = str(meta.get("format", ""))
+    return found in FORMAT_CONTENTS or found.startswith("recare.") or "base_unet" in meta
 
 
 def check_format(path: str | os.PathLike[str], meta: Mapping[str, str], wanted: str | tuple[str, ...],
@@ -185,8 +215,12 @@ def apply_unet_weights(pipe: Any, path: str | os.PathLike[str], *, base_unet: st
     when omitted it is computed from the UNet now, so call this before any other change. Weights made
     for another base model raise ``BadInputError``. Returns the file's metadata.
     """
-    tensors, meta = read_safetensors(path)
-    _load_unet_weights(getattr(pipe, "unet", pipe), tensors, meta, str(path), base_unet)
+    tensors, meta = read_weights(path)
+    unet = getattr(pipe, "unet", pipe)
+    if is_recare_file(meta):
+        _load_unet_weights(unet, tensors, meta, str(path), base_unet)
+    else:
+        _load_field(pipe, tensors, str(path))
     return meta
 
 
@@ -195,13 +229,18 @@ def apply_weight_files(bundle: Any, paths: Sequence[str | os.PathLike[str]]) -> 
     UNet, text-encoder weights (``format`` ``recare.text-encoder-weights``) to its text encoder. Returns the
     record provenance keeps of each (path, fingerprint of its tensors, base UNet or base text encoder, tensor
     count)."""
+    from recare_cli.io.digest import sha256_file
     from recare_cli.models.fingerprint import state_fingerprint
 
     applied: list[dict[str, Any]] = []
     for path in paths:
-        tensors, meta = read_safetensors(path)
+        tensors, meta = read_weights(path)
         record: dict[str, Any] = {"path": str(path), "fingerprint": state_fingerprint(tensors)}
-        if meta.get("format") == TEXT_ENCODER_FORMAT:
+        if not is_recare_file(meta):  # another tool's file: identified by its bytes, no base model to check
+            record["sha256"] = sha256_file(path)
+            record["layout"], part = _load_field(bundle.pipe, tensors, str(path))
+            record[f"base_{part}"] = None
+        elif meta.get("format") == TEXT_ENCODER_FORMAT:
             _load_text_encoder_weights(bundle.pipe.text_encoder, tensors, meta, str(path),
                                        bundle.text_encoder_fingerprint, bundle.unet_fingerprint)
             record["base_text_encoder"] = meta.get("base_text_encoder")
@@ -213,18 +252,22 @@ def apply_weight_files(bundle: Any, paths: Sequence[str | os.PathLike[str]]) -> 
     return applied
 
 
-def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], source: str,
-                       base_unet: str | None) -> None:
-    from recare_cli.models.fingerprint import module_fingerprint
-
+def check_base_unet(meta: Mapping[str, str], current: str, source: str) -> None:
+    """Refuse a recare file made for another base UNet than the one fingerprinted ``current``."""
     made_for = meta.get("base_unet")
     if made_for is None:
         raise BadInputError("no 'base_unet' fingerprint in the metadata: not weights written by recare erase",
                             source=source, field="base_unet")
-    current = base_unet or module_fingerprint(unet)
     if made_for != current:
         raise BadInputError(f"made for base UNet {made_for}, but this model's UNet is {current}",
                             source=source, field="base_unet")
+
+
+def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], source: str,
+                       base_unet: str | None) -> None:
+    from recare_cli.models.fingerprint import module_fingerprint
+
+    check_base_unet(meta, base_unet or module_fingerprint(unet), source)
     if not tensors:
         raise BadInputError("holds no tensors", source=source)
     state = unet.state_dict()
@@ -234,6 +277,34 @@ def _load_unet_weights(unet: Any, tensors: Mapping[str, torch.Tensor], meta: Map
         tensors = lora_new_values(state, tensors, meta, source)
     check_unet_weights(unet, tensors, source)
     unet.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()}, strict=False)
+
+
+def _load_field(pipe: Any, tensors: Mapping[str, torch.Tensor], source: str) -> tuple[str, str]:
+    """Load another tool's erased UNet or text encoder (``models.field`` layouts; ``pipe`` a pipeline, or a bare
+    UNet) after checking every name and shape against the model, with one warning that the base model cannot be
+    verified. Returns the layout's name and the part loaded (``unet`` or ``text_encoder``)."""
+    from recare_cli import console
+    from recare_cli.models.field import is_text_encoder, text_encoder_weights, unet_weights
+
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None and is_text_encoder(tensors):
+        part, found = "text_encoder", text_encoder_weights(tensors, source)
+        text_encoder.load_state_dict(text_encoder_state(text_encoder, found.tensors, source), strict=False)
+    else:
+        unet = getattr(pipe, "unet", pipe)
+        state = unet.state_dict()
+        part, found = "unet", unet_weights(tensors, list(state), source)
+        if not found.tensors:
+            raise BadInputError("holds no UNet tensors", source=source)
+        check_unet_weights(unet, found.tensors, source)
+        unet.load_state_dict({k: v.to(state[k].dtype) for k, v in found.tensors.items()}, strict=False)
+    what = "UNet" if part == "unet" else "text-encoder"
+    skipped = (f"; {found.ignored} other tensors (other parts, or the same tensors under a wrapper's aliases) are "
+               "not applied" if found.ignored else "")
+    console.warn(f"{source}: not a recare file ({found.layout} layout), so the base model it was made for cannot "
+                 f"be verified: {len(found.tensors)} {what} tensors applied after checking their names and shapes"
+                 f"{skipped}")
+    return found.layout, part
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,17 +376,9 @@ def _load_text_encoder_weights(text_encoder: Any, tensors: Mapping[str, torch.Te
 def load_reference_unet(path: str | os.PathLike[str], unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Read a reference ``ReCARE-Diffusers-UNet.pt`` (a full UNet ``state_dict`` pickle) safely:
     ``torch.load(weights_only=True)`` refuses code objects. Returns the tensors, checked against ``unet``."""
-    import pickle
+    from recare_cli.models.field import read_pickle, state_dict_of
 
-    import torch
-
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
-        raise BadInputError(f"not a weights-only PyTorch state_dict ({str(err).splitlines()[0]})",
-                            source=str(path)) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadInputError("expected a UNet state_dict (name → tensor)", source=str(path))
+    state = state_dict_of(read_pickle(path), str(path))
     check_unet_weights(unet, state, str(path))
     return state
 

@@ -6,10 +6,13 @@ when made for another base model), and one writer per format writes the result, 
 * ``single-file``: the original Stable Diffusion 1.x layout in one safetensors file (``models.export``),
   for AUTOMATIC1111, ComfyUI and diffusers' ``from_single_file``;
 * ``diffusers``: a complete pipeline folder (``models.weights.save_pipeline``, as ``erase --save-pipeline``),
-  with the provenance in ``recare-export.json``.
+  with the provenance in ``recare-export.json``;
+* ``kohya-lora``: the adapters of one ``recare erase --lora`` file, not merged, in kohya naming
+  (``models.lora.kohya_tensors``), for the web UIs' LoRA loaders and diffusers' ``load_lora_weights``.
 
-(LoRA layouts join ``WRITERS`` with LoRA erasing.) Token embeddings become the UIs' textual-inversion files,
-one per token, in ``OUTPUT-embeddings/``. Every output appears only when complete; an existing one is replaced
+``--weights`` also takes other tools' erased UNets and text encoders (``models.field``), applied as
+``recare sample`` applies them. Token embeddings become the UIs' textual-inversion files, one per token, in
+``OUTPUT-embeddings/``. Every output appears only when complete; an existing one is replaced
 only with ``force``.
 """
 
@@ -30,8 +33,11 @@ from recare_cli.models.sd import DEFAULT_MODEL
 from recare_cli.models.weights import EMBEDDINGS_FORMAT, FORMAT_CONTENTS, LORA_FORMAT, WEIGHTS_FORMAT
 from recare_cli.stages.options import recorded, run_control
 
-FORMATS = ("single-file", "diffusers")
-SINGLE_FILE_SUFFIX = ".safetensors"  # the UIs list checkpoints by extension
+KOHYA = "kohya-lora"
+FORMATS = ("single-file", "diffusers", KOHYA)
+FILE_FORMATS = ("single-file", KOHYA)  # formats that write one file
+SINGLE_FILE_SUFFIX = ".safetensors"  # the UIs list checkpoints and LoRAs by extension
+FIELD = "weights of another tool"  # the kind of a --weights file without a recare format (models.field)
 PROVENANCE_FILE = "recare-export.json"  # in a diffusers folder (a single file keeps it in its metadata)
 # The recare files --weights takes, by their metadata format. A new kind of weights is one entry here and one
 # branch in _apply (embeddings are not applied: they are written as files of their own).
@@ -56,12 +62,12 @@ class ExportOptions:
         if self.output in ("", STDIO):
             raise UsageError("--output: recare export writes a file or a folder, not a stream: give a path")
         target = Path(self.output)
-        if self.format == "single-file":
+        if self.format in FILE_FORMATS:
             if not target.name.endswith(SINGLE_FILE_SUFFIX):
-                raise UsageError(f"--output '{self.output}': a single-file checkpoint's name ends in "
-                                 f"{SINGLE_FILE_SUFFIX} (the UIs list checkpoints by that extension)")
+                raise UsageError(f"--output '{self.output}': a {self.format} file's name ends in "
+                                 f"{SINGLE_FILE_SUFFIX} (the UIs list checkpoints and LoRAs by that extension)")
             if target.is_dir():
-                raise UsageError(f"--output '{self.output}' is a folder; --format single-file writes a file")
+                raise UsageError(f"--output '{self.output}' is a folder; --format {self.format} writes a file")
         check_output_dir(target)
 
     def embeddings_folder(self) -> Path:
@@ -80,19 +86,37 @@ class ExportResult:
 
 
 def read_inputs(paths: Sequence[Path]) -> list[tuple[Path, str]]:
-    """Each file with its recare format, read from its metadata before any model is loaded."""
-    from recare_cli.models.weights import read_metadata
+    """Each file with its recare format (``FIELD`` for a file without one: another tool's erased model), read
+    from its metadata before any model is loaded (a pickle is read weights-only here, and refused if it needs
+    code)."""
+    from recare_cli.models.weights import is_recare_file, read_metadata
 
     takes = "; ".join(TAKES.values())
     out = []
     for path in paths:
-        kind = read_metadata(path).get("format")
-        if kind not in TAKES:
-            what = f"a {kind} file ({FORMAT_CONTENTS[kind]})" if kind in FORMAT_CONTENTS else \
-                "not a recare weights file"
-            raise BadInputError(f"{what}; --weights takes {takes}", source=str(path))
+        meta = read_metadata(path)
+        kind = meta.get("format") if is_recare_file(meta) else FIELD
+        if kind not in TAKES and kind != FIELD:
+            what = f" ({FORMAT_CONTENTS[kind]})" if kind in FORMAT_CONTENTS else ""
+            raise BadInputError(f"a {kind or 'recare'} file{what}; --weights takes {takes}, or another tool's "
+                                "erased model", source=str(path))
         out.append((Path(path), str(kind)))
     return out
+
+
+def kohya_input(inputs: Sequence[tuple[Path, str]]) -> Path:
+    """The one LoRA file ``--format kohya-lora`` converts (token embeddings may come beside it)."""
+    others = [(path, kind) for path, kind in inputs if kind not in (LORA_FORMAT, EMBEDDINGS_FORMAT)]
+    if others:
+        path, kind = others[0]
+        what = FORMAT_CONTENTS.get(kind, kind)
+        raise UsageError(f"--format {KOHYA} writes LoRA adapters; {path} holds {what}, not LoRA adapters (use "
+                         "--format single-file or diffusers)")
+    loras = [path for path, kind in inputs if kind == LORA_FORMAT]
+    if len(loras) != 1:
+        raise UsageError(f"--format {KOHYA} needs exactly one --weights file from recare erase --lora "
+                         f"({len(loras)} given)")
+    return loras[0]
 
 
 def check_outputs(targets: Sequence[Path], *, force: bool) -> None:
@@ -110,7 +134,7 @@ def _apply(bundle: Any, path: Path, kind: str) -> dict[str, Any]:
     """Apply one weights file to the loaded model; returns the record provenance keeps of it."""
     from recare_cli.models.weights import apply_weight_files
 
-    if kind in (WEIGHTS_FORMAT, LORA_FORMAT):  # a LoRA file is merged into the weights
+    if kind in (WEIGHTS_FORMAT, LORA_FORMAT, FIELD):  # a LoRA file is merged into the weights; FIELD: models.field
         return {"kind": kind, **apply_weight_files(bundle, [path])[0]}
     raise AssertionError(f"no way to apply {kind}")  # TAKES and this function disagree
 
@@ -153,9 +177,43 @@ def _write_diffusers(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[st
     return 0
 
 
+def check_lora(bundle: Any, path: Path) -> dict[str, Any]:
+    """Check a LoRA file against the loaded (unmodified) model without applying it: made for its base UNet,
+    every adapter fitting its module. Returns the record provenance keeps of it."""
+    from recare_cli.models.fingerprint import state_fingerprint
+    from recare_cli.models.lora import lora_new_values
+    from recare_cli.models.weights import check_base_unet, read_safetensors
+
+    tensors, meta = read_safetensors(path)
+    check_base_unet(meta, bundle.unet_fingerprint, str(path))
+    if not tensors:
+        raise BadInputError("holds no tensors", source=str(path))
+    lora_new_values(bundle.pipe.unet.state_dict(), tensors, meta, str(path))
+    return {"kind": LORA_FORMAT, "path": str(path), "fingerprint": state_fingerprint(tensors),
+            "base_unet": meta.get("base_unet"), "tensors": len(tensors)}
+
+
+def _write_kohya(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
+    from recare_cli.models.export import UI_METADATA
+    from recare_cli.models.lora import kohya_tensors, lora_modules, lora_scale
+    from recare_cli.models.weights import read_safetensors, write_safetensors
+
+    path = kohya_input(read_inputs(opts.weights))
+    tensors, meta = read_safetensors(path)
+    converted = kohya_tensors(tensors, meta, str(path), dtype)
+    rank = next(v for k, v in tensors.items() if k.endswith(".lora_A.weight")).shape[0]
+    # what sd-scripts records of a LoRA network; the UIs show these keys
+    network = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
+               "ss_network_alpha": str(lora_scale(meta, str(path)) * rank)}
+    write_safetensors(opts.output, converted, {**UI_METADATA, **network, "base_unet": meta.get("base_unet", ""),
+                                               "modules": len(lora_modules(tensors)), "provenance": record})
+    return len(converted)
+
+
 WRITERS: dict[str, Callable[[Any, ExportOptions, Any, dict[str, Any]], int]] = {
     "single-file": _write_single_file,
     "diffusers": _write_diffusers,
+    KOHYA: _write_kohya,
 }
 
 
@@ -167,6 +225,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
 
     opts.validate()
     inputs = read_inputs(opts.weights)
+    lora = kohya_input(inputs) if opts.format == KOHYA else None
     embedding_paths = [path for path, kind in inputs if kind == EMBEDDINGS_FORMAT]
     folder = opts.embeddings_folder() if embedding_paths else None
     check_outputs([Path(opts.output)] + ([folder] if folder is not None else []), force=opts.force)
@@ -175,8 +234,14 @@ def run_export(opts: ExportOptions) -> ExportResult:
     if opts.format == "single-file" and bundle.architecture.family != "sd1":
         raise UsageError(f"--format single-file writes the SD 1.x layout; '{opts.model}' is "
                          f"{bundle.architecture.family} (use --format diffusers)")
+    if opts.format == KOHYA and bundle.architecture.family not in ("sd1", "sd2"):
+        raise UsageError(f"--format {KOHYA} writes the SD 1.x/2.x naming; '{opts.model}' is "
+                         f"{bundle.architecture.family}")
     identity = bundle.identity()
-    applied = [_apply(bundle, path, kind) for path, kind in inputs if kind != EMBEDDINGS_FORMAT]
+    if lora is not None:  # converted, not applied: the adapters are checked against the model
+        applied = [check_lora(bundle, lora)]
+    else:
+        applied = [_apply(bundle, path, kind) for path, kind in inputs if kind != EMBEDDINGS_FORMAT]
     tokens, token_records = read_tokens(bundle, embedding_paths)
     record = provenance("export", recorded(opts), model=identity, weights=applied + token_records)
     dtype = torch_dtype(opts.dtype)

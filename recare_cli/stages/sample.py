@@ -195,8 +195,9 @@ def encode_png(pixels: Any, tag: str) -> bytes:
 
 
 def check_input_files(opts: SampleOptions) -> None:
-    """Each --weights / --embeddings file is a readable safetensors file of the kind its option takes
-    (read from its metadata, before any model is loaded)."""
+    """Each --weights / --embeddings file is readable and of the kind its option takes (read from its metadata,
+    before any model is loaded). A --weights file of another tool (no recare metadata; a PyTorch checkpoint is
+    read weights-only here, and refused if it needs code) is checked by name and shape once the model is loaded."""
     from recare_cli.models.weights import (
         CHECKPOINT_FORMAT,
         EMBEDDINGS_FORMAT,
