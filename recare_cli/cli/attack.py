@@ -46,8 +46,9 @@ def attack(
     output: SafetensorsOutput,
     method: Annotated[str, typer.Option("--method", help="cce (the only attack so far).")] = O.method,
     weights: Annotated[list[str] | None, typer.Option(
-        "--weights", help="recare erase outputs (UNet or text-encoder weights) applied to --model, in order; "
-                          "repeatable. None: attack the base model.", show_default=False)] = None,
+        "--weights", help="recare erase outputs (UNet, LoRA or text-encoder weights) or other tools' erased "
+                          "checkpoints (as recare sample --weights) applied to --model, in order; repeatable. "
+                          "None: attack the base model.", show_default=False)] = None,
     initializer: Annotated[str, typer.Option("--initializer", help="Single-token word the token starts from "
                                                                    "(CCE: art for styles).")] = O.initializer,
     property: Annotated[str, typer.Option("--property", help="object or style: the prompt templates.")] = O.property,

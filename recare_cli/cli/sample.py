@@ -46,8 +46,9 @@ def sample(
                                        help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")
                      ] = SampleOptions.model,
     weights: Annotated[list[Path] | None, typer.Option(
-        "--weights", help="recare erase outputs (safetensors): UNet weights, or text-encoder weights from --method "
-                    "advunlearn; repeat to apply several in order.",
+        "--weights", help="recare erase outputs (UNet weights, LoRA, text-encoder weights from --method "
+                    "advunlearn), or other tools' erased UNets and text encoders (ESD, UCE, the ReCARE "
+                    "reference's .pt, read weights-only); repeat to apply several in order.",
         show_default=False)] = None,
     embeddings: Annotated[list[Path] | None, typer.Option(
         "--embeddings", help="Textual-inversion embeddings from recare invert (safetensors); repeatable.",
