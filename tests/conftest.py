@@ -47,6 +47,15 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.delenv("RECARE_DEBUG", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _console_not_quiet() -> None:
+    """Every test starts with messages on: an in-process command run with --quiet leaves the console quiet, and
+    a later test in the same worker that checks a warning would see nothing."""
+    from recare_cli import console
+
+    console.set_quiet(False)
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Tiny tensors on two shared cores: contending torch threads are far slower than one."""
