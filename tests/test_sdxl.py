@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from recare_cli.errors import EXIT_MODEL_UNAVAILABLE, ModelUnavailableError
 from tests.helpers import invoke
@@ -83,3 +84,188 @@ def test_sdxl_refiner_img2img_and_inpaint_are_refused(tmp_path: Path, index: dic
     line = res.stderr.strip()
     assert "\n" not in line and named in line and "Traceback" not in line
     assert not (tmp_path / "imgs").exists()
+
+
+# ---- the conditioning ------------------------------------------------------------------------------------------
+
+
+def test_conditioning_equals_the_pipelines_encode_prompt(tiny_sdxl_dir: Path) -> None:
+    """Both encoders' penultimate states concatenated and the second's pooled output, as
+    ``StableDiffusionXLPipeline.encode_prompt``; the size ids as its ``_get_add_time_ids`` (which also checks their
+    count against the UNet's added embedding)."""
+    from recare_cli.core.conditioning import encode_sdxl
+    from recare_cli.models.sd import text_encoders, tokenizers
+
+    pipe = _bundle(tiny_sdxl_dir).pipe
+    prompts = ["a photo of a cat", "", "a painting in the style of a person"]
+    ours = encode_sdxl(tokenizers(pipe), text_encoders(pipe), prompts, size=(32, 48), device=torch.device("cpu"),
+                       batch_size=2)
+    hidden, _, pooled, _ = pipe.encode_prompt(prompt=prompts, device="cpu", do_classifier_free_guidance=False)
+    assert ours.hidden.shape == (3, 77, 32 + 48) and ours.text_embeds.shape == (3, 40)
+    torch.testing.assert_close(ours.hidden, hidden)
+    torch.testing.assert_close(ours.text_embeds, pooled)
+    expected = pipe._get_add_time_ids((32, 48), (0, 0), (32, 48), dtype=torch.float32,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    torch.testing.assert_close(ours.time_ids, expected.repeat(3, 1))
+    assert (ours.hidden[0] - ours.hidden[2]).abs().max() > 1e-3  # prompts differ: the check can fail
+
+
+# ---- one erase iteration per trainer method, against a naive computation ---------------------------------------
+
+
+def _unet(unet: Any, x: torch.Tensor, t: Any, c: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return unet(x, t, encoder_hidden_states=c["h"],
+                    added_cond_kwargs={"text_embeds": c["p"], "time_ids": c["ids"]}).sample
+
+
+def _naive_ddim(unet: Any, scheduler: Any, z: torch.Tensor, cond: dict[str, torch.Tensor],
+                uncond: dict[str, torch.Tensor], k: int, guidance: float) -> torch.Tensor:
+    x = z
+    for t in scheduler.timesteps[:k]:
+        model_in = scheduler.scale_model_input(x, t)
+        e_u, e_c = _unet(unet, model_in, t, uncond), _unet(unet, model_in, t, cond)
+        x = scheduler.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+    return x
+
+
+def _pipeline_steps(pipe: Any, z: torch.Tensor, cond: dict[str, torch.Tensor], k: int, guidance: float) -> torch.Tensor:
+    """The SDXL pipeline's own loop (its unconditional input: zeros) interrupted after ``k`` steps: published ESD's
+    x_t on SDXL (esd_sdxl.py samples with the pipeline)."""
+    if k == 0:  # no step: the pipeline's initial latents
+        pipe.scheduler.set_timesteps(STEPS)
+        return z * pipe.scheduler.init_noise_sigma
+
+    def stop(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        p._interrupt = i + 1 >= k
+        return kwargs
+
+    with torch.no_grad():
+        return pipe(prompt_embeds=cond["h"], pooled_prompt_embeds=cond["p"], num_inference_steps=STEPS,
+                    guidance_scale=guidance, latents=z, output_type="latent", callback_on_step_end=stop,
+                    height=32, width=32).images
+
+
+@pytest.mark.parametrize(("method", "seed"), [("recare", 0), ("recare-noretain", 1), ("stereo", 0),
+                                            ("esd-recare", 1), ("esd", 0), ("esd", 3)])  # esd: k = 0 and k = 2
+def test_one_erase_iteration_equals_a_naive_one(tiny_sdxl_dir: Path, method: str, seed: int,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iteration 0 on tiny SDXL: k, t, x_t, the erase target, the retain target and the loss equal a naive
+    iteration that calls the UNet with ``added_cond_kwargs`` written out (published ESD's x_t: the pipeline's own
+    loop with its zero unconditional input, as esd_sdxl.py; the others: DDIM on the empty prompt's conditions).
+    The tiny random encoders map every prompt to nearly the same states, so the conditions are synthetic ones."""
+    import copy
+
+    from diffusers import DDIMScheduler
+
+    from recare_cli.core.conditioning import SDXLCondition, time_ids, zeros_like
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule, EraseTrainer
+    from recare_cli.core.guidance import select_parameters
+    from recare_cli.stages.erase import EraseOptions, erase_settings
+
+    pipe = _bundle(tiny_sdxl_dir).pipe
+    base = copy.deepcopy(pipe.unet).requires_grad_(False)
+    g = torch.Generator().manual_seed(3)
+    ids = time_ids(32, 32, 1, dtype=torch.float32, device=torch.device("cpu"))
+    raw = {name: {"h": 3 * torch.randn(1, 77, 80, generator=g), "p": 3 * torch.randn(1, 40, generator=g), "ids": ids}
+           for name in ("u", "h", "a", "r")}
+    cond = {name: SDXLCondition(c["h"], c["p"], c["ids"]) for name, c in raw.items()}
+    anchored = method in ("recare", "recare-noretain", "stereo")
+    published = method == "esd"
+    prompts = ErasePrompts(uncond=cond["u"], erase=cond["h"], anchors=cond["a"] if anchored else None,
+                           retains=cond["r"] if method == "recare" else None,
+                           sample_uncond=zeros_like(cond["u"]) if published else None)
+    schedule = EraseSchedule(erase=[0], anchor=[0] if anchored else None, retain=[0] if method == "recare" else None)
+    opts = EraseOptions(target="x", output="-", method=method, iterations=1, lr=1e-3, ddim_steps=STEPS)
+    trainer = EraseTrainer(pipe.unet, select_parameters(pipe.unet, "xattn"), prompts, schedule,
+                           erase_settings(opts, 16), pipe.scheduler.config, torch.Generator().manual_seed(seed))
+    seen: dict[str, Any] = {}
+    learn = trainer._learn
+
+    def spy(i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, emb: Any, target: torch.Tensor,
+            retain_target: torch.Tensor | None = None) -> dict[str, float]:
+        seen.update(k=k, x_t=x_t, t=t, target=target, retain=retain_target)
+        return learn(i, k, x_t, t, emb, target, retain_target)
+
+    monkeypatch.setattr(trainer, "_learn", spy)
+    replay = torch.Generator().set_state(trainer.generator.get_state())
+    out = trainer.step(0)
+
+    k = int(torch.randint(0, STEPS, (1,), generator=replay).item() if published
+            else torch.randint(1, STEPS - 1, (1,), generator=replay).item())
+    z = torch.randn((1, 4, 16, 16), generator=replay)
+    if published:
+        pipe.unet = base
+        x_t = _pipeline_steps(pipe, z, raw["h"], k, 3.0)
+        pipe.scheduler.set_timesteps(STEPS)
+        t = pipe.scheduler.timesteps[k]
+    else:
+        sampler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+        sampler.set_timesteps(STEPS)
+        x_t = _naive_ddim(base, sampler, z * sampler.init_noise_sigma, raw["h"], raw["u"], k, 3.0)
+        full = DDIMScheduler.from_config(pipe.scheduler.config)
+        full.set_timesteps(1000)
+        t = full.timesteps[int(k / STEPS * 1000)]
+    assert seen["k"] == k and int(seen["t"]) == int(t)
+    torch.testing.assert_close(seen["x_t"], x_t, rtol=1e-4, atol=1e-4)
+    e = {name: _unet(base, x_t, t, c) for name, c in raw.items()}
+    s = 2.0
+    if method == "esd":
+        target = e["h"] - s * (e["h"] - e["u"])
+    elif method == "esd-recare":
+        target = e["h"] - (s - 1) * (e["h"] - e["u"])
+    else:
+        target = e["u"] + (s - 1) * (e["a"] - e["u"]) - (s + 1) * (e["h"] - e["u"])
+    torch.testing.assert_close(seen["target"], target, rtol=1e-4, atol=1e-4)
+    if method == "recare":
+        torch.testing.assert_close(seen["retain"], e["r"], rtol=1e-5, atol=1e-5)
+    assert out["erase"] == pytest.approx(float(((e["h"] - target) ** 2).mean()), rel=1e-4)
+    no_pooled = {**raw["h"], "p": torch.zeros_like(raw["h"]["p"])}  # the pooled embedding matters: can fail
+    assert (_unet(base, x_t, t, no_pooled) - e["h"]).abs().max() > 1e-4
+
+
+# ---- every stage end to end ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("care") / "care.json"
+    path.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
+                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
+    return path
+
+
+def _provenance_model(path: Path) -> dict[str, Any]:
+    from recare_cli.models.weights import decode_metadata, read_metadata
+
+    return dict(decode_metadata(read_metadata(str(path)))["provenance"]["models"]["model"])
+
+
+@pytest.mark.parametrize("method", ["recare", "esd", "esd-recare", "stereo", "recare-noretain"])
+def test_erase_runs_on_sdxl(tiny_sdxl_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / "w.safetensors"
+    args = ["erase", "--target", "nudity", "--method", method, "--model", str(tiny_sdxl_dir), "--device", "cpu",
+            "-o", str(out), "-q", "--iterations", "2", "--ddim-steps", str(STEPS)]
+    if method in ("recare", "recare-noretain"):
+        args += ["--care", str(care_file)]
+    if method == "stereo":
+        args += ["--anchor", "a photo of a person"]
+    res = invoke(args)
+    assert res.code == 0, res.stderr
+    model = _provenance_model(out)
+    second = _bundle(tiny_sdxl_dir).identity()["text_encoder_2"]
+    assert (model["architecture"], model["text_encoder_2"]) == ("sdxl", second)
+
+
+@pytest.mark.parametrize("method", ["uce", "age", "advunlearn"])
+def test_methods_that_do_not_run_on_sdxl_are_refused(tiny_sdxl_dir: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / "w.safetensors"
+    extra = {"age": ["--concepts", str(tmp_path / "c.csv")],
+             "advunlearn": ["--retain-prompts", str(tmp_path / "r.csv")]}
+    (tmp_path / "c.csv").write_text("concept\ncat\n")
+    (tmp_path / "r.csv").write_text("prompt\na cat\n")
+    res = invoke(["erase", "--target", "nudity", "--method", method, *extra.get(method, []), "--model",
+                  str(tiny_sdxl_dir), "--device", "cpu", "-o", str(out)])
+    assert res.code == 2, res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and f"--method {method} does not run on SDXL" in line and not out.exists()

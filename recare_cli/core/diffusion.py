@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recare_cli.core.conditioning import Condition, cat_conditions, unet_kwargs
 from recare_cli.core.guidance import (
     ANCHORED,
     compositional_target,
@@ -126,21 +127,22 @@ def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str], *,
 # UNet side
 
 
-def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: Condition,
              params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The UNet's prediction for ``emb.shape[0]`` conditions, in the model's own prediction type (ε, or v for
     a v-prediction model: every erase target is an affine combination of predictions at one ``x_t`` and ``t``,
     the same formula in either type; docs/architectures.md); ``x`` is broadcast when it has batch 1.
-    ``params`` (name → tensor) replaces those parameters for this call only (the teacher)."""
+    ``params`` (name → tensor) replaces those parameters for this call only (the teacher). ``emb`` is text-encoder
+    states, or SDXL's conditions (``core.conditioning``)."""
     if x.shape[0] != emb.shape[0]:
         x = x.expand(emb.shape[0], *x.shape[1:])
     if params is None:
-        return unet(x, t, encoder_hidden_states=emb).sample
-    out = torch.func.functional_call(unet, params, (x, t), {"encoder_hidden_states": emb}, strict=False)
+        return unet(x, t, **unet_kwargs(emb)).sample
+    out = torch.func.functional_call(unet, params, (x, t), unet_kwargs(emb), strict=False)
     return out.sample
 
 
-def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: Condition,
                 params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``unet_eps`` for every pair of ``emb``'s M conditions and ``x``'s B samples, one batched call;
     returns (M, B, C, H, W). With B = 1 the call is exactly ``unet_eps(unet, x, t, emb, params)``."""
@@ -152,8 +154,8 @@ def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: to
 
 
 @torch.no_grad()
-def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
-                   uncond: torch.Tensor, *, steps: int, guidance: float,
+def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: Condition,
+                   uncond: Condition, *, steps: int, guidance: float,
                    params: dict[str, torch.Tensor] | None = None, first: int = 0) -> torch.Tensor:
     """Run ``steps`` steps of ``scheduler`` (DDIM η = 0, or the model's own sampler) from its step ``first``
     (default the first) with classifier-free guidance on the UNet's own predictions, as the pipeline does (the
@@ -162,7 +164,7 @@ def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond:
     at 0). ``cond``/``uncond`` (batch 1) serve every one of ``latents``' samples, or ``cond`` holds one condition
     per sample; ``params`` as in ``unet_eps`` (the teacher)."""
     n = latents.shape[0]
-    emb = torch.cat([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
+    emb = cat_conditions([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
     x = latents
     for t in scheduler.timesteps[first:first + steps]:
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
@@ -198,13 +200,16 @@ ADAM_METHODS = ("esd", "age")
 @dataclass
 class ErasePrompts:
     """Prompt embeddings, computed once. ``erase`` is (|E|, L, D); anchors/retains may be None;
-    ``erase_from`` (1, L, D): published ESD's concept mapped from (None: each erase concept itself)."""
+    ``erase_from`` (1, L, D): published ESD's concept mapped from (None: each erase concept itself). For SDXL each
+    is an ``SDXLCondition`` (``core.conditioning``), and ``sample_uncond`` is the unconditional input published
+    ESD's x_t is sampled with when it differs from ``uncond`` (SDXL's pipeline: zeros; None: ``uncond``)."""
 
-    uncond: torch.Tensor
-    erase: torch.Tensor
-    anchors: torch.Tensor | None = None
-    retains: torch.Tensor | None = None
-    erase_from: torch.Tensor | None = None
+    uncond: Condition
+    erase: Condition
+    anchors: Condition | None = None
+    retains: Condition | None = None
+    erase_from: Condition | None = None
+    sample_uncond: Condition | None = None
 
 
 @dataclass
@@ -330,7 +335,7 @@ class EraseTrainer:
         z = torch.randn(shape, generator=self.generator).to(self.device)
         return k, z * self.sampler.init_noise_sigma
 
-    def _published_esd(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _published_esd(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, Condition]:
         """(k, x_t, t, target, student condition) of a published-ESD iteration (esd_sd.py's step, with the
         teacher predictions batched)."""
         s, p = self.settings, self.prompts
@@ -340,12 +345,13 @@ class EraseTrainer:
         cond_from = p.erase_from if p.erase_from is not None else cond_h
         self.sampler.set_timesteps(s.sample_steps, device=self.device)  # a fresh multistep state (PNDM)
         with autocast(self.device, s.precision), self._as_teacher() as teacher:
-            x_t = sample_partial(self.unet, self.sampler, z, cond_from, p.uncond, steps=k,
+            x_t = sample_partial(self.unet, self.sampler, z, cond_from,
+                                 p.uncond if p.sample_uncond is None else p.sample_uncond, steps=k,
                                  guidance=s.sample_guidance, params=teacher).float()
         t = self.sampler.timesteps[k]
         teacher_emb = [p.uncond, cond_h] if p.erase_from is None else [p.uncond, cond_h, p.erase_from]
         with torch.no_grad(), autocast(self.device, s.precision), self._as_teacher() as teacher:
-            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=teacher).float()
+            eps = each_sample(self.unet, x_t, t, cat_conditions(teacher_emb), params=teacher).float()
         target = esd_target(eps[-1] if p.erase_from is not None else eps[1], eps[1], eps[0], s.guidance)
         return k, x_t, t, target, cond_from
 
@@ -364,7 +370,7 @@ class EraseTrainer:
 
         # One batched teacher forward: [∅, E..., anchor?, retain?]
         use_retain = s.method == "recare" and s.retain_weight != 0
-        teacher_emb = [p.uncond, cond_h] if s.method == "esd-recare" else [p.uncond, p.erase]
+        teacher_emb: list[Condition] = [p.uncond, cond_h] if s.method == "esd-recare" else [p.uncond, p.erase]
         if s.method != "esd-recare":
             assert p.anchors is not None and self.schedule.anchor is not None
             a = self.schedule.anchor[i]
@@ -375,17 +381,17 @@ class EraseTrainer:
             retain_emb = p.retains[r:r + 1]
             teacher_emb.append(retain_emb)
         with torch.no_grad(), autocast(self.device, s.precision), self._as_teacher() as teacher:
-            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=teacher).float()
+            eps = each_sample(self.unet, x_t, t, cat_conditions(teacher_emb), params=teacher).float()
         # eps: (conditions, samples, C, H, W)
         n_e = p.erase.shape[0]
         if s.method == "esd-recare":
             target = esd_recare_target(eps[1], eps[0], s.guidance)
         else:
             target = compositional_target(eps[0], eps[1:1 + n_e], eps[1 + n_e], s.guidance)
-        student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
+        student_emb = cat_conditions([cond_h, retain_emb]) if use_retain else cond_h
         return self._learn(i, k, x_t, t, student_emb, target, eps[-1] if use_retain else None)
 
-    def _learn(self, i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, student_emb: torch.Tensor,
+    def _learn(self, i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, student_emb: Condition,
                target: torch.Tensor, retain_target: torch.Tensor | None = None) -> dict[str, float]:
         """The student forward (erase condition, retain prompt when ``retain_target``), loss, optimizer step."""
         s = self.settings
