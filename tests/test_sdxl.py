@@ -269,3 +269,146 @@ def test_methods_that_do_not_run_on_sdxl_are_refused(tiny_sdxl_dir: Path, tmp_pa
     assert res.code == 2, res.stderr
     line = res.stderr.strip()
     assert "\n" not in line and f"--method {method} does not run on SDXL" in line and not out.exists()
+
+
+# ---- textual inversion: one vector per text encoder ------------------------------------------------------------
+
+
+def test_first_inversion_step_equals_diffusers_loaded_tokens(tiny_sdxl_dir: Path, target_images: Path) -> None:
+    """The engine's first loss on SDXL, replayed from the same draws, equals the loss of a pipeline that learned the
+    token the plain diffusers way (``load_textual_inversion`` into each encoder with its tokenizer), conditioned by
+    ``encode_prompt`` and ``_get_add_time_ids``; and the second encoder's vector receives a gradient."""
+    from recare_cli.core.diffusion import (
+        InversionSettings,
+        InversionTrainer,
+        SecondEncoder,
+        extend_tokenizer,
+        latent_distributions,
+        tokenize,
+    )
+    from recare_cli.stages.invert import OBJECT_TEMPLATES, initializer_vector, load_pixels
+
+    token = "<x-cce>"
+    pipe = _bundle(tiny_sdxl_dir).pipe
+    pixels, _ = load_pixels(sorted(target_images.iterdir())[:3], strict=True, resolution=32, source="imgs")
+    latents = latent_distributions(pipe.vae, pixels)
+    filled = [t.format(token) for t in OBJECT_TEMPLATES]
+    tok_1, first_1 = extend_tokenizer(pipe.tokenizer, [token])
+    tok_2, first_2 = extend_tokenizer(pipe.tokenizer_2, [token])
+    init_1, init_2 = initializer_vector(pipe, "person"), initializer_vector(pipe, "person", encoder=1)
+    assert init_2.shape == (1, 48) and init_1.shape == (1, 32)
+    batch = 2
+    trainer = InversionTrainer(pipe.unet, pipe.text_encoder, first_1, init_1[:0], init_1, latents, tokenize(tok_1, filled),
+                               pipe.scheduler.config, InversionSettings(steps=1, lr=1e-2, precision="fp32",
+                                                                        batch_size=batch),
+                               torch.Generator().manual_seed(7),
+                               second=SecondEncoder(pipe.text_encoder_2, first_2, init_2[:0], init_2,
+                                                    tokenize(tok_2, filled), (32, 32)))
+    loss = trainer.step()
+    learned_1, learned_2 = trainer.vectors()
+    assert (learned_2 - init_2).abs().max() > 0 and (learned_1 - init_1).abs().max() > 0  # both trained
+
+    g = torch.Generator().manual_seed(7)
+    picks = [(int(torch.randint(0, latents.shape[0], (1,), generator=g).item()),
+              int(torch.rand((1,), generator=g).item() < 0.5),
+              int(torch.randint(0, len(filled), (1,), generator=g).item())) for _ in range(batch)]
+    x0 = torch.stack([latents[i, f][0] + latents[i, f][1] * torch.randn(latents.shape[-3:], generator=g)
+                      for i, f, _ in picks])
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for _ in range(batch)])
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    reference = _bundle(tiny_sdxl_dir).pipe
+    reference.load_textual_inversion(init_1, token=token, text_encoder=reference.text_encoder,
+                                     tokenizer=reference.tokenizer)
+    reference.load_textual_inversion(init_2, token=token, text_encoder=reference.text_encoder_2,
+                                     tokenizer=reference.tokenizer_2)
+    with torch.no_grad():
+        hidden, _, pooled, _ = reference.encode_prompt(prompt=[filled[p[2]] for p in picks], device="cpu",
+                                                       do_classifier_free_guidance=False)
+        ids = reference._get_add_time_ids((32, 32), (0, 0), (32, 32), dtype=torch.float32,
+                                          text_encoder_projection_dim=40).repeat(batch, 1)
+        noisy = trainer.noise_scheduler.add_noise(x0, noise, t)
+        pred = reference.unet(noisy, t, encoder_hidden_states=hidden,
+                              added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+    assert loss == pytest.approx(float(torch.nn.functional.mse_loss(pred, noise)), rel=1e-5)
+
+
+def _png_pixels(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_every_stage_runs_on_sdxl_and_its_files_load_in_plain_diffusers(
+        tiny_sdxl_dir: Path, tiny_clip_dir: Path, target_images: Path, care_file: Path, tmp_path: Path) -> None:
+    """invert → erase with its tokens → attack on the erased weights → sample with the weights and the attack's
+    token → score. The sampled image equals plain diffusers' with the erased UNet values loaded and the attack's
+    file loaded as SDXL embeddings are (``load_textual_inversion(state["clip_l"], ...)`` and ``clip_g`` into
+    ``text_encoder_2``)."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    model = ["--model", str(tiny_sdxl_dir), "--device", "cpu", "-q"]
+    adv = tmp_path / "adv.safetensors"
+    res = invoke(["invert", str(target_images), "--target", "nudity", "--rounds", "2", "--erase-iterations", "2",
+                  "--ddim-steps", str(STEPS), "--steps", "2", "-o", str(adv), *model])
+    assert res.code == 0, res.stderr
+    state = load_file(str(adv))
+    assert {k: tuple(v.shape) for k, v in state.items()} == {"clip_l": (2, 32), "clip_g": (2, 48)}
+    erased = tmp_path / "erased.safetensors"
+    res = invoke(["erase", "--target", "nudity", "--care", str(care_file), "--adversarial", str(adv),
+                  "--iterations", "2", "--ddim-steps", str(STEPS), "-o", str(erased), *model])
+    assert res.code == 0, res.stderr
+    attack = tmp_path / "cce.safetensors"
+    prompts = tmp_path / "cce.csv"
+    res = invoke(["attack", str(target_images), "--target", "nudity", "--weights", str(erased), "--steps", "2",
+                  "--batch-size", "1", "--num-images", "4", "--prompts", str(prompts), "-o", str(attack), *model])
+    assert res.code == 0, res.stderr
+    assert _provenance_model(attack)["architecture"] == "sdxl"
+    prompts.write_text("\n".join(prompts.read_text().splitlines()[:2]) + "\n")
+    res = invoke(["sample", str(prompts), "--out", str(tmp_path / "imgs"), "--steps", "2", "--weights",
+                  str(erased), "--embeddings", str(attack), *model])
+    assert res.code == 0, res.stderr
+    record = json.loads(res.stdout.splitlines()[0])
+    assert record["model"]["architecture"] == "sdxl" and "<nudity-cce>" in record["prompt"]
+
+    pipe = _bundle(tiny_sdxl_dir).pipe
+    pipe.unet.load_state_dict(load_file(str(erased)), strict=False)
+    token_state = load_file(str(attack))
+    pipe.load_textual_inversion(token_state["clip_l"], token="<nudity-cce>", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(token_state["clip_g"], token="<nudity-cce>", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    with torch.no_grad():
+        image = pipe(prompt=record["prompt"], generator=torch.Generator().manual_seed(record["seed"]),
+                     num_inference_steps=2, guidance_scale=record["sampling"]["guidance"], height=32, width=32,
+                     output_type="np").images[0]
+    assert np.array_equal(_png_pixels(Path(record["path"])), (image * 255).round().astype("uint8"))
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_bytes(res.stdout)
+    res = invoke(["score", str(manifest), "-m", "clip", "--clip", str(tiny_clip_dir), "--device", "cpu"])
+    assert res.code == 0, res.stderr
+
+
+def test_embeddings_of_the_other_architecture_are_refused(tiny_sdxl_dir: Path, tiny_sd_dir: Path,
+                                                          tmp_path: Path) -> None:
+    from recare_cli.models.sdxl_embeddings import save_sdxl_embeddings
+    from recare_cli.models.weights import save_embeddings
+
+    xl, sd1 = tmp_path / "xl.safetensors", tmp_path / "sd1.safetensors"
+    save_sdxl_embeddings(xl, ["<t>"], [torch.zeros(1, 32), torch.zeros(1, 48)], base_text_encoder="a",
+                         base_text_encoder_2="b")
+    save_embeddings(sd1, {"<t>": torch.zeros(1, 32)}, base_text_encoder="a")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a <t>\n")
+    for model, file in ((tiny_sd_dir, xl), (tiny_sdxl_dir, sd1)):
+        out = tmp_path / f"imgs-{file.stem}"
+        res = invoke(["sample", str(prompts), "--out", str(out), "--steps", "1", "--embeddings", str(file),
+                      "--model", str(model), "--device", "cpu"])
+        assert res.code == 3, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "SD" in res.stderr and not out.exists()
+        res = invoke(["erase", "--target", "x", "--method", "esd", "--adversarial", str(file), "--iterations", "1",
+                      "-o", str(tmp_path / "w.safetensors"), "--model", str(model), "--device", "cpu"])
+        assert res.code == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (tmp_path / "w.safetensors").exists()

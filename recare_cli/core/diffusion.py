@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recare_cli.core.conditioning import Condition, cat_conditions, unet_kwargs
+from recare_cli.core.conditioning import Condition, SDXLCondition, cat_conditions, sdxl_states, time_ids, unet_kwargs
 from recare_cli.core.guidance import (
     ANCHORED,
     compositional_target,
@@ -493,8 +493,23 @@ class InversionSettings:
     accumulation: int = 1
 
 
+@dataclass
+class SecondEncoder:
+    """SDXL's second text encoder in textual inversion: its placeholder ids from ``first_id``, earlier rounds'
+    vectors ``fixed`` (n, D₂), the new token's start ``init`` (1, D₂), the templates as its tokenizer reads them
+    ``template_ids`` (T, 77), and the image size (H, W) of the size ids."""
+
+    text_encoder: Any
+    first_id: int
+    fixed: torch.Tensor
+    init: torch.Tensor
+    template_ids: torch.Tensor
+    size: tuple[int, int]
+
+
 class InversionTrainer:
-    """Learns one new placeholder vector on cached latent distributions.
+    """Learns one new placeholder vector on cached latent distributions (for SDXL, with ``second``, one per text
+    encoder, trained together as diffusers' SDXL textual-inversion example does, on SDXL's conditions).
 
     Token ids ``first_id + j`` read ``fixed[j]`` (earlier rounds' vectors, frozen) and the trained
     token is ``first_id + len(fixed)``, initialised from ``init`` (1, D). ``latents`` is
@@ -506,12 +521,15 @@ class InversionTrainer:
 
     def __init__(self, unet: nn.Module, text_encoder: Any, first_id: int, fixed: torch.Tensor, init: torch.Tensor,
                  latents: torch.Tensor, template_ids: torch.Tensor, scheduler_config: Any,
-                 settings: InversionSettings, generator: torch.Generator, flip_p: float = 0.5) -> None:
+                 settings: InversionSettings, generator: torch.Generator, flip_p: float = 0.5,
+                 second: SecondEncoder | None = None) -> None:
         from diffusers import DDPMScheduler
 
         self.unet, self.text_encoder, self.first_id = unet, text_encoder, first_id
         self.fixed = fixed.detach().float()
         self.param = nn.Parameter(init.detach().clone().float().reshape(1, -1))
+        self.second = second
+        self.param_2 = None if second is None else nn.Parameter(second.init.detach().clone().float().reshape(1, -1))
         self.latents, self.template_ids = latents, template_ids
         self.settings, self.generator, self.flip_p = settings, generator, flip_p
         self.device = latents.device
@@ -519,13 +537,20 @@ class InversionTrainer:
         self.prediction_type = str(self.noise_scheduler.config.prediction_type)
         self.num_train_timesteps = int(self.noise_scheduler.config.num_train_timesteps)
         # Reference: AdamW (default weight decay) at lr × batch size, batch size 1.
-        self.optimizer = torch.optim.AdamW([self.param], lr=settings.lr)
+        self.optimizer = torch.optim.AdamW(self.params(), lr=settings.lr)
+
+    def params(self) -> list[nn.Parameter]:
+        return [self.param] if self.param_2 is None else [self.param, self.param_2]
 
     def vector(self) -> torch.Tensor:
         return self.param.detach().clone()
 
-    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One micro-batch's (noisy latents, target, timesteps, template ids); the target is the noise for an
+    def vectors(self) -> list[torch.Tensor]:
+        """The learned vector of each text encoder (one; SDXL: two)."""
+        return [p.detach().clone() for p in self.params()]
+
+    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """One micro-batch's (noisy latents, target, timesteps, template numbers); the target is the noise for an
         ε-model, v for a v-model. The draws come from the run's
         generator in a fixed order (per sample: image, flip, template; then the latent samples, the noises,
         the timesteps), so a batch of one draws exactly as a plain loop over single samples does."""
@@ -546,21 +571,36 @@ class InversionTrainer:
         t = torch.randint(0, self.num_train_timesteps, (b,), generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(sample, noise, t)
         target = training_target(self.prediction_type, sample, noise, self.noise_scheduler.alphas_cumprod, t)
-        ids = self.template_ids[[template for _, _, template in picks]].to(self.device)
-        return noisy, target, t, ids
+        return noisy, target, t, [template for _, _, template in picks]
+
+    def _predict(self, noisy: torch.Tensor, t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The UNet's prediction for the templates ``rows`` with the current vectors."""
+        ids = self.template_ids[rows].to(self.device)
+        extra = torch.cat([self.fixed, self.param])
+        second = self.second
+        if second is None:
+            with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
+                    autocast(self.device, self.settings.precision):
+                enc = self.text_encoder(ids)[0]
+                return self.unet(noisy, t, encoder_hidden_states=enc).sample
+        assert self.param_2 is not None
+        extra_2 = torch.cat([second.fixed.float(), self.param_2])
+        ids_2 = second.template_ids[rows].to(self.device)
+        with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
+                placeholder_embeddings(second.text_encoder, second.first_id, extra_2), \
+                autocast(self.device, self.settings.precision):
+            hidden, pooled = sdxl_states([self.text_encoder, second.text_encoder], [ids, ids_2])
+            cond = SDXLCondition(hidden, pooled, time_ids(*second.size, len(rows), dtype=hidden.dtype,
+                                                          device=self.device))
+            return self.unet(noisy, t, **unet_kwargs(cond)).sample
 
     def step(self) -> float:
         """One optimizer step over ``accumulation`` micro-batches; returns their mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(self.settings.accumulation):
-            noisy, target, t, ids = self._micro_batch()
-            extra = torch.cat([self.fixed, self.param])
-            with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
-                    autocast(self.device, self.settings.precision):
-                enc = self.text_encoder(ids)[0]
-                pred = self.unet(noisy, t, encoder_hidden_states=enc).sample
-            loss = mse(pred, target)
+            noisy, target, t, rows = self._micro_batch()
+            loss = mse(self._predict(noisy, t, rows), target)
             (loss / self.settings.accumulation).backward()
             total += float(loss.detach())
         self.optimizer.step()
@@ -571,16 +611,24 @@ class InversionTrainer:
         out = {"vector": self.param.detach().cpu().clone(), "rng": self.generator.get_state().clone()}
         for key, value in self.optimizer.state.get(self.param, {}).items():
             out[f"adam/{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        if self.param_2 is not None:
+            out["vector_2"] = self.param_2.detach().cpu().clone()
+            for key, value in self.optimizer.state.get(self.param_2, {}).items():
+                out[f"adam_2/{key}"] = torch.as_tensor(value).detach().cpu().clone()
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.param.copy_(tensors["vector"].to(self.param.device))
         self.generator.set_state(tensors["rng"])
-        state = {k[len("adam/"):]: v.clone().to(self.param.device) if v.dim() else v.clone()
-                 for k, v in tensors.items() if k.startswith("adam/")}
-        if state:
-            self.optimizer.state[self.param] = state
+        for param, key in ((self.param, ""), (self.param_2, "_2")):
+            if param is None:
+                continue
+            with torch.no_grad():
+                param.copy_(tensors[f"vector{key}"].to(param.device))
+            prefix = f"adam{key}/"
+            state = {k[len(prefix):]: v.clone().to(param.device) if v.dim() else v.clone()
+                     for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                self.optimizer.state[param] = state
 
 
 @torch.no_grad()

@@ -479,6 +479,22 @@ def train_with_checkpoints(opts: Any, trainer: Any, ckpt: Path | None, digest: s
     return last
 
 
+def read_adversarial(bundle: Any, path: str, dim: int) -> dict[str, Any]:
+    """The tokens of ``recare invert``'s file: ``{token: (n, D)}``, or on SDXL ``{token: [(1, D₁), (1, D₂)]}``
+    (``models.sdxl_embeddings``); a file of the other kind is refused (exit 3)."""
+    from recare_cli.models.sdxl_embeddings import check_kind, read_sdxl_embeddings
+    from recare_cli.models.weights import read_embeddings, read_safetensors
+
+    xl = bundle.architecture.sdxl
+    check_kind(path, read_safetensors(path)[0], sdxl_model=xl)
+    if xl:
+        dims = [int(e.get_input_embeddings().weight.shape[1]) for e in bundle.text_encoders]
+        return dict(read_sdxl_embeddings(path, dims=dims, text_encoders=(bundle.text_encoder_fingerprint,
+                                                                          bundle.text_encoder_2_fingerprint)))
+    tokens, _ = read_embeddings(path, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+    return tokens
+
+
 def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train and write the output; returns a summary. ``on_step(i, losses)`` runs after step ``i``."""
     import torch
@@ -488,7 +504,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.dtypes import torch_dtype
     from recare_cli.io.provenance import provenance
     from recare_cli.models.sd import load_sd, native_square_resolution
-    from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
+    from recare_cli.models.weights import save_pipeline, save_unet_weights
 
     opts.validate()
     refuse_on_sdxl(opts)
@@ -534,9 +550,9 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     adversarial: dict[str, Any] = {}
     adv_hash = None
     if opts.adversarial is not None:
-        tokens, _ = read_embeddings(opts.adversarial, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+        tokens = read_adversarial(bundle, opts.adversarial, dim)
         for token, value in list(tokens.items())[: max(0, opts.num_adversarial)]:
-            if value.shape[0] != 1:
+            if not isinstance(value, list) and value.shape[0] != 1:  # SDXL: one row per encoder
                 raise BadInputError(f"token '{token}' has {value.shape[0]} vectors; recare uses one per token",
                                     source=opts.adversarial, field=token)
             adversarial[token] = value
