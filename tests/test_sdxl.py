@@ -298,9 +298,9 @@ def test_first_inversion_step_equals_diffusers_loaded_tokens(tiny_sdxl_dir: Path
     init_1, init_2 = initializer_vector(pipe, "person"), initializer_vector(pipe, "person", encoder=1)
     assert init_2.shape == (1, 48) and init_1.shape == (1, 32)
     batch = 2
-    trainer = InversionTrainer(pipe.unet, pipe.text_encoder, first_1, init_1[:0], init_1, latents, tokenize(tok_1, filled),
-                               pipe.scheduler.config, InversionSettings(steps=1, lr=1e-2, precision="fp32",
-                                                                        batch_size=batch),
+    settings = InversionSettings(steps=1, lr=1e-2, precision="fp32", batch_size=batch)
+    trainer = InversionTrainer(pipe.unet, pipe.text_encoder, first_1, init_1[:0], init_1, latents,
+                               tokenize(tok_1, filled), pipe.scheduler.config, settings,
                                torch.Generator().manual_seed(7),
                                second=SecondEncoder(pipe.text_encoder_2, first_2, init_2[:0], init_2,
                                                     tokenize(tok_2, filled), (32, 32)))
@@ -412,3 +412,38 @@ def test_embeddings_of_the_other_architecture_are_refused(tiny_sdxl_dir: Path, t
                       "-o", str(tmp_path / "w.safetensors"), "--model", str(model), "--device", "cpu"])
         assert res.code == 3 and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not (tmp_path / "w.safetensors").exists()
+
+
+# ---- export ----------------------------------------------------------------------------------------------------
+
+
+def test_export_writes_an_sdxl_pipeline_folder_and_refuses_single_file(tiny_sdxl_dir: Path, tmp_path: Path) -> None:
+    """--format diffusers: a StableDiffusionXLPipeline folder with the erased UNet values, and the tokens as the UIs'
+    SDXL embedding files (clip_l and clip_g); --format single-file (the SD 1.x layout) is refused with one line."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from recare_cli.models.sdxl_embeddings import save_sdxl_embeddings
+    from recare_cli.models.weights import save_unet_weights
+
+    bundle = _bundle(tiny_sdxl_dir)
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    value = bundle.pipe.unet.state_dict()[name] + 1.0
+    weights = tmp_path / "w.safetensors"
+    save_unet_weights(weights, {name: value}, base_unet=bundle.unet_fingerprint)
+    tokens = tmp_path / "t.safetensors"
+    save_sdxl_embeddings(tokens, ["<t>"], [torch.ones(1, 32), 2 * torch.ones(1, 48)],
+                         base_text_encoder=bundle.text_encoder_fingerprint,
+                         base_text_encoder_2=str(bundle.text_encoder_2_fingerprint))
+    res = invoke(["export", "--model", str(tiny_sdxl_dir), "-o", str(tmp_path / "m.safetensors")])
+    assert res.code == 2 and "sdxl" in res.stderr and "--format diffusers" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.safetensors").exists()
+    folder = tmp_path / "pipe"
+    res = invoke(["export", "--model", str(tiny_sdxl_dir), "--format", "diffusers", "--weights", str(weights),
+                  "--weights", str(tokens), "-o", str(folder)])
+    assert res.code == 0, res.stderr
+    loaded = StableDiffusionXLPipeline.from_pretrained(folder)
+    torch.testing.assert_close(loaded.unet.state_dict()[name], value)
+    ui = load_file(str(tmp_path / "pipe-embeddings" / "t.safetensors"))
+    torch.testing.assert_close(ui["clip_g"], 2 * torch.ones(1, 48))
+    assert set(ui) == {"clip_l", "clip_g"}

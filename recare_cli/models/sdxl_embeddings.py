@@ -81,6 +81,23 @@ def read_sdxl_embeddings(path: str | os.PathLike[str], *, dims: Sequence[int],
     return {token: [r[i:i + 1] for r in rows] for i, token in enumerate(tokens)}
 
 
+def read_model_tokens(bundle: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The tokens of a ``recare.embeddings`` file for ``bundle``'s model (``models.sd.SDBundle``): ``{token: (n, D)}``
+    (``models.weights.read_embeddings``), or on SDXL ``{token: [(1, D₁), (1, D₂)]}``; a file of the other kind is
+    refused (exit 3)."""
+    from recare_cli.models.weights import read_embeddings
+
+    xl = bundle.architecture.sdxl
+    check_kind(path, read_safetensors(path)[0], sdxl_model=xl)
+    if xl:
+        dims = [int(e.get_input_embeddings().weight.shape[1]) for e in bundle.text_encoders]
+        return dict(read_sdxl_embeddings(path, dims=dims, text_encoders=(bundle.text_encoder_fingerprint,
+                                                                          bundle.text_encoder_2_fingerprint)))
+    dim = int(bundle.pipe.text_encoder.get_input_embeddings().weight.shape[1])
+    tokens, _ = read_embeddings(path, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+    return dict(tokens)
+
+
 def load_sdxl_embeddings_into(pipe: Any, path: str | os.PathLike[str], *,
                               text_encoders: Sequence[str | None] = (None, None)) -> list[str]:
     """Add the tokens of an SDXL embeddings file to both tokenizers and text encoders (diffusers'

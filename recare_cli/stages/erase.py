@@ -479,22 +479,6 @@ def train_with_checkpoints(opts: Any, trainer: Any, ckpt: Path | None, digest: s
     return last
 
 
-def read_adversarial(bundle: Any, path: str, dim: int) -> dict[str, Any]:
-    """The tokens of ``recare invert``'s file: ``{token: (n, D)}``, or on SDXL ``{token: [(1, D₁), (1, D₂)]}``
-    (``models.sdxl_embeddings``); a file of the other kind is refused (exit 3)."""
-    from recare_cli.models.sdxl_embeddings import check_kind, read_sdxl_embeddings
-    from recare_cli.models.weights import read_embeddings, read_safetensors
-
-    xl = bundle.architecture.sdxl
-    check_kind(path, read_safetensors(path)[0], sdxl_model=xl)
-    if xl:
-        dims = [int(e.get_input_embeddings().weight.shape[1]) for e in bundle.text_encoders]
-        return dict(read_sdxl_embeddings(path, dims=dims, text_encoders=(bundle.text_encoder_fingerprint,
-                                                                          bundle.text_encoder_2_fingerprint)))
-    tokens, _ = read_embeddings(path, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
-    return tokens
-
-
 def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train and write the output; returns a summary. ``on_step(i, losses)`` runs after step ``i``."""
     import torch
@@ -504,6 +488,7 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.dtypes import torch_dtype
     from recare_cli.io.provenance import provenance
     from recare_cli.models.sd import load_sd, native_square_resolution
+    from recare_cli.models.sdxl_embeddings import read_model_tokens
     from recare_cli.models.weights import save_pipeline, save_unet_weights
 
     opts.validate()
@@ -546,11 +531,10 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
     identity = bundle.identity()
     pipe = bundle.pipe
-    dim = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
     adversarial: dict[str, Any] = {}
     adv_hash = None
     if opts.adversarial is not None:
-        tokens = read_adversarial(bundle, opts.adversarial, dim)
+        tokens = read_model_tokens(bundle, opts.adversarial)
         for token, value in list(tokens.items())[: max(0, opts.num_adversarial)]:
             if not isinstance(value, list) and value.shape[0] != 1:  # SDXL: one row per encoder
                 raise BadInputError(f"token '{token}' has {value.shape[0]} vectors; recare uses one per token",
