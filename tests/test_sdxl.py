@@ -447,3 +447,15 @@ def test_export_writes_an_sdxl_pipeline_folder_and_refuses_single_file(tiny_sdxl
     ui = load_file(str(tmp_path / "pipe-embeddings" / "t.safetensors"))
     torch.testing.assert_close(ui["clip_g"], 2 * torch.ones(1, 48))
     assert set(ui) == {"clip_l", "clip_g"}
+
+
+def test_erase_lora_on_sdxl_loads_in_diffusers(tiny_sdxl_dir: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    out = tmp_path / "lora.safetensors"
+    res = invoke(["erase", "--target", "nudity", "--method", "esd", "--lora", "2", "--iterations", "1",
+                  "--ddim-steps", str(STEPS), "--model", str(tiny_sdxl_dir), "--device", "cpu", "-o", str(out), "-q"])
+    assert res.code == 0, res.stderr
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
+    pipe.load_lora_weights(str(out))
+    assert pipe.get_active_adapters()
