@@ -459,3 +459,35 @@ def test_erase_lora_on_sdxl_loads_in_diffusers(tiny_sdxl_dir: Path, tmp_path: Pa
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_dir)
     pipe.load_lora_weights(str(out))
     assert pipe.get_active_adapters()
+
+
+def test_invert_resumes_on_sdxl_with_both_encoders_vectors(tiny_sdxl_dir: Path, target_images: Path,
+                                                           tmp_path: Path) -> None:
+    """A run interrupted in round 2 and resumed writes the bytes of an uninterrupted one (the checkpoint keeps the
+    second encoder's vectors too)."""
+    from recare_cli.errors import InterruptedRunError
+    from recare_cli.stages.invert import InvertOptions, run_invert
+
+    paths = sorted(target_images.iterdir())
+
+    def opts(resume: bool = False) -> InvertOptions:
+        return InvertOptions(images="imgs", target="nudity", rounds=2, erase_iterations=1, steps=2, ddim_steps=STEPS,
+                             device="cpu", model=str(tiny_sdxl_dir), output=str(out), resume=resume)
+
+    out = tmp_path / "adv.safetensors"
+    run_invert(opts(), paths)
+    straight = out.read_bytes()
+    out.unlink()
+    rounds: list[int] = []
+
+    def interrupt(phase: str, step: int, _: float) -> None:
+        if phase == "erase":
+            rounds.append(step)
+            if len(rounds) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(InterruptedRunError):
+        run_invert(opts(), paths, on_step=interrupt)
+    assert Path(f"{out}.ckpt").exists() and not out.exists()
+    run_invert(opts(resume=True), paths)
+    assert out.read_bytes() == straight
