@@ -491,3 +491,22 @@ def test_invert_resumes_on_sdxl_with_both_encoders_vectors(tiny_sdxl_dir: Path, 
     assert Path(f"{out}.ckpt").exists() and not out.exists()
     run_invert(opts(resume=True), paths)
     assert out.read_bytes() == straight
+
+
+def test_checkpoint_digests_include_the_second_text_encoder() -> None:
+    """A checkpoint made with another SDXL text_encoder_2 is not resumed; SD 1.x/2.x digests keep their value."""
+    from recare_cli.models.fingerprint import combine
+    from recare_cli.stages.attack import AttackOptions, _digest
+    from recare_cli.stages.erase import EraseOptions, config_digest
+    from recare_cli.stages.invert import InvertOptions
+
+    sd = {"name": "m", "unet": "u", "text_encoder": "t"}
+    xl, other = {**sd, "text_encoder_2": "g"}, {**sd, "text_encoder_2": "h"}
+    erase = EraseOptions(target="x", output="-", method="esd")
+    assert config_digest(erase, 32, xl, None, None) != config_digest(erase, 32, other, None, None)
+    assert config_digest(erase, 32, sd, None, None) == combine(json.dumps(erase.hyperparameters(32), sort_keys=True),
+                                                               "u", "t", None, None, "x")
+    invert = InvertOptions(images="i", target="x", output="-")
+    assert invert.digest(32, xl, []) != invert.digest(32, other, []) != invert.digest(32, sd, [])
+    attack = AttackOptions(images="i", target="x", output="-")
+    assert _digest(attack, 32, xl, [], []) != _digest(attack, 32, other, [], []) != _digest(attack, 32, sd, [], [])

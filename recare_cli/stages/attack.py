@@ -125,8 +125,9 @@ def _digest(opts: AttackOptions, resolution: int, identity: dict[str, Any], weig
             images: list[Path]) -> str:
     from recare_cli.models.fingerprint import combine
 
+    second = [identity["text_encoder_2"]] if "text_encoder_2" in identity else []  # SDXL's
     return combine(json.dumps(opts.hyperparameters(resolution), sort_keys=True), identity["unet"],
-                   identity["text_encoder"], [w["fingerprint"] for w in weights], [str(p) for p in images])
+                   identity["text_encoder"], [w["fingerprint"] for w in weights], [str(p) for p in images], *second)
 
 
 def _check_weight_files(paths: tuple[str, ...]) -> None:

@@ -423,6 +423,8 @@ def config_digest(opts: EraseOptions, resolution: int, identity: dict[str, str],
     from recare_cli.models.fingerprint import combine
 
     extra = [anchors_hash] if anchors_hash is not None else []  # stereo's; the other methods' digests stay
+    if "text_encoder_2" in identity:  # SDXL's second encoder (SD 1.x/2.x digests unchanged)
+        extra.append(identity["text_encoder_2"])
     return combine(json.dumps(opts.hyperparameters(resolution), sort_keys=True), identity["unet"],
                    identity["text_encoder"], care_hash, adv_hash, opts.target.strip(), *extra)
 

@@ -129,8 +129,9 @@ class InvertOptions:
     def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
 
+        second = [identity["text_encoder_2"]] if "text_encoder_2" in identity else []  # SDXL's
         return combine(sorted(self.hyperparameters(resolution).items()), identity["unet"], identity["text_encoder"],
-                       [str(p) for p in images])
+                       [str(p) for p in images], *second)
 
     def tokens(self) -> list[str]:
         from recare_cli.io.careset import reference_key
