@@ -103,3 +103,13 @@ def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     quiet_libraries()
     return build_tiny_sd2(tmp_path_factory.mktemp("models") / "tiny-sd2", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL model (``models.tiny.build_tiny_sdxl``)."""
+    from recare_cli.models.quiet import quiet_libraries
+    from recare_cli.models.tiny import build_tiny_sdxl
+
+    quiet_libraries()
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl", seed=0)

@@ -72,7 +72,8 @@ def test_detect_refuses_other_unets_and_predictions(unet: dict[str, Any], schedu
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize(("pipeline", "family"), [("StableDiffusionXLPipeline", "SDXL"), ("FluxPipeline", "Flux"),
+@pytest.mark.parametrize(("pipeline", "family"), [("StableDiffusionXLInpaintPipeline", "an SDXL inpainting model"),
+                                                  ("FluxPipeline", "Flux"),
                                                   ("StableDiffusion3Pipeline", "Stable Diffusion 3"),
                                                   ("WuerstchenPipeline", None)])
 @pytest.mark.parametrize("command", ["sample", "erase"])

@@ -113,7 +113,7 @@ def erase(
         "--resolution", min=8, help="Image size of the sampled x_t, in pixels (default: the model's own, "
                                     "e.g. 512 for SD 1.x).", show_default=False)] = O.resolution,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")] = O.model,
+                                       help="Stable Diffusion 1.x, 2.x or SDXL model: a diffusers folder or a hub id.")] = O.model,
     device: Device = O.device,
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs); weights "
                                                                "stay fp32.")] = O.precision,

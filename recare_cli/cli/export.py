@@ -35,7 +35,7 @@ def export(
     output: Annotated[str, typer.Option("--output", "-o", help="A .safetensors file (single-file, kohya-lora) or "
                                                                "a folder (diffusers).", show_default=False)],
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")
+                                       help="Stable Diffusion 1.x, 2.x or SDXL model: a diffusers folder or a hub id.")
                      ] = ExportOptions.model,
     weights: Annotated[list[Path] | None, typer.Option(
         "--weights", help="recare weights: UNet weights from recare erase (applied in order; a --lora file is "

@@ -86,7 +86,7 @@ def invert(
                                                     show_default=False)] = O.keep_erased,
     seed: Seed = O.seed,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")] = O.model,
+                                       help="Stable Diffusion 1.x, 2.x or SDXL model: a diffusers folder or a hub id.")] = O.model,
     device: Device = O.device,
     precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16/fp16 autocast (GPUs).")] = O.precision,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",

@@ -27,7 +27,7 @@ StrictImages = Annotated[bool, typer.Option("--strict", help="Stop at the first 
                                                              "skipping it.")]
 # The training images of invert and attack.
 TrainResolution = Annotated[int | None, typer.Option(
-    "--resolution", min=8, help="Training image size in pixels (default: the model's own, 512 for SD 1.x).",
+    "--resolution", min=8, help="Training image size in pixels (default: the model's own, 512 for SD 1.x, 1024 for SDXL).",
     show_default=False)]
 Flip = Annotated[float, typer.Option("--flip", min=0.0, max=1.0, help="Probability of a horizontal flip.")]
 Images = Annotated[str, typer.Argument(help="Image folder, a path-list file with --list, or - for a path list on "

@@ -21,7 +21,7 @@ PROMPTS is a CSV with a prompt column (and optional evaluation_seed, case_number
 
 A bad row (empty prompt, a seed that is not a whole number, a record with the wrong number of fields) is skipped with one warning that names the rows; --strict refuses the file instead. --row-settings honours a row's own guidance and image size (evaluation_guidance, sd_image_height, sd_image_width as in the I2P prompt files).
 
-Image j (from 0) of a prompt uses seed evaluation_seed + j (or a seed or sd_seed column), or --seed + j when the prompt has none. Images are as large as the model was trained (512 px for SD 1.x) unless --height and --width say otherwise. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
+Image j (from 0) of a prompt uses seed evaluation_seed + j (or a seed or sd_seed column), or --seed + j when the prompt has none. Images are as large as the model was trained (512 px for SD 1.x, 1024 for SDXL) unless --height and --width say otherwise. Re-running the same command skips finished images (resume). --shard I/N, or accelerate launch, split the work and give exactly the images of one process; shard manifests concatenate in shard order. No safety checker is applied.
 
 Examples:
 
@@ -43,7 +43,7 @@ def sample(
                                                    help="Images per prompt.")] = SampleOptions.images_per_prompt,
     seed: Seed = SampleOptions.seed,
     model: Annotated[str, typer.Option("--model", envvar=MODEL_ENV, show_envvar=True,
-                                       help="Stable Diffusion 1.x or 2.x model: a diffusers folder or a hub id.")
+                                       help="Stable Diffusion 1.x, 2.x or SDXL model: a diffusers folder or a hub id.")
                      ] = SampleOptions.model,
     weights: Annotated[list[Path] | None, typer.Option(
         "--weights", help="recare erase outputs (UNet weights, LoRA, text-encoder weights from --method "

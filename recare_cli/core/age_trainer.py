@@ -113,6 +113,7 @@ class AgeTrainer(EraseTrainer):
         s = self.settings
         target = mixture(self.weights(draw.uniform, grad=False), self.matrix, self.shape)
         concept = self.prompts.erase[:1]
+        assert isinstance(concept, torch.Tensor)  # AGE runs on SD 1.x/2.x (refused on SDXL: stages.erase)
         x = self._sample(draw, torch.cat([concept, target]))
         x_e, x_c = x[:1], x[1:]
         t = draw.timestep.to(self.device)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recare_cli.core.conditioning import Condition, SDXLCondition, cat_conditions, sdxl_states, time_ids, unet_kwargs
 from recare_cli.core.guidance import (
     ANCHORED,
     compositional_target,
@@ -126,21 +127,22 @@ def encode_prompts(tokenizer: Any, text_encoder: Any, prompts: Sequence[str], *,
 # UNet side
 
 
-def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+def unet_eps(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: Condition,
              params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The UNet's prediction for ``emb.shape[0]`` conditions, in the model's own prediction type (ε, or v for
     a v-prediction model: every erase target is an affine combination of predictions at one ``x_t`` and ``t``,
     the same formula in either type; docs/architectures.md); ``x`` is broadcast when it has batch 1.
-    ``params`` (name → tensor) replaces those parameters for this call only (the teacher)."""
+    ``params`` (name → tensor) replaces those parameters for this call only (the teacher). ``emb`` is text-encoder
+    states, or SDXL's conditions (``core.conditioning``)."""
     if x.shape[0] != emb.shape[0]:
         x = x.expand(emb.shape[0], *x.shape[1:])
     if params is None:
-        return unet(x, t, encoder_hidden_states=emb).sample
-    out = torch.func.functional_call(unet, params, (x, t), {"encoder_hidden_states": emb}, strict=False)
+        return unet(x, t, **unet_kwargs(emb)).sample
+    out = torch.func.functional_call(unet, params, (x, t), unet_kwargs(emb), strict=False)
     return out.sample
 
 
-def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: torch.Tensor,
+def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: Condition,
                 params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``unet_eps`` for every pair of ``emb``'s M conditions and ``x``'s B samples, one batched call;
     returns (M, B, C, H, W). With B = 1 the call is exactly ``unet_eps(unet, x, t, emb, params)``."""
@@ -152,8 +154,8 @@ def each_sample(unet: nn.Module, x: torch.Tensor, t: torch.Tensor | int, emb: to
 
 
 @torch.no_grad()
-def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor,
-                   uncond: torch.Tensor, *, steps: int, guidance: float,
+def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond: Condition,
+                   uncond: Condition, *, steps: int, guidance: float,
                    params: dict[str, torch.Tensor] | None = None, first: int = 0) -> torch.Tensor:
     """Run ``steps`` steps of ``scheduler`` (DDIM η = 0, or the model's own sampler) from its step ``first``
     (default the first) with classifier-free guidance on the UNet's own predictions, as the pipeline does (the
@@ -162,7 +164,7 @@ def sample_partial(unet: nn.Module, scheduler: Any, latents: torch.Tensor, cond:
     at 0). ``cond``/``uncond`` (batch 1) serve every one of ``latents``' samples, or ``cond`` holds one condition
     per sample; ``params`` as in ``unet_eps`` (the teacher)."""
     n = latents.shape[0]
-    emb = torch.cat([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
+    emb = cat_conditions([uncond.expand(n, *uncond.shape[1:]), cond.expand(n, *cond.shape[1:])])
     x = latents
     for t in scheduler.timesteps[first:first + steps]:
         model_in = scheduler.scale_model_input(torch.cat([x, x]), t)
@@ -198,13 +200,16 @@ ADAM_METHODS = ("esd", "age")
 @dataclass
 class ErasePrompts:
     """Prompt embeddings, computed once. ``erase`` is (|E|, L, D); anchors/retains may be None;
-    ``erase_from`` (1, L, D): published ESD's concept mapped from (None: each erase concept itself)."""
+    ``erase_from`` (1, L, D): published ESD's concept mapped from (None: each erase concept itself). For SDXL each
+    is an ``SDXLCondition`` (``core.conditioning``), and ``sample_uncond`` is the unconditional input published
+    ESD's x_t is sampled with when it differs from ``uncond`` (SDXL's pipeline: zeros; None: ``uncond``)."""
 
-    uncond: torch.Tensor
-    erase: torch.Tensor
-    anchors: torch.Tensor | None = None
-    retains: torch.Tensor | None = None
-    erase_from: torch.Tensor | None = None
+    uncond: Condition
+    erase: Condition
+    anchors: Condition | None = None
+    retains: Condition | None = None
+    erase_from: Condition | None = None
+    sample_uncond: Condition | None = None
 
 
 @dataclass
@@ -330,7 +335,7 @@ class EraseTrainer:
         z = torch.randn(shape, generator=self.generator).to(self.device)
         return k, z * self.sampler.init_noise_sigma
 
-    def _published_esd(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _published_esd(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, Condition]:
         """(k, x_t, t, target, student condition) of a published-ESD iteration (esd_sd.py's step, with the
         teacher predictions batched)."""
         s, p = self.settings, self.prompts
@@ -340,12 +345,13 @@ class EraseTrainer:
         cond_from = p.erase_from if p.erase_from is not None else cond_h
         self.sampler.set_timesteps(s.sample_steps, device=self.device)  # a fresh multistep state (PNDM)
         with autocast(self.device, s.precision), self._as_teacher() as teacher:
-            x_t = sample_partial(self.unet, self.sampler, z, cond_from, p.uncond, steps=k,
+            x_t = sample_partial(self.unet, self.sampler, z, cond_from,
+                                 p.uncond if p.sample_uncond is None else p.sample_uncond, steps=k,
                                  guidance=s.sample_guidance, params=teacher).float()
         t = self.sampler.timesteps[k]
         teacher_emb = [p.uncond, cond_h] if p.erase_from is None else [p.uncond, cond_h, p.erase_from]
         with torch.no_grad(), autocast(self.device, s.precision), self._as_teacher() as teacher:
-            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=teacher).float()
+            eps = each_sample(self.unet, x_t, t, cat_conditions(teacher_emb), params=teacher).float()
         target = esd_target(eps[-1] if p.erase_from is not None else eps[1], eps[1], eps[0], s.guidance)
         return k, x_t, t, target, cond_from
 
@@ -364,7 +370,7 @@ class EraseTrainer:
 
         # One batched teacher forward: [∅, E..., anchor?, retain?]
         use_retain = s.method == "recare" and s.retain_weight != 0
-        teacher_emb = [p.uncond, cond_h] if s.method == "esd-recare" else [p.uncond, p.erase]
+        teacher_emb: list[Condition] = [p.uncond, cond_h] if s.method == "esd-recare" else [p.uncond, p.erase]
         if s.method != "esd-recare":
             assert p.anchors is not None and self.schedule.anchor is not None
             a = self.schedule.anchor[i]
@@ -375,17 +381,17 @@ class EraseTrainer:
             retain_emb = p.retains[r:r + 1]
             teacher_emb.append(retain_emb)
         with torch.no_grad(), autocast(self.device, s.precision), self._as_teacher() as teacher:
-            eps = each_sample(self.unet, x_t, t, torch.cat(teacher_emb), params=teacher).float()
+            eps = each_sample(self.unet, x_t, t, cat_conditions(teacher_emb), params=teacher).float()
         # eps: (conditions, samples, C, H, W)
         n_e = p.erase.shape[0]
         if s.method == "esd-recare":
             target = esd_recare_target(eps[1], eps[0], s.guidance)
         else:
             target = compositional_target(eps[0], eps[1:1 + n_e], eps[1 + n_e], s.guidance)
-        student_emb = torch.cat([cond_h, retain_emb]) if use_retain else cond_h
+        student_emb = cat_conditions([cond_h, retain_emb]) if use_retain else cond_h
         return self._learn(i, k, x_t, t, student_emb, target, eps[-1] if use_retain else None)
 
-    def _learn(self, i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, student_emb: torch.Tensor,
+    def _learn(self, i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, student_emb: Condition,
                target: torch.Tensor, retain_target: torch.Tensor | None = None) -> dict[str, float]:
         """The student forward (erase condition, retain prompt when ``retain_target``), loss, optimizer step."""
         s = self.settings
@@ -487,8 +493,23 @@ class InversionSettings:
     accumulation: int = 1
 
 
+@dataclass
+class SecondEncoder:
+    """SDXL's second text encoder in textual inversion: its placeholder ids from ``first_id``, earlier rounds'
+    vectors ``fixed`` (n, D₂), the new token's start ``init`` (1, D₂), the templates as its tokenizer reads them
+    ``template_ids`` (T, 77), and the image size (H, W) of the size ids."""
+
+    text_encoder: Any
+    first_id: int
+    fixed: torch.Tensor
+    init: torch.Tensor
+    template_ids: torch.Tensor
+    size: tuple[int, int]
+
+
 class InversionTrainer:
-    """Learns one new placeholder vector on cached latent distributions.
+    """Learns one new placeholder vector on cached latent distributions (for SDXL, with ``second``, one per text
+    encoder, trained together as diffusers' SDXL textual-inversion example does, on SDXL's conditions).
 
     Token ids ``first_id + j`` read ``fixed[j]`` (earlier rounds' vectors, frozen) and the trained
     token is ``first_id + len(fixed)``, initialised from ``init`` (1, D). ``latents`` is
@@ -500,12 +521,15 @@ class InversionTrainer:
 
     def __init__(self, unet: nn.Module, text_encoder: Any, first_id: int, fixed: torch.Tensor, init: torch.Tensor,
                  latents: torch.Tensor, template_ids: torch.Tensor, scheduler_config: Any,
-                 settings: InversionSettings, generator: torch.Generator, flip_p: float = 0.5) -> None:
+                 settings: InversionSettings, generator: torch.Generator, flip_p: float = 0.5,
+                 second: SecondEncoder | None = None) -> None:
         from diffusers import DDPMScheduler
 
         self.unet, self.text_encoder, self.first_id = unet, text_encoder, first_id
         self.fixed = fixed.detach().float()
         self.param = nn.Parameter(init.detach().clone().float().reshape(1, -1))
+        self.second = second
+        self.param_2 = None if second is None else nn.Parameter(second.init.detach().clone().float().reshape(1, -1))
         self.latents, self.template_ids = latents, template_ids
         self.settings, self.generator, self.flip_p = settings, generator, flip_p
         self.device = latents.device
@@ -513,13 +537,20 @@ class InversionTrainer:
         self.prediction_type = str(self.noise_scheduler.config.prediction_type)
         self.num_train_timesteps = int(self.noise_scheduler.config.num_train_timesteps)
         # Reference: AdamW (default weight decay) at lr × batch size, batch size 1.
-        self.optimizer = torch.optim.AdamW([self.param], lr=settings.lr)
+        self.optimizer = torch.optim.AdamW(self.params(), lr=settings.lr)
+
+    def params(self) -> list[nn.Parameter]:
+        return [self.param] if self.param_2 is None else [self.param, self.param_2]
 
     def vector(self) -> torch.Tensor:
         return self.param.detach().clone()
 
-    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One micro-batch's (noisy latents, target, timesteps, template ids); the target is the noise for an
+    def vectors(self) -> list[torch.Tensor]:
+        """The learned vector of each text encoder (one; SDXL: two)."""
+        return [p.detach().clone() for p in self.params()]
+
+    def _micro_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """One micro-batch's (noisy latents, target, timesteps, template numbers); the target is the noise for an
         ε-model, v for a v-model. The draws come from the run's
         generator in a fixed order (per sample: image, flip, template; then the latent samples, the noises,
         the timesteps), so a batch of one draws exactly as a plain loop over single samples does."""
@@ -540,21 +571,36 @@ class InversionTrainer:
         t = torch.randint(0, self.num_train_timesteps, (b,), generator=g).to(self.device)
         noisy = self.noise_scheduler.add_noise(sample, noise, t)
         target = training_target(self.prediction_type, sample, noise, self.noise_scheduler.alphas_cumprod, t)
-        ids = self.template_ids[[template for _, _, template in picks]].to(self.device)
-        return noisy, target, t, ids
+        return noisy, target, t, [template for _, _, template in picks]
+
+    def _predict(self, noisy: torch.Tensor, t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The UNet's prediction for the templates ``rows`` with the current vectors."""
+        ids = self.template_ids[rows].to(self.device)
+        extra = torch.cat([self.fixed, self.param])
+        second = self.second
+        if second is None:
+            with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
+                    autocast(self.device, self.settings.precision):
+                enc = self.text_encoder(ids)[0]
+                return self.unet(noisy, t, encoder_hidden_states=enc).sample
+        assert self.param_2 is not None
+        extra_2 = torch.cat([second.fixed.float(), self.param_2])
+        ids_2 = second.template_ids[rows].to(self.device)
+        with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
+                placeholder_embeddings(second.text_encoder, second.first_id, extra_2), \
+                autocast(self.device, self.settings.precision):
+            hidden, pooled = sdxl_states([self.text_encoder, second.text_encoder], [ids, ids_2])
+            cond = SDXLCondition(hidden, pooled, time_ids(*second.size, len(rows), dtype=hidden.dtype,
+                                                          device=self.device))
+            return self.unet(noisy, t, **unet_kwargs(cond)).sample
 
     def step(self) -> float:
         """One optimizer step over ``accumulation`` micro-batches; returns their mean loss."""
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(self.settings.accumulation):
-            noisy, target, t, ids = self._micro_batch()
-            extra = torch.cat([self.fixed, self.param])
-            with placeholder_embeddings(self.text_encoder, self.first_id, extra), \
-                    autocast(self.device, self.settings.precision):
-                enc = self.text_encoder(ids)[0]
-                pred = self.unet(noisy, t, encoder_hidden_states=enc).sample
-            loss = mse(pred, target)
+            noisy, target, t, rows = self._micro_batch()
+            loss = mse(self._predict(noisy, t, rows), target)
             (loss / self.settings.accumulation).backward()
             total += float(loss.detach())
         self.optimizer.step()
@@ -565,16 +611,24 @@ class InversionTrainer:
         out = {"vector": self.param.detach().cpu().clone(), "rng": self.generator.get_state().clone()}
         for key, value in self.optimizer.state.get(self.param, {}).items():
             out[f"adam/{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        if self.param_2 is not None:
+            out["vector_2"] = self.param_2.detach().cpu().clone()
+            for key, value in self.optimizer.state.get(self.param_2, {}).items():
+                out[f"adam_2/{key}"] = torch.as_tensor(value).detach().cpu().clone()
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.param.copy_(tensors["vector"].to(self.param.device))
         self.generator.set_state(tensors["rng"])
-        state = {k[len("adam/"):]: v.clone().to(self.param.device) if v.dim() else v.clone()
-                 for k, v in tensors.items() if k.startswith("adam/")}
-        if state:
-            self.optimizer.state[self.param] = state
+        for param, key in ((self.param, ""), (self.param_2, "_2")):
+            if param is None:
+                continue
+            with torch.no_grad():
+                param.copy_(tensors[f"vector{key}"].to(param.device))
+            prefix = f"adam{key}/"
+            state = {k[len(prefix):]: v.clone().to(param.device) if v.dim() else v.clone()
+                     for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                self.optimizer.state[param] = state
 
 
 @torch.no_grad()

@@ -300,7 +300,10 @@ def save_ui_embeddings(folder: str | os.PathLike[str], tokens: Mapping[str, torc
             raise BadInputError(f"tokens '{seen[name.lower()]}' and '{token}' would both be written as {name}")
         seen[name.lower()] = token
     for token, value in tokens.items():
-        vectors = value.reshape(-1, value.shape[-1])
-        write_safetensors(os.path.join(folder, names[token]), _cast({UI_EMBEDDING_KEY: vectors}, dtype),
+        if isinstance(value, list):  # SDXL: one vector per text encoder, under the UIs' SDXL keys
+            tensors = {key: v.reshape(-1, v.shape[-1]) for key, v in zip(("clip_l", "clip_g"), value, strict=True)}
+        else:
+            tensors = {UI_EMBEDDING_KEY: value.reshape(-1, value.shape[-1])}
+        write_safetensors(os.path.join(folder, names[token]), _cast(tensors, dtype),
                           {**UI_METADATA, "token": token, **meta})
     return list(names.values())

@@ -129,6 +129,50 @@ def build_tiny_sd2(folder: Path, *, seed: int = 0, sample_size: int = 16,
                           pad_token="!")
 
 
+def build_tiny_sdxl(folder: Path, *, seed: int = 0, sample_size: int = 16) -> Path:
+    """Save a tiny ``StableDiffusionXLPipeline`` folder, built as diffusers' own SDXL tests build theirs: a UNet
+    with SD 2's linear projections, ``addition_embed_type="text_time"`` (pooled text embedding plus six time ids
+    of ``addition_time_embed_dim`` each) and cross-attention over both encoders' states concatenated; a
+    ``CLIPTextModel`` configured as SDXL's CLIP ViT-L (SD 1's) and a ``CLIPTextModelWithProjection`` as its
+    OpenCLIP bigG (gelu, token ids 0/2/1, a tokenizer that pads with ``!``), of different widths (32 and 48, as
+    768 and 1280 differ) so a swapped encoder shows; an Euler scheduler with leading timestep spacing as SDXL
+    base's. Both tokenizers carry the real CLIP vocabulary."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    width_1, width_2, projection, time_dim = 32, 48, 40, 8
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * time_dim + projection,
+        cross_attention_dim=width_1 + width_2, norm_num_groups=32)
+    vae = _tiny_vae(seed, sample_size)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config(width_1, 2, 32)))
+    config_2 = {**_text_config(width_2, 2, projection), "hidden_act": "gelu", "bos_token_id": 0, "eos_token_id": 2,
+                "pad_token_id": 1, "layer_norm_eps": 1e-5}
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**config_2))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_dir = folder / "_tokenizer_tmp"
+    save_clip_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir, pad_token="!")
+    pipe: Any = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                          tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                          scheduler=scheduler, add_watermarker=False)
+    pipe.save_pretrained(folder)
+    for f in tok_dir.iterdir():
+        f.unlink()
+    tok_dir.rmdir()
+    return folder
+
+
 # Test images for the tiny models (and the vocabulary benchmark): a coloured shape on noise.
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}

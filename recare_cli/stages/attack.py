@@ -125,8 +125,9 @@ def _digest(opts: AttackOptions, resolution: int, identity: dict[str, Any], weig
             images: list[Path]) -> str:
     from recare_cli.models.fingerprint import combine
 
+    second = [identity["text_encoder_2"]] if "text_encoder_2" in identity else []  # SDXL's
     return combine(json.dumps(opts.hyperparameters(resolution), sort_keys=True), identity["unet"],
-                   identity["text_encoder"], [w["fingerprint"] for w in weights], [str(p) for p in images])
+                   identity["text_encoder"], [w["fingerprint"] for w in weights], [str(p) for p in images], *second)
 
 
 def _check_weight_files(paths: tuple[str, ...]) -> None:
@@ -150,6 +151,7 @@ def run_attack(opts: AttackOptions, paths: list[Path], *,
     from recare_cli.core.diffusion import (
         InversionSettings,
         InversionTrainer,
+        SecondEncoder,
         extend_tokenizer,
         latent_distributions,
         tokenize,
@@ -175,8 +177,10 @@ def run_attack(opts: AttackOptions, paths: list[Path], *,
     resolution = opts.resolution or native_square_resolution(pipe)
     pixels, used = load_pixels(chosen, strict=opts.strict, resolution=resolution, source=opts.images)
     token = opts.token()
+    xl = bundle.architecture.sdxl  # one vector per text encoder
     try:
         tokenizer, first_id = extend_tokenizer(pipe.tokenizer, [token])
+        tokenizer_2, first_id_2 = extend_tokenizer(pipe.tokenizer_2, [token]) if xl else (None, 0)
     except ValueError as err:
         raise UsageError(f"--target: {err}") from err
     init = initializer_vector(pipe, opts.initializer).to(device)
@@ -185,10 +189,16 @@ def run_attack(opts: AttackOptions, paths: list[Path], *,
     del pixels
     settings = InversionSettings(steps=opts.steps, lr=opts.effective_lr(), precision=opts.precision,
                                  batch_size=opts.batch_size, accumulation=opts.accumulation)
-    ids = tokenize(tokenizer, [t.format(token) for t in TEMPLATES[opts.property]])
+    filled = [t.format(token) for t in TEMPLATES[opts.property]]
+    ids = tokenize(tokenizer, filled)
+    second = None
+    if xl:
+        init_2 = initializer_vector(pipe, opts.initializer, encoder=1).to(device)
+        second = SecondEncoder(pipe.text_encoder_2, first_id_2, init_2[:0], init_2, tokenize(tokenizer_2, filled),
+                               (resolution, resolution))
     generator = torch.Generator().manual_seed(opts.seed)
     trainer = InversionTrainer(pipe.unet, pipe.text_encoder, first_id, init[:0], init, latents, ids,
-                               pipe.scheduler.config, settings, generator, flip_p=opts.flip)
+                               pipe.scheduler.config, settings, generator, flip_p=opts.flip, second=second)
     digest = _digest(opts, resolution, identity, applied, used)
     start = 0
     if opts.resume and ckpt is not None and ckpt.exists():
@@ -215,11 +225,19 @@ def run_attack(opts: AttackOptions, paths: list[Path], *,
                 write_safetensors(ckpt, trainer.state_tensors(), {"format": CHECKPOINT_FORMAT, "version": "1",
                                                                   "config": digest, "step": str(done)})
     record = provenance("attack", recorded(opts), model=identity)
-    save_embeddings(opts.output, {token: trainer.vector().cpu()}, base_text_encoder=identity["text_encoder"],
-                    base_unet=identity["unet"], base_model=identity["name"], target=opts.target.strip(),
-                    initializer=opts.initializer, property=opts.property, attack=opts.method,
-                    attacked_weights=applied, images=len(used), hyperparameters=opts.hyperparameters(resolution),
-                    provenance=record)
+    written: dict[str, Any] = dict(
+        base_unet=identity["unet"], base_model=identity["name"], target=opts.target.strip(),
+        initializer=opts.initializer, property=opts.property, attack=opts.method, attacked_weights=applied,
+        images=len(used), hyperparameters=opts.hyperparameters(resolution), provenance=record)
+    if xl:
+        from recare_cli.models.sdxl_embeddings import save_sdxl_embeddings
+
+        save_sdxl_embeddings(opts.output, [token], [v.cpu() for v in trainer.vectors()],
+                             base_text_encoder=identity["text_encoder"],
+                             base_text_encoder_2=identity["text_encoder_2"], **written)
+    else:
+        save_embeddings(opts.output, {token: trainer.vector().cpu()}, base_text_encoder=identity["text_encoder"],
+                        **written)
     if opts.prompts is not None:
         if opts.prompts == STDIO:
             from recare_cli.io.streams import open_output

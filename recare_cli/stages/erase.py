@@ -77,6 +77,31 @@ NO_LORA = {"uce": "is a closed-form edit of whole weights; it trains no adapters
            "advunlearn": "trains the text encoder's parameters themselves; no adapters"}
 
 
+# Methods that do not run on SDXL, and why (refused with exit 2 before any weights are read).
+NOT_ON_SDXL = {
+    "uce": "edits to_k/to_v in closed form on one text encoder's states; SDXL's cross-attention reads two "
+           "encoders' states concatenated and a pooled embedding, which the published form does not cover",
+    "age": "searches concepts in one text encoder's vocabulary embedding; SDXL has two",
+    "advunlearn": "trains one text encoder; SDXL conditions on two and a pooled embedding",
+}
+
+
+def refuse_on_sdxl(opts: EraseOptions) -> None:
+    """Stop a method SDXL cannot run (``NOT_ON_SDXL``) when --model's model_index.json names an SDXL pipeline;
+    a model_index.json that cannot be read is left to the loader's own message."""
+    from recare_cli.models.arch import SDXL_PIPELINE, read_model_index
+
+    if opts.method not in NOT_ON_SDXL:
+        return
+    try:
+        index = read_model_index(opts.model, local_files_only=True)
+    except OSError:
+        return
+    if index.get("_class_name") == SDXL_PIPELINE:
+        raise UsageError(f"--method {opts.method} does not run on SDXL (model '{opts.model}'): it "
+                         f"{NOT_ON_SDXL[opts.method]}; use --method recare, recare-noretain, stereo, esd or esd-recare")
+
+
 def _lora(opts: Any) -> bool:
     return opts.lora is not None
 
@@ -300,54 +325,88 @@ def read_care(path: str, target: str) -> tuple[Any, str]:
     return care, sha256_bytes(data)
 
 
+def with_tokens(pipe: Any, tokens: list[str], extras: list[Any]) -> tuple[list[Any], Any]:
+    """Tokenizers that know ``tokens`` and a context in which each text encoder reads them as its ``extras``
+    (one (len(tokens), D) tensor per text encoder: one for SD 1.x/2.x, two for SDXL). Raises ``ValueError`` when a
+    token is already a word of a tokenizer."""
+    import contextlib
+
+    from recare_cli.core.diffusion import extend_tokenizer, placeholder_embeddings
+    from recare_cli.models.sd import text_encoders, tokenizers
+
+    stack = contextlib.ExitStack()
+    if not tokens:
+        return tokenizers(pipe), stack
+    extended = []
+    for tokenizer, encoder, extra in zip(tokenizers(pipe), text_encoders(pipe), extras, strict=True):
+        tokenizer, first_id = extend_tokenizer(tokenizer, tokens)
+        extended.append(tokenizer)
+        stack.enter_context(placeholder_embeddings(encoder, first_id, extra))
+    return extended, stack
+
+
+def condition_encoder(bundle: Any, resolution: int, tokenizers: list[Any]) -> Callable[[list[str]], Any]:
+    """prompts → what the UNet is conditioned on: the text encoder's last hidden states (SD 1.x/2.x), or SDXL's
+    conditions for square images of ``resolution`` pixels (``core.conditioning.encode_sdxl``)."""
+    from recare_cli.core.conditioning import encode_sdxl
+    from recare_cli.core.diffusion import encode_prompts
+    from recare_cli.models.sd import text_encoders
+
+    pipe = bundle.pipe
+    if bundle.architecture.sdxl:
+        return lambda prompts: encode_sdxl(tokenizers, text_encoders(pipe), prompts, size=(resolution, resolution),
+                                           device=bundle.device)
+    return lambda prompts: encode_prompts(tokenizers[0], pipe.text_encoder, prompts, device=bundle.device)
+
+
+def pipeline_uncond(bundle: Any, uncond: Any) -> Any:
+    """The unconditional input the pipeline itself samples with, when it is not the empty prompt's ``uncond``:
+    SDXL with ``force_zeros_for_empty_prompt`` (SDXL base) samples with zeros (published ESD's SDXL code draws x_t
+    with the pipeline); None otherwise."""
+    from recare_cli.core.conditioning import zeros_like
+
+    if bundle.architecture.sdxl and bundle.pipe.config.get("force_zeros_for_empty_prompt", False):
+        return zeros_like(uncond)
+    return None
+
+
 def prepare_prompts(bundle: Any, opts: EraseOptions, care: Any, adversarial: dict[str, Any],
-                    stereo_anchors: list[str] | None = None) -> tuple[Any, Any, list[str]]:
+                    stereo_anchors: list[str] | None = None, resolution: int = 0) -> tuple[Any, Any, list[str]]:
     """Prompt embeddings (computed once) and the balanced schedules (drawn once from the seed). The anchors
-    are the CARE-set's, or for ``stereo`` ``stereo_anchors`` (``stages.stereo.read_anchors``)."""
+    are the CARE-set's, or for ``stereo`` ``stereo_anchors`` (``stages.stereo.read_anchors``). ``adversarial``
+    maps each token to its vectors, one (1, D) tensor per text encoder (a list of two for SDXL);
+    ``resolution`` is SDXL's image size (its size ids)."""
     import numpy as np
     import torch
 
-    from recare_cli.core.diffusion import (
-        ErasePrompts,
-        EraseSchedule,
-        encode_prompts,
-        extend_tokenizer,
-        placeholder_embeddings,
-    )
+    from recare_cli.core.diffusion import ErasePrompts, EraseSchedule
     from recare_cli.core.guidance import balanced_schedule, esd_step_choices, stratified_steps
 
-    pipe = bundle.pipe
     iterations = opts.resolved().iterations
     assert iterations is not None  # every training method has a default
     tokens = list(adversarial)
     erase_set = [opts.target.strip(), *tokens]
     if len(set(erase_set)) != len(erase_set):
         raise BadInputError("the adversarial tokens repeat the target or each other", source=opts.adversarial)
-    tokenizer = pipe.tokenizer
-    if tokens:
-        try:
-            tokenizer, first_id = extend_tokenizer(pipe.tokenizer, tokens)
-        except ValueError as err:
-            raise BadInputError(str(err), source=opts.adversarial) from err
-        extra = torch.cat([adversarial[t] for t in tokens]).to(bundle.device)
-        ctx: Any = placeholder_embeddings(pipe.text_encoder, first_id, extra)
-    else:
-        import contextlib
-
-        ctx = contextlib.nullcontext()
+    vectors = [v if isinstance(v, list) else [v] for v in adversarial.values()]
+    extras = [torch.cat([v[i] for v in vectors]).to(bundle.device) for i in range(len(vectors[0]))] if tokens else []
+    try:
+        tokenizers, ctx = with_tokens(bundle.pipe, tokens, extras)
+    except ValueError as err:
+        raise BadInputError(str(err), source=opts.adversarial) from err
     if opts.method == "stereo":
         anchors = list(stereo_anchors or [])
     else:
         anchors = care.anchor_prompts if care is not None and opts.method not in WITHOUT_CARESET else []
     retains = care.retain_prompts if care is not None and opts.method == "recare" else []
 
-    def enc(prompts: list[str]) -> torch.Tensor:
-        return encode_prompts(tokenizer, pipe.text_encoder, prompts, device=bundle.device)
-
+    enc = condition_encoder(bundle, resolution, tokenizers)
     with ctx:
-        prompts = ErasePrompts(uncond=enc([""]), erase=enc(erase_set),
+        uncond = enc([""])
+        prompts = ErasePrompts(uncond=uncond, erase=enc(erase_set),
                                anchors=enc(anchors) if anchors else None, retains=enc(retains) if retains else None,
-                               erase_from=enc([opts.erase_from.strip()]) if opts.erase_from is not None else None)
+                               erase_from=enc([opts.erase_from.strip()]) if opts.erase_from is not None else None,
+                               sample_uncond=pipeline_uncond(bundle, uncond) if opts.method == "esd" else None)
     rng = np.random.default_rng(opts.seed)
     anchor_idx = balanced_schedule(list(range(len(anchors))), iterations, rng) if anchors else None
     retain_idx = balanced_schedule(list(range(len(retains))), iterations, rng) if retains else None
@@ -364,6 +423,8 @@ def config_digest(opts: EraseOptions, resolution: int, identity: dict[str, str],
     from recare_cli.models.fingerprint import combine
 
     extra = [anchors_hash] if anchors_hash is not None else []  # stereo's; the other methods' digests stay
+    if "text_encoder_2" in identity:  # SDXL's second encoder (SD 1.x/2.x digests unchanged)
+        extra.append(identity["text_encoder_2"])
     return combine(json.dumps(opts.hyperparameters(resolution), sort_keys=True), identity["unet"],
                    identity["text_encoder"], care_hash, adv_hash, opts.target.strip(), *extra)
 
@@ -429,9 +490,11 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     from recare_cli.dtypes import torch_dtype
     from recare_cli.io.provenance import provenance
     from recare_cli.models.sd import load_sd, native_square_resolution
-    from recare_cli.models.weights import read_embeddings, save_pipeline, save_unet_weights
+    from recare_cli.models.sdxl_embeddings import read_model_tokens
+    from recare_cli.models.weights import save_pipeline, save_unet_weights
 
     opts.validate()
+    refuse_on_sdxl(opts)
     if opts.method == "uce":
         from recare_cli.stages.uce import run_uce
 
@@ -470,18 +533,18 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     bundle = load_sd(opts.model, device=opts.device, dtype="fp32")
     identity = bundle.identity()
     pipe = bundle.pipe
-    dim = int(pipe.text_encoder.get_input_embeddings().weight.shape[1])
     adversarial: dict[str, Any] = {}
     adv_hash = None
     if opts.adversarial is not None:
-        tokens, _ = read_embeddings(opts.adversarial, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+        tokens = read_model_tokens(bundle, opts.adversarial)
         for token, value in list(tokens.items())[: max(0, opts.num_adversarial)]:
-            if value.shape[0] != 1:
+            if not isinstance(value, list) and value.shape[0] != 1:  # SDXL: one row per encoder
                 raise BadInputError(f"token '{token}' has {value.shape[0]} vectors; recare uses one per token",
                                     source=opts.adversarial, field=token)
             adversarial[token] = value
         adv_hash = sha256_file(opts.adversarial)
-    prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial, anchors)
+    resolution = opts.resolution or native_square_resolution(pipe)
+    prompts, schedule, erase_set = prepare_prompts(bundle, opts, care, adversarial, anchors, resolution)
 
     unet = pipe.unet
     assert opts.train_method is not None and opts.lr is not None and opts.iterations is not None  # resolved
@@ -489,7 +552,6 @@ def run_erase(opts: EraseOptions, *, on_step: Callable[[int, dict[str, float]], 
     if opts.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    resolution = opts.resolution or native_square_resolution(pipe)
     latent = resolution // pipe.vae_scale_factor
     settings = erase_settings(opts, latent)
     generator = torch.Generator().manual_seed(opts.seed)

@@ -143,14 +143,14 @@ def read_tokens(bundle: Any, paths: Sequence[Path]) -> tuple[dict[str, Any], lis
     """``{token: (n, D)}`` of every embeddings file (checked against the model's text encoder), and the record
     provenance keeps of each file. A token in two files is refused."""
     from recare_cli.models.fingerprint import state_fingerprint
-    from recare_cli.models.weights import read_embeddings, read_safetensors
+    from recare_cli.models.sdxl_embeddings import read_model_tokens
+    from recare_cli.models.weights import read_safetensors
 
-    dim = int(bundle.pipe.text_encoder.get_input_embeddings().weight.shape[1])
     tokens: dict[str, Any] = {}
     records = []
     for path in paths:
         raw, _ = read_safetensors(path)
-        found, _ = read_embeddings(path, dim=dim, text_encoder=bundle.text_encoder_fingerprint)
+        found = read_model_tokens(bundle, path)  # SDXL: [clip_l row, clip_g row] per token
         for token, value in found.items():
             if token in tokens:
                 raise BadInputError(f"token '{token}' is also in an earlier --weights file", source=str(path))

@@ -129,8 +129,9 @@ class InvertOptions:
     def digest(self, resolution: int, identity: dict[str, str], images: list[Path]) -> str:
         from recare_cli.models.fingerprint import combine
 
+        second = [identity["text_encoder_2"]] if "text_encoder_2" in identity else []  # SDXL's
         return combine(sorted(self.hyperparameters(resolution).items()), identity["unet"], identity["text_encoder"],
-                       [str(p) for p in images])
+                       [str(p) for p in images], *second)
 
     def tokens(self) -> list[str]:
         from recare_cli.io.careset import reference_key
@@ -173,22 +174,27 @@ def round_slices(n_images: int, rounds: int) -> list[range]:
     return [range(i * q, (i + 1) * q) for i in range(rounds)]
 
 
-def initializer_vector(pipe: Any, word: str, token: str = "word") -> Any:
+def initializer_vector(pipe: Any, word: str, token: str = "word", encoder: int = 0) -> Any:
     """The embedding row the new tokens start from: the one token ``word`` tokenises to (``token="word"``:
     ``person`` → ``person</w>``), or the vocabulary entry spelled ``word`` (``"reference"``: ``person``, the
-    word-initial piece, as the reference's ``convert_tokens_to_ids``)."""
+    word-initial piece, as the reference's ``convert_tokens_to_ids``); ``encoder`` 1 reads SDXL's second text
+    encoder's row (through its own tokenizer)."""
+    from recare_cli.models.sd import text_encoders, tokenizers
+
+    tokenizer = tokenizers(pipe)[encoder]
     if token == "reference":
-        vocab = pipe.tokenizer.get_vocab()
+        vocab = tokenizer.get_vocab()
         if word not in vocab:
             raise UsageError(f"--initializer '{word}' is not an entry of the tokenizer's vocabulary "
                              "(--initializer-token reference looks the word up as written)")
         ids = [vocab[word]]
     else:
-        ids = pipe.tokenizer(word, add_special_tokens=False).input_ids
+        ids = tokenizer(word, add_special_tokens=False).input_ids
     if len(ids) != 1:
         raise UsageError(f"--initializer '{word}' is {len(ids)} tokens; choose a word that is a single CLIP token "
                          "(person, art, …)")
-    return pipe.text_encoder.get_input_embeddings().weight[ids[0]].detach().clone().reshape(1, -1)
+    embedding = text_encoders(pipe)[encoder].get_input_embeddings()
+    return embedding.weight[ids[0]].detach().clone().reshape(1, -1)
 
 
 def round_erase_settings(opts: InvertOptions, latent_size: int) -> Any:
@@ -209,20 +215,23 @@ def round_inversion_settings(opts: InvertOptions) -> Any:
 
 
 def save_round(path: Path, digest: str, done: int, learned: list[Any], unet_values: dict[str, Any],
-               generator: Any) -> None:
-    """Round-level checkpoint: the tokens learned so far, the erased UNet's trained values, the generator."""
+               generator: Any, learned_2: list[Any] | None = None) -> None:
+    """Round-level checkpoint: the tokens learned so far (SDXL: also the second encoder's vectors), the erased
+    UNet's trained values, the generator."""
     import torch
 
     from recare_cli.models.weights import write_safetensors
 
     tensors = {f"param/{k}": v for k, v in unet_values.items()}
     tensors["tokens"] = torch.cat(learned).cpu()
+    if learned_2:
+        tensors["tokens_2"] = torch.cat(learned_2).cpu()
     tensors["rng"] = generator.get_state()
     write_safetensors(path, tensors, {"format": "recare.invert-checkpoint", "version": "1", "config": digest,
                                       "rounds_done": str(done)})
 
 
-def load_round(path: Path, digest: str, unet: Any, generator: Any) -> list[Any]:
+def load_round(path: Path, digest: str, unet: Any, generator: Any) -> tuple[list[Any], list[Any]]:
     from recare_cli.models.weights import read_safetensors
 
     tensors, meta = read_safetensors(path)
@@ -235,7 +244,8 @@ def load_round(path: Path, digest: str, unet: Any, generator: Any) -> list[Any]:
     unet.load_state_dict(params, strict=False)
     generator.set_state(tensors["rng"])
     done = int(meta["rounds_done"])
-    return [row.reshape(1, -1) for row in tensors["tokens"][:done]]
+    second = [row.reshape(1, -1) for row in tensors["tokens_2"][:done]] if "tokens_2" in tensors else []
+    return [row.reshape(1, -1) for row in tensors["tokens"][:done]], second
 
 
 def run_invert(opts: InvertOptions, paths: list[Path], *,
@@ -247,17 +257,17 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
         EraseSchedule,
         EraseTrainer,
         InversionTrainer,
-        encode_prompts,
+        SecondEncoder,
         extend_tokenizer,
         latent_distributions,
-        placeholder_embeddings,
         tokenize,
     )
     from recare_cli.core.guidance import select_parameters
     from recare_cli.io.provenance import provenance
     from recare_cli.models.sd import load_sd, native_square_resolution
+    from recare_cli.models.sdxl_embeddings import save_sdxl_embeddings
     from recare_cli.models.weights import save_embeddings, save_unet_weights
-    from recare_cli.stages.erase import lora_settings
+    from recare_cli.stages.erase import condition_encoder, lora_settings, with_tokens
 
     opts.validate()
     ckpt = opts.checkpoint_path()
@@ -271,10 +281,14 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     resolution = opts.resolution or native_square_resolution(pipe)
     pixels, used = load_pixels(paths, strict=opts.strict, resolution=resolution, source=opts.images)
     slices = round_slices(len(used), opts.rounds)
-    init = initializer_vector(pipe, opts.initializer, opts.initializer_token).to(device)
+    xl = bundle.architecture.sdxl  # one vector per text encoder per token
+    inits = [initializer_vector(pipe, opts.initializer, opts.initializer_token, i).to(device)
+             for i in range(2 if xl else 1)]
+    init = inits[0]
     tokens = opts.tokens()
     try:
         tokenizer, first_id = extend_tokenizer(pipe.tokenizer, tokens)
+        tokenizer_2, first_id_2 = extend_tokenizer(pipe.tokenizer_2, tokens) if xl else (None, 0)
     except ValueError as err:
         raise UsageError(f"--target: {err}") from err
     with console.progress(f"encoding {console.plural(len(used), 'image')} (and flips) with the VAE", len(used)):
@@ -289,9 +303,11 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
         unet.enable_gradient_checkpointing()
     generator = torch.Generator().manual_seed(opts.seed)
     learned: list[torch.Tensor] = []
+    learned_2: list[torch.Tensor] = []  # SDXL: the second text encoder's vectors
     digest = opts.digest(resolution, identity, used)
     if opts.resume and ckpt is not None and ckpt.exists():
-        learned = [v.to(device) for v in load_round(ckpt, digest, unet, generator)]
+        first, second = load_round(ckpt, digest, unet, generator)
+        learned, learned_2 = [v.to(device) for v in first], [v.to(device) for v in second]
         console.info(f"invert: resuming from {ckpt} after round {len(learned)}/{opts.rounds}")
     templates = TEMPLATES[opts.property]
     latent_size = resolution // pipe.vae_scale_factor
@@ -299,10 +315,14 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
     with checkpoint_kept_on_interrupt(ckpt):
         for r in range(len(learned), opts.rounds):
             concept = opts.target.strip() if r == 0 else tokens[r - 1]
-            known = torch.cat(learned) if learned else init
-            with placeholder_embeddings(pipe.text_encoder, first_id, known):
-                prompts = ErasePrompts(uncond=encode_prompts(tokenizer, pipe.text_encoder, [""], device=device),
-                                       erase=encode_prompts(tokenizer, pipe.text_encoder, [concept], device=device))
+            # the placeholder rows: the tokens learned so far (the rows after them are never read)
+            known = [torch.cat(learned) if learned else init]
+            if xl:
+                known.append(torch.cat(learned_2) if learned_2 else inits[1])
+            toks, ctx = with_tokens(pipe, tokens[:len(known[0])], known)
+            with ctx:
+                enc = condition_encoder(bundle, resolution, toks)
+                prompts = ErasePrompts(uncond=enc([""]), erase=enc([concept]))
             settings = round_erase_settings(opts, latent_size)
             unet.train()
             eraser = EraseTrainer(unet, names, prompts, EraseSchedule(erase=[0] * opts.erase_iterations), settings,
@@ -325,12 +345,16 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
             del eraser
             unet.eval()
 
-            ids = tokenize(tokenizer, [t.format(tokens[r]) for t in templates])
+            filled = [t.format(tokens[r]) for t in templates]
+            ids = tokenize(tokenizer, filled)
             fixed = torch.cat(learned) if learned else init[:0]
+            round_second = None if not xl else SecondEncoder(
+                pipe.text_encoder_2, first_id_2, torch.cat(learned_2) if learned_2 else inits[1][:0], inits[1],
+                tokenize(tokenizer_2, filled), (resolution, resolution))
             trainer = InversionTrainer(unet, pipe.text_encoder, first_id, fixed, init, latents[slices[r].start:
                                        slices[r].stop], ids, pipe.scheduler.config,
                                        round_inversion_settings(opts),
-                                       generator, flip_p=opts.flip)
+                                       generator, flip_p=opts.flip, second=round_second)
             loss = float("nan")
             learning = f"round {r + 1}/{opts.rounds}: learning {tokens[r]} on {console.plural(len(slices[r]), 'image')}"
             with console.progress(learning, opts.steps) as advance:
@@ -341,16 +365,23 @@ def run_invert(opts: InvertOptions, paths: list[Path], *,
                         on_step("invert", s, loss)
             losses[f"round{r}_inversion"] = loss
             learned.append(trainer.vector().to(device))
+            if xl:
+                learned_2.append(trainer.vectors()[1].to(device))
             if ckpt is not None and r + 1 < opts.rounds:
-                save_round(ckpt, digest, r + 1, learned, erased_values, generator)
+                save_round(ckpt, digest, r + 1, learned, erased_values, generator, learned_2)
 
-    result = {t: v.cpu() for t, v in zip(tokens, learned, strict=True)}
     record = provenance("invert", recorded(opts), model=identity)
-    save_embeddings(opts.output, result, base_text_encoder=identity["text_encoder"], base_unet=identity["unet"],
-                    base_model=identity["name"], target=opts.target.strip(), initializer=opts.initializer,
-                    property=opts.property, rounds=opts.rounds, images=len(used),
-                    hyperparameters=opts.hyperparameters(resolution),
-                    provenance=record)
+    meta: dict[str, Any] = dict(
+        base_unet=identity["unet"], base_model=identity["name"], target=opts.target.strip(),
+        initializer=opts.initializer, property=opts.property, rounds=opts.rounds, images=len(used),
+        hyperparameters=opts.hyperparameters(resolution), provenance=record)
+    if xl:
+        save_sdxl_embeddings(opts.output, tokens, [torch.cat(learned).cpu(), torch.cat(learned_2).cpu()],
+                             base_text_encoder=identity["text_encoder"],
+                             base_text_encoder_2=identity["text_encoder_2"], **meta)
+    else:
+        result = {t: v.cpu() for t, v in zip(tokens, learned, strict=True)}
+        save_embeddings(opts.output, result, base_text_encoder=identity["text_encoder"], **meta)
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
     return {"tokens": tokens, "images": len(used), "losses": losses}

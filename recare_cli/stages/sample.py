@@ -154,7 +154,8 @@ def config_digest(model: dict[str, Any], weights: list[dict[str, Any]], embeddin
                   sampling: dict[str, Any]) -> str:
     from recare_cli.models.fingerprint import combine
 
-    return combine(model.get("unet"), model.get("text_encoder"), [w["fingerprint"] for w in weights],
+    second = [model["text_encoder_2"]] if "text_encoder_2" in model else []  # SDXL's
+    return combine(model.get("unet"), model.get("text_encoder"), *second, [w["fingerprint"] for w in weights],
                    [e["fingerprint"] for e in embeddings], sorted(sampling.items()))
 
 
@@ -222,12 +223,20 @@ def load_embeddings(bundle: Any, paths: Sequence[Path]) -> list[dict[str, Any]]:
     """Add ``recare invert`` tokens (``{token: (n, D)}``) to the tokenizer and text encoder; files that
     record another base text encoder are refused."""
     from recare_cli.models.fingerprint import state_fingerprint
+    from recare_cli.models.sdxl_embeddings import check_kind, load_sdxl_embeddings_into
     from recare_cli.models.weights import load_embeddings_into, read_safetensors
 
     loaded: list[dict[str, Any]] = []
+    xl = bundle.architecture.sdxl
+    for path in paths:  # every file's kind first: a mismatch stops the command before any token is added
+        check_kind(path, read_safetensors(path)[0], sdxl_model=xl)
     for path in paths:
         tensors, _ = read_safetensors(path)
-        tokens = load_embeddings_into(bundle.pipe, path, text_encoder=bundle.text_encoder_fingerprint)
+        if xl:
+            tokens = load_sdxl_embeddings_into(bundle.pipe, path, text_encoders=(bundle.text_encoder_fingerprint,
+                                                                                 bundle.text_encoder_2_fingerprint))
+        else:
+            tokens = load_embeddings_into(bundle.pipe, path, text_encoder=bundle.text_encoder_fingerprint)
         loaded.append({"path": str(path), "fingerprint": state_fingerprint(tensors), "tokens": tokens})
     return loaded
 
