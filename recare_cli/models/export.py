@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,9 @@ PARTS = ("unet", "vae", "text_encoder")
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
                 "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 _UNET_TOP = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
+             # SDXL's added conditioning (pooled text embedding and size/crop ids)
+             "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 _VAE_CONV_ATTENTION = ("q", "k", "v", "proj_out")  # 1×1 convolutions in the original VAE
@@ -229,6 +231,20 @@ def original_unet_to_diffusers(checkpoint: Mapping[str, torch.Tensor],
             raise BadInputError(f"'{key}' and another both map to unet parameter '{name}'")
         out[name] = mapped
     return out
+
+
+def unet_module_names(unet_keys: Iterable[str]) -> Callable[[str], str]:
+    """A function from a diffusers UNet module path to the original (LDM/SGM) path of the same module
+    (``down_blocks.1.attentions.0.proj_in`` → ``input_blocks.4.1.proj_in`` on SDXL), for the UNet whose state
+    dict keys are ``unet_keys``; a module the layout has no place for is refused."""
+    keys = set(unet_keys)
+    mapper = _Mapper("unet", UNET_PREFIX, _unet_rules(keys), keys)
+
+    def original(module: str) -> str:
+        name, _ = mapper.to_original(f"{module}.weight", None)
+        return name[len(UNET_PREFIX):-len(".weight")]
+
+    return original
 
 
 def pipeline_states(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from recare_cli.errors import BadInputError
@@ -99,15 +99,19 @@ KOHYA_DOWN, KOHYA_UP, KOHYA_ALPHA = ".lora_down.weight", ".lora_up.weight", ".al
 
 def kohya_name(module: str) -> str:
     """``down_blocks.0.attentions.0.proj_in`` → ``lora_unet_down_blocks_0_attentions_0_proj_in`` (sd-scripts
-    names a module by its diffusers path with dots as underscores; for SD 1.x/2.x its UNet has diffusers' names)."""
+    names a module by the path of its own UNet with dots as underscores: for SD 1.x/2.x that UNet has
+    diffusers' names; for SDXL it is the original (SGM) UNet, whose path ``rename`` gives in ``kohya_tensors``)."""
     return KOHYA_PREFIX + module.replace(".", "_")
 
 
 def kohya_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], source: str,
-                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                  dtype: torch.dtype | None = None,
+                  rename: Callable[[str], str] | None = None) -> dict[str, torch.Tensor]:
     """A ``recare.unet-lora`` file's adapters in kohya naming: ``<name>.lora_down.weight`` = A,
     ``<name>.lora_up.weight`` = B (in ``dtype``), ``<name>.alpha`` = α as a float32 scalar, so that a reader's
-    ``alpha / rank`` (rank = A's first dimension) is the file's ``α / r``. Module order is kept."""
+    ``alpha / rank`` (rank = A's first dimension) is the file's ``α / r``. ``rename`` maps a diffusers module
+    path to the path sd-scripts' UNet gives it (SDXL: ``models.export.unet_module_names``); none keeps the
+    diffusers path (SD 1.x/2.x). Module order is kept."""
     import torch
 
     scale = lora_scale(meta, source)
@@ -118,8 +122,8 @@ def kohya_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str], 
         if not key.startswith(PREFIX) or not sep or part not in ("A.weight", "B.weight"):
             raise BadInputError(f"tensor '{key}' is not a UNet LoRA tensor (unet.<module>.lora_A/B.weight)",
                                 source=source)
-        name = kohya_name(module)
-        if seen.setdefault(name, module) != module:  # cannot happen for diffusers' names; never merge two
+        name = kohya_name(rename(module) if rename is not None else module)
+        if seen.setdefault(name, module) != module:  # cannot happen for real module paths; never merge two
             raise BadInputError(f"LoRA modules '{seen[name]}' and '{module}' share the kohya name '{name}'",
                                 source=source)
         cast = value.to(dtype) if dtype is not None else value

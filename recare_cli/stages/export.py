@@ -160,15 +160,16 @@ def read_tokens(bundle: Any, paths: Sequence[Path]) -> tuple[dict[str, Any], lis
     return tokens, records
 
 
-def _write_single_file(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
+def _write_single_file(bundle: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
     from recare_cli.models.export import save_single_file
 
-    return save_single_file(pipe, opts.output, dtype=dtype, meta={"provenance": record})
+    return save_single_file(bundle.pipe, opts.output, dtype=dtype, meta={"provenance": record})
 
 
-def _write_diffusers(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
+def _write_diffusers(bundle: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
     from recare_cli.models.weights import save_pipeline
 
+    pipe = bundle.pipe
     pipe.to(dtype=dtype)
     with staged_folder(opts.output, replace=opts.force) as folder:
         save_pipeline(pipe, folder)
@@ -193,14 +194,16 @@ def check_lora(bundle: Any, path: Path) -> dict[str, Any]:
             "base_unet": meta.get("base_unet"), "tensors": len(tensors)}
 
 
-def _write_kohya(pipe: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
-    from recare_cli.models.export import UI_METADATA
+def _write_kohya(bundle: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
+    from recare_cli.models.export import UI_METADATA, unet_module_names
     from recare_cli.models.lora import kohya_tensors, lora_modules, lora_scale
     from recare_cli.models.weights import read_safetensors, write_safetensors
 
     path = kohya_input(read_inputs(opts.weights))
     tensors, meta = read_safetensors(path)
-    converted = kohya_tensors(tensors, meta, str(path), dtype)
+    # sd-scripts trains SDXL on the original (SGM) UNet and names its modules by that UNet's paths
+    rename = unet_module_names(bundle.pipe.unet.state_dict()) if bundle.architecture.sdxl else None
+    converted = kohya_tensors(tensors, meta, str(path), dtype, rename)
     rank = next(v for k, v in tensors.items() if k.endswith(".lora_A.weight")).shape[0]
     # what sd-scripts records of a LoRA network; the UIs show these keys
     network = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank),
@@ -234,9 +237,6 @@ def run_export(opts: ExportOptions) -> ExportResult:
     if opts.format == "single-file" and bundle.architecture.family != "sd1":
         raise UsageError(f"--format single-file writes the SD 1.x layout; '{opts.model}' is "
                          f"{bundle.architecture.family} (use --format diffusers)")
-    if opts.format == KOHYA and bundle.architecture.family not in ("sd1", "sd2"):
-        raise UsageError(f"--format {KOHYA} writes the SD 1.x/2.x naming; '{opts.model}' is "
-                         f"{bundle.architecture.family}")
     identity = bundle.identity()
     if lora is not None:  # converted, not applied: the adapters are checked against the model
         applied = [check_lora(bundle, lora)]
@@ -250,5 +250,5 @@ def run_export(opts: ExportOptions) -> ExportResult:
         if folder is not None:
             staged = stack.enter_context(staged_folder(folder, replace=opts.force))
             result.embedding_files = save_ui_embeddings(staged, tokens, dtype=dtype, meta={"provenance": record})
-        result.tensors = WRITERS[opts.format](bundle.pipe, opts, dtype, record)
+        result.tensors = WRITERS[opts.format](bundle, opts, dtype, record)
     return result

@@ -1,0 +1,132 @@
+"""recare export on SDXL: the kohya LoRA in sd-scripts' SDXL naming (its original-layout UNet), read back by
+diffusers' own kohya converter on the tiny SDXL model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.helpers import invoke
+
+
+def _load_sdxl(folder: Path) -> Any:
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline.from_pretrained(str(folder))
+
+
+def _unet_out(pipe: Any) -> torch.Tensor:
+    """The SDXL UNet's prediction on fixed random latents, text states, pooled embedding and size ids."""
+    g = torch.Generator().manual_seed(1)
+    config = pipe.unet.config
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
+    pooled_width = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(2, pooled_width, generator=g),
+             "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)}
+    with torch.no_grad():
+        return pipe.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=context,
+                         added_cond_kwargs=added).sample.float()
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora_file(tiny_sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recare erase --lora run on the tiny SDXL model (rank 4, alpha 8: a scale of 2)."""
+    folder = tmp_path_factory.mktemp("sdxl-lora")
+    care = folder / "care.json"
+    care.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
+                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
+    out = folder / "lora.safetensors"
+    res = invoke(["erase", "--target", "nudity", "--care", str(care), "--model", str(tiny_sdxl_dir), "--device",
+                  "cpu", "--iterations", "2", "--ddim-steps", "4", "--lr", "1e-2", "--lora", "4", "--lora-alpha", "8",
+                  "-o", str(out), "-q"])
+    assert res.code == 0, res.stderr
+    return out
+
+
+def every_module_lora(folder: Path, path: Path) -> list[str]:
+    """A recare.unet-lora file adapting every Linear and Conv2d of the tiny SDXL UNet (attention, feed-forward,
+    resnets, resamplers, shortcut, conv_in/out, time and added-condition embeddings), rank 2, alpha 3; returns
+    the modules."""
+    from recare_cli.models.fingerprint import module_fingerprint
+    from recare_cli.models.lora import save_unet_lora
+
+    unet = _load_sdxl(folder).unet
+    g = torch.Generator().manual_seed(4)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            a_shape, b_shape = (2, module.in_features), (module.out_features, 2)
+        elif isinstance(module, torch.nn.Conv2d):
+            a_shape, b_shape = (2, module.in_channels, *module.kernel_size), (module.out_channels, 2, 1, 1)
+        else:
+            continue
+        tensors[f"{name}.lora_A.weight"] = 0.1 * torch.randn(a_shape, generator=g)
+        tensors[f"{name}.lora_B.weight"] = 0.1 * torch.randn(b_shape, generator=g)
+    save_unet_lora(path, tensors, rank=2, alpha=3.0, base_unet=module_fingerprint(unet))
+    return [k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight")]
+
+
+# The sd-scripts SDXL names of some modules of the tiny UNet (one resnet and one attention block per level).
+SGM_NAMES = {
+    "conv_in": "lora_unet_input_blocks_0_0",
+    "time_embedding.linear_1": "lora_unet_time_embed_0",
+    "add_embedding.linear_2": "lora_unet_label_emb_0_2",
+    "down_blocks.0.resnets.0.conv1": "lora_unet_input_blocks_1_0_in_layers_2",
+    "down_blocks.0.resnets.0.time_emb_proj": "lora_unet_input_blocks_1_0_emb_layers_1",
+    "down_blocks.0.downsamplers.0.conv": "lora_unet_input_blocks_2_0_op",
+    "down_blocks.1.resnets.0.conv_shortcut": "lora_unet_input_blocks_3_0_skip_connection",
+    "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k":
+        "lora_unet_input_blocks_3_1_transformer_blocks_1_attn2_to_k",
+    "mid_block.attentions.0.proj_in": "lora_unet_middle_block_1_proj_in",
+    "mid_block.resnets.1.conv2": "lora_unet_middle_block_2_out_layers_3",
+    "up_blocks.0.attentions.1.transformer_blocks.0.ff.net.0.proj":
+        "lora_unet_output_blocks_1_1_transformer_blocks_0_ff_net_0_proj",
+    "up_blocks.0.upsamplers.0.conv": "lora_unet_output_blocks_1_2_conv",
+    "up_blocks.1.resnets.1.conv_shortcut": "lora_unet_output_blocks_3_0_skip_connection",
+    "conv_out": "lora_unet_out_2",
+}
+
+
+@pytest.mark.parametrize("source", ["erase-run", "every-module"])
+def test_sdxl_kohya_lora_loads_in_diffusers_as_recare_applies_it(tiny_sdxl_dir: Path, sdxl_lora_file: Path,
+                                                                 tmp_path: Path, source: str,
+                                                                 one_torch_thread: None) -> None:
+    from safetensors import safe_open
+
+    from recare_cli.core.lora import lora_layers
+    from recare_cli.models.lora import lora_modules
+    from recare_cli.models.weights import apply_unet_weights
+
+    recare_lora = sdxl_lora_file
+    if source == "every-module":
+        recare_lora = tmp_path / "every.safetensors"
+        every_module_lora(tiny_sdxl_dir, recare_lora)
+    with safe_open(str(recare_lora), framework="pt") as fh:
+        modules = lora_modules([k.removeprefix("unet.") for k in fh.keys()])  # noqa: SIM118
+    out = tmp_path / "kohya.safetensors"
+    res = invoke(["export", "--model", str(tiny_sdxl_dir), "-o", str(out), "--weights", str(recare_lora),
+                  "--format", "kohya-lora"])
+    assert res.code == 0, res.stderr
+    with safe_open(str(out), framework="pt") as fh:
+        keys = set(fh.keys())  # noqa: SIM118
+    names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys}
+    assert len(keys) == 3 * len(modules) and len(names) == len(modules)
+    # sd-scripts' SDXL naming: the original UNet's paths, none of diffusers' block names
+    assert not [n for n in names if any(w in n for w in ("down_blocks", "up_blocks", "mid_block", "resnets"))]
+    if source == "every-module":
+        assert {SGM_NAMES[m] for m in SGM_NAMES} <= names
+
+    base = _unet_out(_load_sdxl(tiny_sdxl_dir))
+    loaded = _load_sdxl(tiny_sdxl_dir)
+    loaded.load_lora_weights(str(out))  # diffusers' SGM block mapping and kohya converter, then peft layers
+    assert len(lora_layers(loaded.unet)) == len(modules)  # every adapter found its module
+    ours = _load_sdxl(tiny_sdxl_dir)
+    apply_unet_weights(ours, recare_lora)  # recare's merged application
+    moved = float((_unet_out(ours) - base).abs().max())
+    assert moved > 1e-3
+    torch.testing.assert_close(_unet_out(loaded), _unet_out(ours), rtol=0, atol=1e-5 * moved + 1e-6)
