@@ -113,7 +113,7 @@ def test_sdxl_kohya_lora_loads_in_diffusers_as_recare_applies_it(tiny_sdxl_dir: 
                   "--format", "kohya-lora"])
     assert res.code == 0, res.stderr
     with safe_open(str(out), framework="pt") as fh:
-        keys = set(fh.keys())  # noqa: SIM118
+        keys = set(fh.keys())
     names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys}
     assert len(keys) == 3 * len(modules) and len(names) == len(modules)
     # sd-scripts' SDXL naming: the original UNet's paths, none of diffusers' block names
