@@ -130,3 +130,113 @@ def test_sdxl_kohya_lora_loads_in_diffusers_as_recare_applies_it(tiny_sdxl_dir: 
     moved = float((_unet_out(ours) - base).abs().max())
     assert moved > 1e-3
     torch.testing.assert_close(_unet_out(loaded), _unet_out(ours), rtol=0, atol=1e-5 * moved + 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# --format single-file on SDXL and SD 2.x
+
+
+def _load_sd2(folder: Path) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+
+
+def _weights(pipe: Any, path: Path) -> dict[str, torch.Tensor]:
+    """UNet weights as recare erase writes them: cross-attention keys/values and conv_out moved off the base."""
+    from recare_cli.models.fingerprint import module_fingerprint
+    from recare_cli.models.weights import save_unet_weights
+
+    g = torch.Generator().manual_seed(0)
+    state = pipe.unet.state_dict()
+    names = [k for k in state if "attn2.to_k" in k or "attn2.to_v" in k] + ["conv_out.weight"]
+    trained = {k: state[k] + 0.05 * torch.randn(state[k].shape, generator=g) for k in names}
+    save_unet_weights(path, trained, base_unet=module_fingerprint(pipe.unet))
+    return trained
+
+
+def _text_states(pipe: Any, encoder: Any, tokenizer: Any) -> list[torch.Tensor]:
+    ids = tokenizer(["a red car"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = encoder(ids, output_hidden_states=True)
+    return [*out.hidden_states, out[0]]
+
+
+FAMILIES = {"sdxl": ("tiny_sdxl_dir", _load_sdxl, ("text_encoder", "text_encoder_2")),
+            "sd2": ("tiny_sd2_dir", _load_sd2, ("text_encoder",))}
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd2"])
+def test_mapping_round_trips_every_key(family: str, request: pytest.FixtureRequest) -> None:
+    from recare_cli.models.export import TEXT_LAYOUTS, OriginalLayout, pipeline_states
+
+    fixture, load, parts = FAMILIES[family]
+    states = pipeline_states(load(request.getfixturevalue(fixture)))
+    assert tuple(states) == ("unet", "vae", *parts)
+    layout = OriginalLayout({p: s.keys() for p, s in states.items()}, family)
+    original = layout.to_original(states)
+    layers = {p: sum(".self_attn.q_proj.weight" in k for k in states[p]) for p in parts}
+    fused = sum(4 * layers[p] for p, _, kind in TEXT_LAYOUTS[family] if kind == "openclip")  # q,k,v → 1, twice
+    assert len(original) == sum(len(s) for s in states.values()) - fused
+    for part, prefix, kind in TEXT_LAYOUTS[family]:
+        mine = [k for k in original if k.startswith(prefix)]
+        if kind == "openclip":
+            assert sum(k.endswith("attn.in_proj_weight") for k in mine) == layers[part]
+            assert prefix + "positional_embedding" in mine and not [k for k in mine if "self_attn" in k]
+    back = layout.to_diffusers(original)
+    for part, state in states.items():
+        assert set(back[part]) == set(state), part
+        for key, value in state.items():
+            assert torch.equal(back[part][key], value), (part, key)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd2"])
+def test_single_file_loads_in_diffusers_with_the_weights_applied(family: str, request: pytest.FixtureRequest,
+                                                                  tmp_path: Path, one_torch_thread: None) -> None:
+    """from_single_file(config=<tiny folder>) gives exactly (atol 0) the networks of the base model with the
+    weights applied: UNet prediction, VAE decoding, every hidden state of each text encoder."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from recare_cli.models.weights import apply_unet_weights
+
+    fixture, load, parts = FAMILIES[family]
+    folder = request.getfixturevalue(fixture)
+    expected = load(folder)
+    weights = tmp_path / "erased.safetensors"
+    _weights(expected, weights)
+    apply_unet_weights(expected, weights)
+    out = tmp_path / "single.safetensors"
+    res = invoke(["export", "--model", str(folder), "-o", str(out), "--weights", str(weights)])
+    assert res.code == 0, res.stderr
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    loaded = cls.from_single_file(str(out), config=str(folder), local_files_only=True, **extra)
+    if family == "sdxl":
+        torch.testing.assert_close(_unet_out(loaded), _unet_out(expected), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(_sd_unet_out(loaded), _sd_unet_out(expected), rtol=0, atol=0)
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.vae.decode(z).sample, expected.vae.decode(z).sample, rtol=0, atol=0)
+    for part, tok in zip(parts, ("tokenizer", "tokenizer_2"), strict=False):
+        ours = _text_states(expected, getattr(expected, part), getattr(expected, tok))
+        theirs = _text_states(loaded, getattr(loaded, part), getattr(expected, tok))
+        assert len(ours) == len(theirs)
+        for a, b in zip(theirs, ours, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if family == "sdxl":
+        ids = expected.tokenizer_2(["a red car"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.text_encoder_2(ids).text_embeds, expected.text_encoder_2(ids).text_embeds,
+                                       rtol=0, atol=0)
+    base = load(folder)  # the weights changed the UNet, not only a copy of it
+    outs = (_unet_out if family == "sdxl" else _sd_unet_out)
+    assert not torch.allclose(outs(loaded), outs(base))
+
+
+def _sd_unet_out(pipe: Any) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return pipe.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=context).sample.float()

@@ -1,14 +1,16 @@
-"""Checkpoint layouts other tools load: the original Stable Diffusion (CompVis/ldm) single file, and the
-web UIs' textual-inversion files.
+"""Checkpoint layouts other tools load: the original Stable Diffusion single file (CompVis/ldm for SD 1.x and
+2.x, Stability's SGM for SDXL), and the web UIs' textual-inversion files.
 
-A Stable Diffusion 1.x single-file checkpoint holds the three networks under fixed prefixes
-(``model.diffusion_model.`` for the UNet, ``first_stage_model.`` for the VAE,
-``cond_stage_model.transformer.`` for the CLIP text encoder) with the names of the original code. Diffusers
+A single-file checkpoint holds the networks under fixed prefixes (``model.diffusion_model.`` for the UNet,
+``first_stage_model.`` for the VAE; the text encoders under ``cond_stage_model.transformer.`` (SD 1.x's CLIP),
+``cond_stage_model.model.`` (SD 2.x's OpenCLIP), or ``conditioner.embedders.0.transformer.`` and
+``conditioner.embedders.1.model.`` (SDXL's CLIP and OpenCLIP)) with the names of the original code. Diffusers
 names the same tensors by its own module tree. :class:`OriginalLayout` is the bijection between the two,
 built from the diffusers key names themselves (how many blocks, resnets per block, where the attention and
-the resamplers sit), so it fits the tiny test models and SD 1.x alike. Every key is mapped or refused:
-nothing is dropped silently. The only change of values is a reshape: the VAE's mid-block attention is a
-``Linear`` in diffusers and a 1×1 convolution in the original (``(C, C)`` ↔ ``(C, C, 1, 1)``).
+the resamplers sit), so it fits the tiny test models and the real ones alike. Every key is mapped or refused:
+nothing is dropped silently. The changes of values: the VAE's mid-block attention is a ``Linear`` in
+diffusers and a 1×1 convolution in the original (``(C, C)`` ↔ ``(C, C, 1, 1)``); OpenCLIP fuses each layer's
+query, key and value projections into one tensor and stores its text projection transposed.
 
 The facts of the mapping are those of diffusers' own converters (``scripts/convert_diffusers_to_original_
 stable_diffusion.py`` and ``loaders/single_file_utils.py``); the code is recare's own. The same mapping reads
@@ -136,8 +138,8 @@ class _Mapper:
     def to_original(self, key: str, value: Any) -> tuple[str, Any]:
         rule = self._match(key, self.forward)
         if rule is None:
-            raise BadInputError(f"{self.part} parameter '{key}' has no place in the Stable Diffusion 1.x single-file "
-                                "layout (write --format diffusers instead)")
+            raise BadInputError(f"{self.part} parameter '{key}' has no place in the original single-file layout "
+                                "(write --format diffusers instead)")
         module, _, leaf = key[len(rule.diffusers):].rpartition(".")
         module = rule.inner.get(module, module)
         if rule.conv and module in _VAE_CONV_ATTENTION and leaf == "weight" and value.dim() == 2:
@@ -157,63 +159,177 @@ class _Mapper:
 
 
 class _TextMapper:
-    """The SD 1.x text encoder is transformers' CLIP text model under ``cond_stage_model.transformer.``, with
-    transformers' names. Newer transformers drop the ``text_model.`` level from ``CLIPTextModel``'s names;
+    """OpenAI's CLIP text encoder (SD 1.x's, SDXL's first) is transformers' CLIP text model under ``prefix``,
+    with transformers' names. Newer transformers drop the ``text_model.`` level from ``CLIPTextModel``'s names;
     the original layout (and every UI) keeps it."""
 
-    part = "text_encoder"
-    prefix = TEXT_PREFIX
-
-    def __init__(self, keys: set[str]) -> None:
+    def __init__(self, part: str, prefix: str, keys: set[str]) -> None:
+        self.part, self.prefix = part, prefix
         self.flat = not any(k.startswith("text_model.") for k in keys)
 
     def to_original(self, key: str, value: Any) -> tuple[str, Any]:
-        return f"{TEXT_PREFIX}{'text_model.' if self.flat else ''}{key}", value
+        return f"{self.prefix}{'text_model.' if self.flat else ''}{key}", value
 
     def to_diffusers(self, key: str, value: Any) -> tuple[str, Any]:
-        local = key[len(TEXT_PREFIX):]
+        local = key[len(self.prefix):]
         if self.flat:
             if not local.startswith("text_model."):
-                raise BadInputError(f"'{key}' is not a text-encoder parameter this model has")
+                raise BadInputError(f"'{key}' is not a {self.part} parameter this model has")
             local = local[len("text_model."):]
         return local, value
 
 
+# OpenCLIP (open_clip's own module names) ← transformers' CLIP names, outside and inside a layer
+_OPENCLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                 "embeddings.position_embedding.weight": "positional_embedding",
+                 "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+_OPENCLIP_LAYER = {"layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.", "mlp.fc1.": "mlp.c_fc.",
+                   "mlp.fc2.": "mlp.c_proj.", "self_attn.out_proj.": "attn.out_proj."}
+_OPENCLIP_QKV = ("q_proj", "k_proj", "v_proj")  # fused, in this order, into attn.in_proj_weight / in_proj_bias
+_OPENCLIP_PROJECTION = "text_projection"  # (width, projection): the transpose of transformers' Linear weight
+_LAYER_RX = re.compile(r"encoder\.layers\.(\d+)\.(.+)$")
+_RESBLOCK_RX = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)$")
+
+
+class _OpenClipMapper:
+    """An OpenCLIP text encoder (SD 2.x's ViT-H, SDXL's bigG), converted to transformers' CLIP by diffusers, stored
+    in open_clip's layout under ``prefix``: ``transformer.resblocks.i.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}``,
+    ``token_embedding``, ``positional_embedding`` (a bare tensor), ``ln_final``, ``text_projection`` (a bare
+    matrix, transposed), and each layer's query, key and value projections fused into one ``attn.in_proj_weight``
+    / ``in_proj_bias`` (rows q, then k, then v). Not one name per tensor: it maps whole state dicts."""
+
+    def __init__(self, part: str, prefix: str, keys: set[str]) -> None:
+        self.part, self.prefix = part, prefix
+        self.wrapped = any(k.startswith("text_model.") for k in keys)  # CLIPTextModelWithProjection's names
+
+    def _refuse(self, key: str) -> BadInputError:
+        return BadInputError(f"{self.part} parameter '{key}' has no place in the OpenCLIP single-file layout "
+                             "(write --format diffusers instead)")
+
+    def state_to_original(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out: dict[str, Any] = {}
+        fused: dict[tuple[str, str], dict[str, Any]] = {}  # (layer, weight|bias) → {q_proj: …, k_proj: …, v_proj: …}
+        for key, value in state.items():
+            if key == f"{_OPENCLIP_PROJECTION}.weight":
+                out[self.prefix + _OPENCLIP_PROJECTION] = value.t().contiguous()
+                continue
+            local = key.removeprefix("text_model.") if self.wrapped else key
+            if local in _OPENCLIP_TOP:
+                out[self.prefix + _OPENCLIP_TOP[local]] = value
+                continue
+            m = _LAYER_RX.match(local)
+            if m is None or (self.wrapped and not key.startswith("text_model.")):
+                raise self._refuse(key)
+            layer, rest = m.groups()
+            module, _, leaf = rest.rpartition(".")
+            if module.startswith("self_attn.") and module[len("self_attn."):] in _OPENCLIP_QKV:
+                fused.setdefault((layer, leaf), {})[module[len("self_attn."):]] = value
+                continue
+            inner = next((o + rest[len(d):] for d, o in _OPENCLIP_LAYER.items() if rest.startswith(d)), None)
+            if inner is None:
+                raise self._refuse(key)
+            out[f"{self.prefix}transformer.resblocks.{layer}.{inner}"] = value
+        for (layer, leaf), parts in fused.items():
+            if set(parts) != set(_OPENCLIP_QKV):
+                raise self._refuse(f"encoder.layers.{layer}.self_attn.*.{leaf}")
+            out[f"{self.prefix}transformer.resblocks.{layer}.attn.in_proj_{leaf}"] = torch.cat(
+                [parts[p] for p in _OPENCLIP_QKV], dim=0)
+        return out
+
+    def state_to_diffusers(self, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+        wrap = "text_model." if self.wrapped else ""
+        top = {o: d for d, o in _OPENCLIP_TOP.items()}
+        layer_back = {o: d for d, o in _OPENCLIP_LAYER.items()}
+        out: dict[str, Any] = {}
+        for key, value in checkpoint.items():
+            local = key[len(self.prefix):]
+            if local == _OPENCLIP_PROJECTION:
+                out[f"{_OPENCLIP_PROJECTION}.weight"] = value.t().contiguous()
+                continue
+            if local in top:
+                out[wrap + top[local]] = value
+                continue
+            m = _RESBLOCK_RX.match(local)
+            if m is None:
+                raise BadInputError(f"'{key}' is not a {self.part} parameter this model has")
+            layer, rest = m.groups()
+            base = f"{wrap}encoder.layers.{layer}."
+            if rest.startswith("attn.in_proj_"):
+                leaf = rest[len("attn.in_proj_"):]
+                for name, chunk in zip(_OPENCLIP_QKV, value.chunk(3, dim=0), strict=True):
+                    out[f"{base}self_attn.{name}.{leaf}"] = chunk.contiguous()
+                continue
+            inner = next((d + rest[len(o):] for o, d in layer_back.items() if rest.startswith(o)), None)
+            if inner is None:
+                raise BadInputError(f"'{key}' is not a {self.part} parameter this model has")
+            out[base + inner] = value
+        return out
+
+
+_Keyed = _Mapper | _TextMapper
+
+# The text encoders of each family's single file: (pipeline part, prefix, OpenAI CLIP or OpenCLIP layout)
+TEXT_LAYOUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "sd1": (("text_encoder", TEXT_PREFIX, "clip"),),
+    "sd2": (("text_encoder", "cond_stage_model.model.", "openclip"),),
+    "sdxl": (("text_encoder", "conditioner.embedders.0.transformer.", "clip"),
+             ("text_encoder_2", "conditioner.embedders.1.model.", "openclip")),
+}
+
+
 class OriginalLayout:
-    """The bijection between one pipeline's diffusers state dicts and the SD 1.x single-file state dict.
+    """The bijection between one pipeline's diffusers state dicts and its single-file state dict: SD 1.x's
+    (``family`` ``sd1``), SD 2.x's or SDXL's original layout.
 
-    Built from the diffusers key names of the UNet, VAE and text encoder (``{part: keys}``)."""
+    Built from the diffusers key names of the UNet, VAE and text encoder(s) (``{part: keys}``)."""
 
-    def __init__(self, keys: Mapping[str, Iterable[str]]) -> None:
-        unet, vae, text = (set(keys[p]) for p in PARTS)
-        self.mappers: dict[str, _Mapper | _TextMapper] = {
+    def __init__(self, keys: Mapping[str, Iterable[str]], family: str = "sd1") -> None:
+        unet, vae = set(keys["unet"]), set(keys["vae"])
+        self.family = family
+        self.mappers: dict[str, _Keyed | _OpenClipMapper] = {
             "unet": _Mapper("unet", UNET_PREFIX, _unet_rules(unet), unet),
             "vae": _Mapper("vae", VAE_PREFIX, _vae_rules(vae), vae),
-            "text_encoder": _TextMapper(text),
         }
+        for part, prefix, kind in TEXT_LAYOUTS[family]:
+            mapper = _TextMapper if kind == "clip" else _OpenClipMapper
+            self.mappers[part] = mapper(part, prefix, set(keys[part]))
+        self.parts = tuple(self.mappers)
 
     def to_original(self, states: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """``{part: diffusers state dict}`` → one single-file state dict; refuses a key that has no place,
         and two keys that would land on one name."""
         out: dict[str, torch.Tensor] = {}
-        for part in PARTS:
+        for part in self.parts:
             mapper = self.mappers[part]
-            for key, value in states[part].items():
-                name, mapped = mapper.to_original(key, value)
-                if name in out:
-                    raise BadInputError(f"{part} parameters '{key}' and another both map to '{name}'")
-                out[name] = mapped
+            if isinstance(mapper, _OpenClipMapper):
+                mapped = mapper.state_to_original(states[part])
+            else:
+                mapped = {}
+                for key, value in states[part].items():
+                    name, value = mapper.to_original(key, value)
+                    if name in mapped:
+                        raise BadInputError(f"{part} parameters '{key}' and another both map to '{name}'")
+                    mapped[name] = value
+            out.update(mapped)
         return out
 
     def to_diffusers(self, checkpoint: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """A single-file state dict → ``{part: diffusers state dict}``; refuses keys of no part."""
-        out: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}
+        grouped: dict[str, dict[str, torch.Tensor]] = {p: {} for p in self.parts}
         for key, value in checkpoint.items():
-            part = next((p for p in PARTS if key.startswith(self.mappers[p].prefix)), None)
+            part = next((p for p in self.parts if key.startswith(self.mappers[p].prefix)), None)
             if part is None:
-                raise BadInputError(f"'{key}' belongs to none of the UNet, VAE and text encoder")
-            name, mapped = self.mappers[part].to_diffusers(key, value)
-            out[part][name] = mapped
+                raise BadInputError(f"'{key}' belongs to none of the UNet, VAE and text encoder(s)")
+            grouped[part][key] = value
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for part, items in grouped.items():
+            mapper = self.mappers[part]
+            if isinstance(mapper, _OpenClipMapper):
+                out[part] = mapper.state_to_diffusers(items)
+            else:
+                out[part] = dict(mapper.to_diffusers(k, v) for k, v in items.items())
         return out
 
 
@@ -248,19 +364,30 @@ def unet_module_names(unet_keys: Iterable[str]) -> Callable[[str], str]:
 
 
 def pipeline_states(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:
-    """``{part: state dict}`` of a diffusers Stable Diffusion pipeline's UNet, VAE and text encoder."""
-    return {part: getattr(pipe, part).state_dict() for part in PARTS}
+    """``{part: state dict}`` of a diffusers Stable Diffusion pipeline's UNet, VAE and text encoder(s)."""
+    parts = [*PARTS, *(["text_encoder_2"] if getattr(pipe, "text_encoder_2", None) is not None else [])]
+    return {part: getattr(pipe, part).state_dict() for part in parts}
+
+
+# The activation of each text-encoder layout: OpenAI's CLIP uses quick-GELU, OpenCLIP GELU
+_TEXT_ACTIVATION = {"clip": ("quick_gelu", "OpenAI CLIP"), "openclip": ("gelu", "OpenCLIP")}
+
+
+def check_text_encoders(pipe: Any, family: str) -> None:
+    """The single-file layout of ``family`` stores each text encoder in the layout of the model it was trained
+    as (SD 1.x: OpenAI CLIP; SD 2.x: OpenCLIP; SDXL: both); refuse a model whose encoder is another."""
+    for part, _, kind in TEXT_LAYOUTS[family]:
+        encoder = getattr(pipe, part, None)
+        act = getattr(getattr(encoder, "config", None), "hidden_act", None)
+        want, what = _TEXT_ACTIVATION[kind]
+        if type(encoder).__name__ not in ("CLIPTextModel", "CLIPTextModelWithProjection") or act != want:
+            raise UsageError(f"--format single-file writes the {family} layout, whose {part} is {what}; this "
+                             f"model's is {type(encoder).__name__} ({act}): use --format diffusers")
 
 
 def check_sd1_text_encoder(pipe: Any) -> None:
-    """The single-file layout written here is SD 1.x's: its text encoder is OpenAI's CLIP (quick-GELU).
-    SD 2.x's OpenCLIP encoder is stored in another layout (fused attention projections); refuse it."""
-    config = pipe.text_encoder.config
-    act = getattr(config, "hidden_act", None)
-    if type(pipe.text_encoder).__name__ != "CLIPTextModel" or act != "quick_gelu":
-        raise UsageError(f"--format single-file writes the Stable Diffusion 1.x layout, whose text encoder is "
-                         f"OpenAI CLIP; this model's is {type(pipe.text_encoder).__name__} ({act}), as in SD 2.x "
-                         "or later: use --format diffusers")
+    """The SD 1.x single file's text encoder is OpenAI's CLIP (quick-GELU); SD 2.x's OpenCLIP is refused."""
+    check_text_encoders(pipe, "sd1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,14 +417,14 @@ def _cast(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, 
 
 
 def save_single_file(pipe: Any, path: str | os.PathLike[str], *, dtype: torch.dtype,
-                     meta: Mapping[str, Any]) -> int:
-    """Write ``pipe``'s UNet, VAE and text encoder as one SD 1.x single-file safetensors checkpoint
-    (atomically, tensors in ``dtype``); returns the number of tensors."""
+                     meta: Mapping[str, Any], family: str = "sd1") -> int:
+    """Write ``pipe``'s UNet, VAE and text encoder(s) as one single-file safetensors checkpoint in the original
+    layout of ``family`` (sd1, sd2, sdxl), atomically, tensors in ``dtype``; returns the number of tensors."""
     from recare_cli.models.weights import write_safetensors
 
-    check_sd1_text_encoder(pipe)
+    check_text_encoders(pipe, family)
     states = pipeline_states(pipe)
-    layout = OriginalLayout({part: state.keys() for part, state in states.items()})
+    layout = OriginalLayout({part: state.keys() for part, state in states.items()}, family)
     tensors = _cast(layout.to_original(states), dtype)
     write_safetensors(path, tensors, {**UI_METADATA, **meta})
     return len(tensors)

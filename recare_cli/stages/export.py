@@ -3,12 +3,13 @@
 The model is loaded on the CPU in fp32, the weights are applied as ``recare sample`` applies them (refused
 when made for another base model), and one writer per format writes the result, cast to ``--dtype``:
 
-* ``single-file``: the original Stable Diffusion 1.x layout in one safetensors file (``models.export``),
-  for AUTOMATIC1111, ComfyUI and diffusers' ``from_single_file``;
+* ``single-file``: the original layout of the model's family (SD 1.x, 2.x, SDXL) in one safetensors file
+  (``models.export``), for AUTOMATIC1111, ComfyUI and diffusers' ``from_single_file``;
 * ``diffusers``: a complete pipeline folder (``models.weights.save_pipeline``, as ``erase --save-pipeline``),
   with the provenance in ``recare-export.json``;
 * ``kohya-lora``: the adapters of one ``recare erase --lora`` file, not merged, in kohya naming
-  (``models.lora.kohya_tensors``), for the web UIs' LoRA loaders and diffusers' ``load_lora_weights``.
+  (``models.lora.kohya_tensors``; SDXL's with the original UNet's module paths, as sd-scripts names them),
+  for the web UIs' LoRA loaders and diffusers' ``load_lora_weights``.
 
 ``--weights`` also takes other tools' erased UNets and text encoders (``models.field``), applied as
 ``recare sample`` applies them. Token embeddings become the UIs' textual-inversion files, one per token, in
@@ -163,7 +164,8 @@ def read_tokens(bundle: Any, paths: Sequence[Path]) -> tuple[dict[str, Any], lis
 def _write_single_file(bundle: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
     from recare_cli.models.export import save_single_file
 
-    return save_single_file(bundle.pipe, opts.output, dtype=dtype, meta={"provenance": record})
+    return save_single_file(bundle.pipe, opts.output, dtype=dtype, meta={"provenance": record},
+                            family=bundle.architecture.family)
 
 
 def _write_diffusers(bundle: Any, opts: ExportOptions, dtype: Any, record: dict[str, Any]) -> int:
@@ -234,9 +236,6 @@ def run_export(opts: ExportOptions) -> ExportResult:
     check_outputs([Path(opts.output)] + ([folder] if folder is not None else []), force=opts.force)
 
     bundle = load_sd(opts.model, device="cpu", dtype="fp32")  # fingerprints of the unmodified model
-    if opts.format == "single-file" and bundle.architecture.family != "sd1":
-        raise UsageError(f"--format single-file writes the SD 1.x layout; '{opts.model}' is "
-                         f"{bundle.architecture.family} (use --format diffusers)")
     identity = bundle.identity()
     if lora is not None:  # converted, not applied: the adapters are checked against the model
         applied = [check_lora(bundle, lora)]
