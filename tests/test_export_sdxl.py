@@ -240,3 +240,95 @@ def _sd_unet_out(pipe: Any) -> torch.Tensor:
     context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
     with torch.no_grad():
         return pipe.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=context).sample.float()
+
+
+def _real_size(family: str) -> dict[str, Any]:
+    """The networks of SDXL base or SD 2.x at their real shapes, on the meta device (no memory, no values)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    clip_l = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+              "projection_dim": 768}
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)
+        if family == "sd2":
+            unet = UNet2DConditionModel(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                        use_linear_projection=True)
+            text = CLIPTextModel(CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                                                num_attention_heads=16, projection_dim=512, hidden_act="gelu"))
+            return {"unet": unet, "vae": vae, "text_encoder": text}
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D",
+                                                                   "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816, transformer_layers_per_block=(1, 2, 10),
+            cross_attention_dim=2048)
+        text = CLIPTextModel(CLIPTextConfig(**clip_l))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+            projection_dim=1280, hidden_act="gelu"))
+    return {"unet": unet, "vae": vae, "text_encoder": text, "text_encoder_2": text_2}
+
+
+@pytest.mark.parametrize(("family", "model_type", "sizes"),
+                         [("sdxl", "xl_base", {"unet": 1680, "vae": 248, "text_encoder": 196, "text_encoder_2": 389}),
+                          ("sd2", "v2", {"unet": 686, "vae": 248, "text_encoder": 280})])
+def test_real_shapes_are_detected_and_read_back_by_diffusers(family: str, model_type: str,
+                                                             sizes: dict[str, int]) -> None:
+    """At the real shapes (empty tensors): diffusers' detection names the model type from the keys, and its own
+    converters read every tensor back to the diffusers names and shapes."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
+        infer_diffusers_model_type,
+    )
+
+    from recare_cli.models.export import TEXT_LAYOUTS, OriginalLayout
+
+    nets = _real_size(family)
+    states = {part: net.state_dict() for part, net in nets.items()}
+    original = OriginalLayout({p: s.keys() for p, s in states.items()}, family).to_original(states)
+    counted = {part: sum(k.startswith(prefix) for k in original) for part, prefix, _ in TEXT_LAYOUTS[family]}
+    counted |= {"unet": sum(k.startswith("model.diffusion_model.") for k in original),
+                "vae": sum(k.startswith("first_stage_model.") for k in original)}
+    assert counted == sizes and len(original) == sum(sizes.values())
+    assert infer_diffusers_model_type(original) == model_type
+    read = {"unet": convert_ldm_unet_checkpoint(original, dict(nets["unet"].config)),
+            "vae": convert_ldm_vae_checkpoint(original, dict(nets["vae"].config))}
+    for part, prefix, kind in TEXT_LAYOUTS[family]:
+        if kind == "clip":
+            mine = {k: v for k, v in original.items() if k.startswith(prefix)}
+            found = convert_ldm_clip_checkpoint(mine)
+        else:
+            found = convert_open_clip_checkpoint(nets[part], original, prefix=prefix)
+        wrapped = any(k.startswith("text_model.") for k in states[part])
+        read[part] = found if wrapped else {k.removeprefix("text_model."): v for k, v in found.items()}
+    for part, state in states.items():
+        assert set(read[part]) == set(state), part
+        assert all(read[part][k].shape == state[k].shape for k in state), part
+
+
+def test_a_text_encoder_of_another_layout_is_refused_for_the_single_file() -> None:
+    """SDXL's second encoder must be OpenCLIP (GELU), its first OpenAI CLIP (quick-GELU): one swapped is refused."""
+    from types import SimpleNamespace
+
+    from recare_cli.errors import UsageError
+    from recare_cli.models.export import check_text_encoders
+
+    class CLIPTextModel:
+        config = SimpleNamespace(hidden_act="quick_gelu")
+
+    class CLIPTextModelWithProjection:
+        config = SimpleNamespace(hidden_act="gelu")
+
+    check_text_encoders(SimpleNamespace(text_encoder=CLIPTextModel(), text_encoder_2=CLIPTextModelWithProjection()),
+                        "sdxl")
+    swapped = SimpleNamespace(text_encoder=CLIPTextModel(), text_encoder_2=CLIPTextModel())
+    with pytest.raises(UsageError, match=r"text_encoder_2 is OpenCLIP.*--format diffusers"):
+        check_text_encoders(swapped, "sdxl")
+    with pytest.raises(UsageError, match="text_encoder is OpenCLIP"):
+        check_text_encoders(SimpleNamespace(text_encoder=CLIPTextModel()), "sd2")
