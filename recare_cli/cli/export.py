@@ -17,7 +17,7 @@ CLI_ONLY = ("quiet",)
 
 HELP = """Write a base model plus recare weights as checkpoints other tools load.
 
---format single-file writes one safetensors file in the original Stable Diffusion 1.x layout (UNet, VAE, text encoder), which AUTOMATIC1111, ComfyUI and diffusers' from_single_file load; --format diffusers writes a complete diffusers pipeline folder; --format kohya-lora writes the adapters of one recare erase --lora file, not merged, in kohya naming (lora_unet_…lora_down/lora_up/alpha), the LoRA layout the web UIs and diffusers' load_lora_weights read. Token embeddings from recare invert become one textual-inversion file per token (the layout the web UIs and diffusers' load_textual_inversion read) in OUTPUT-embeddings/ beside the output (OUTPUT without .safetensors); the file name, without the characters file systems refuse, is the word to write in a UI prompt.
+--format single-file writes one safetensors file in the model's original layout (SD 1.x, SD 2.x or SDXL: UNet, VAE, text encoders), which AUTOMATIC1111, ComfyUI and diffusers' from_single_file load; --format diffusers writes a complete diffusers pipeline folder; --format kohya-lora writes the adapters of one recare erase --lora file, not merged, in kohya naming (lora_unet_…lora_down/lora_up/alpha; for SDXL with the original UNet's module names, as kohya's sd-scripts writes them), the LoRA layout the web UIs and diffusers' load_lora_weights read. Token embeddings from recare invert become one textual-inversion file per token (the layout the web UIs and diffusers' load_textual_inversion read) in OUTPUT-embeddings/ beside the output (OUTPUT without .safetensors); the file name, without the characters file systems refuse, is the word to write in a UI prompt.
 
 --weights also takes other tools' erased models (ESD's and UCE's safetensors, the ReCARE reference's .pt, AdvUnlearn's text-encoder .pt, original-layout checkpoints; pickles read weights-only), checked by name and shape only since they record no base model. Weights made for another base model are refused. Every output appears only when complete, and an existing one is replaced only with --force. docs/export.md says where each file goes in each UI.
 
@@ -43,8 +43,8 @@ def export(
                           "also another tool's erased UNet or text encoder (.safetensors, .pt, .ckpt, .bin); repeatable.",
         show_default=False)] = None,
     format: Annotated[str, typer.Option(
-        "--format", help="single-file (one safetensors file in the SD 1.x layout, for AUTOMATIC1111, ComfyUI and "
-                         "from_single_file), diffusers (a pipeline folder) or kohya-lora (the adapters of a recare "
+        "--format", help="single-file (one safetensors file in the model's original layout, SD 1.x, 2.x or SDXL, "
+                         "for AUTOMATIC1111, ComfyUI and from_single_file), diffusers (a pipeline folder) or kohya-lora (the adapters of a recare "
                          "erase --lora file in the web UIs' LoRA naming).")] = ExportOptions.format,
     dtype: Annotated[str, typer.Option(
         "--dtype", help="fp32, fp16 or bf16: the type of the written tensors (the weights are applied in fp32; fp16 "
