@@ -332,3 +332,13 @@ def test_a_text_encoder_of_another_layout_is_refused_for_the_single_file() -> No
         check_text_encoders(swapped, "sdxl")
     with pytest.raises(UsageError, match="text_encoder is OpenCLIP"):
         check_text_encoders(SimpleNamespace(text_encoder=CLIPTextModel()), "sd2")
+
+
+def test_a_family_without_a_single_file_layout_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from recare_cli.errors import UsageError
+    from recare_cli.models.export import check_text_encoders
+
+    with pytest.raises(UsageError, match="this model is flux: use --format diffusers"):
+        check_text_encoders(SimpleNamespace(), "flux")

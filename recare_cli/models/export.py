@@ -376,6 +376,9 @@ _TEXT_ACTIVATION = {"clip": ("quick_gelu", "OpenAI CLIP"), "openclip": ("gelu", 
 def check_text_encoders(pipe: Any, family: str) -> None:
     """The single-file layout of ``family`` stores each text encoder in the layout of the model it was trained
     as (SD 1.x: OpenAI CLIP; SD 2.x: OpenCLIP; SDXL: both); refuse a model whose encoder is another."""
+    if family not in TEXT_LAYOUTS:
+        raise UsageError(f"--format single-file writes SD 1.x, SD 2.x and SDXL; this model is {family}: use "
+                         "--format diffusers")
     for part, _, kind in TEXT_LAYOUTS[family]:
         encoder = getattr(pipe, part, None)
         act = getattr(getattr(encoder, "config", None), "hidden_act", None)

@@ -236,6 +236,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
     check_outputs([Path(opts.output)] + ([folder] if folder is not None else []), force=opts.force)
 
     bundle = load_sd(opts.model, device="cpu", dtype="fp32")  # fingerprints of the unmodified model
+    if opts.format == KOHYA and bundle.architecture.family not in ("sd1", "sd2", "sdxl"):
+        raise UsageError(f"--format {KOHYA} writes SD 1.x, 2.x and SDXL UNet LoRAs; '{opts.model}' is "
+                         f"{bundle.architecture.family}")
     identity = bundle.identity()
     if lora is not None:  # converted, not applied: the adapters are checked against the model
         applied = [check_lora(bundle, lora)]
