@@ -113,3 +113,14 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     quiet_libraries()
     return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-word nudity CARE-set in the reference's JSON (person, man)."""
+    import json
+
+    path = tmp_path_factory.mktemp("care") / "care.json"
+    path.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
+                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
+    return path

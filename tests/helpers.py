@@ -107,3 +107,28 @@ def check_resume_gives_same_bytes(opts: Callable[[bool], Any], stop_at: int,
     run_erase(opts(True))
     assert out.read_bytes() == straight
     assert not ckpt.exists()
+
+
+def provenance_model(path: Path) -> dict[str, Any]:
+    """The ``model`` entry of a recare safetensors file's provenance (fingerprints, architecture)."""
+    from recare_cli.models.weights import decode_metadata, read_metadata
+
+    return dict(decode_metadata(read_metadata(str(path)))["provenance"]["models"]["model"])
+
+
+def every_module_lora_tensors(unet: Any, seed: int = 4) -> dict[str, Any]:
+    """LoRA tensors (peft names, rank 2, 0.1·N(0, 1), B not zero) for every Linear and Conv2d module of ``unet``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            a_shape, b_shape = (2, module.in_features), (module.out_features, 2)
+        elif isinstance(module, torch.nn.Conv2d):
+            a_shape, b_shape = (2, module.in_channels, *module.kernel_size), (module.out_channels, 2, 1, 1)
+        else:
+            continue
+        tensors[f"{name}.lora_A.weight"] = 0.1 * torch.randn(a_shape, generator=g)
+        tensors[f"{name}.lora_B.weight"] = 0.1 * torch.randn(b_shape, generator=g)
+    return tensors

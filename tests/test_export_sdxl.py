@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import invoke
+from tests.helpers import every_module_lora_tensors, invoke
 
 
 def _load_sdxl(folder: Path) -> Any:
@@ -56,17 +56,7 @@ def every_module_lora(folder: Path, path: Path) -> list[str]:
     from recare_cli.models.lora import save_unet_lora
 
     unet = _load_sdxl(folder).unet
-    g = torch.Generator().manual_seed(4)
-    tensors = {}
-    for name, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            a_shape, b_shape = (2, module.in_features), (module.out_features, 2)
-        elif isinstance(module, torch.nn.Conv2d):
-            a_shape, b_shape = (2, module.in_channels, *module.kernel_size), (module.out_channels, 2, 1, 1)
-        else:
-            continue
-        tensors[f"{name}.lora_A.weight"] = 0.1 * torch.randn(a_shape, generator=g)
-        tensors[f"{name}.lora_B.weight"] = 0.1 * torch.randn(b_shape, generator=g)
+    tensors = every_module_lora_tensors(unet)
     save_unet_lora(path, tensors, rank=2, alpha=3.0, base_unet=module_fingerprint(unet))
     return [k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight")]
 

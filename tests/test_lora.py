@@ -16,14 +16,6 @@ from tests.helpers import check_resume_gives_same_bytes, invoke
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("care") / "care.json"
-    path.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
-                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
-    return path
-
-
 def _bundle(tiny_sd_dir: Path) -> Any:
     from recare_cli.models.sd import load_sd
 

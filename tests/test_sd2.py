@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recare_cli.errors import EXIT_MODEL_UNAVAILABLE, ModelUnavailableError
-from tests.helpers import invoke
+from tests.helpers import invoke, provenance_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 6  # sampler steps of the erase iterations
@@ -348,20 +348,6 @@ def test_export_writes_sd2_as_a_single_file_and_a_folder(tiny_sd2_dir: Path, tmp
 # ---- every stage on the tiny v-model --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("care") / "care.json"
-    path.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
-                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
-    return path
-
-
-def _provenance_model(path: Path) -> dict[str, Any]:
-    from recare_cli.models.weights import decode_metadata, read_metadata
-
-    return dict(decode_metadata(read_metadata(str(path)))["provenance"]["models"]["model"])
-
-
 @pytest.mark.parametrize("method", ["recare", "esd", "esd-recare", "stereo", "recare-noretain", "uce"])
 def test_erase_runs_on_a_v_model(tiny_sd2_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / "w.safetensors"
@@ -375,7 +361,7 @@ def test_erase_runs_on_a_v_model(tiny_sd2_dir: Path, care_file: Path, tmp_path: 
         args += ["--anchor", "a photo of a person"]
     res = invoke(args)
     assert res.code == 0, res.stderr
-    model = _provenance_model(out)
+    model = provenance_model(out)
     assert (model["architecture"], model["prediction_type"]) == ("sd2", "v_prediction")
 
 
@@ -398,7 +384,7 @@ def test_invert_attack_sample_and_score_run_on_a_v_model(tiny_sd2_dir: Path, tin
                   "-o", str(attack), *model])
     assert res.code == 0, res.stderr
     for path in (adv, attack):
-        assert _provenance_model(path)["prediction_type"] == "v_prediction"
+        assert provenance_model(path)["prediction_type"] == "v_prediction"
     rows = prompts.read_text().splitlines()[:3]
     prompts.write_text("\n".join(rows) + "\n")
     res = invoke(["sample", str(prompts), "--out", str(tmp_path / "imgs"), "--steps", "3", "--weights",

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from recare_cli.errors import EXIT_MODEL_UNAVAILABLE, ModelUnavailableError
-from tests.helpers import invoke
+from tests.helpers import invoke, provenance_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 4  # sampler steps of the erase iterations
@@ -226,20 +226,6 @@ def test_one_erase_iteration_equals_a_naive_one(tiny_sdxl_dir: Path, method: str
 # ---- every stage end to end ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("care") / "care.json"
-    path.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
-                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
-    return path
-
-
-def _provenance_model(path: Path) -> dict[str, Any]:
-    from recare_cli.models.weights import decode_metadata, read_metadata
-
-    return dict(decode_metadata(read_metadata(str(path)))["provenance"]["models"]["model"])
-
-
 @pytest.mark.parametrize("method", ["recare", "esd", "esd-recare", "stereo", "recare-noretain"])
 def test_erase_runs_on_sdxl(tiny_sdxl_dir: Path, care_file: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / "w.safetensors"
@@ -251,7 +237,7 @@ def test_erase_runs_on_sdxl(tiny_sdxl_dir: Path, care_file: Path, tmp_path: Path
         args += ["--anchor", "a photo of a person"]
     res = invoke(args)
     assert res.code == 0, res.stderr
-    model = _provenance_model(out)
+    model = provenance_model(out)
     second = _bundle(tiny_sdxl_dir).identity()["text_encoder_2"]
     assert (model["architecture"], model["text_encoder_2"]) == ("sdxl", second)
 
@@ -363,7 +349,7 @@ def test_every_stage_runs_on_sdxl_and_its_files_load_in_plain_diffusers(
     res = invoke(["attack", str(target_images), "--target", "nudity", "--weights", str(erased), "--steps", "2",
                   "--batch-size", "1", "--num-images", "4", "--prompts", str(prompts), "-o", str(attack), *model])
     assert res.code == 0, res.stderr
-    assert _provenance_model(attack)["architecture"] == "sdxl"
+    assert provenance_model(attack)["architecture"] == "sdxl"
     prompts.write_text("\n".join(prompts.read_text().splitlines()[:2]) + "\n")
     res = invoke(["sample", str(prompts), "--out", str(tmp_path / "imgs"), "--steps", "2", "--weights",
                   str(erased), "--embeddings", str(attack), *model])
