@@ -22,7 +22,7 @@ from recare_cli.demo.settings import (
     METHODS,
     DemoSettings,
     erase_lr,
-    erase_seeds,
+    method_seeds,
     methods,
     model_tag,
     retain_weight,
@@ -123,7 +123,7 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     adv = clock.run("invert", [adv_file, Path(f"{adv_file}.ckpt")], steps.invert, folder, task, images, sd, s)
     weights: dict[str, list[Path]] = {"base": []}
     for method in methods(s)[1:]:
-        for seed in erase_seeds(s):
+        for seed in method_seeds(method, s):
             tag = model_tag(method, seed, s)
             console.info(f"demo [{task.name}]: erase ({LABELS[method]}" + (f", seed {seed})" if tag != method else ")"))
             made = steps.erase_path(folder, method, seed, s)
@@ -139,7 +139,7 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     for method in methods(s):
         console.info(f"demo [{task.name}]: sampling and scoring the {LABELS[method]}")
         per_seed[method] = []
-        for seed in [s.seed] if method == "base" else erase_seeds(s):
+        for seed in method_seeds(method, s):
             tag = model_tag(method, seed, s)
             figures, made_samples = measure_model(task, folder / "samples" / tag, sd=sd, weights=weights[tag],
                                                   clip=clip, judge=judge, detector=detector,

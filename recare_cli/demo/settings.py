@@ -118,6 +118,14 @@ def erase_seeds(s: DemoSettings) -> list[int]:
     return [s.seed + i for i in range(s.erase_seeds)]
 
 
+SEEDLESS = ("base", "uce")  # no erase seed: the base model, and UCE's closed form (the same weights for any seed)
+
+
+def method_seeds(method: str, s: DemoSettings) -> list[int]:
+    """The erase seeds ``method``'s row is the mean over: ``s.erase_seeds`` of them, one for SEEDLESS."""
+    return [s.seed] if method in SEEDLESS else erase_seeds(s)
+
+
 def model_tag(method: str, seed: int, s: DemoSettings) -> str:
     """The name of one erased model's files: the first erase seed keeps the method's plain name."""
     return method if seed == s.seed else f"{method}-seed{seed}"
