@@ -21,7 +21,7 @@ from tests.helpers import invoke, shell
 
 slow = pytest.mark.slow  # the tests that run the command as a subprocess
 
-ERASERS = ("esd", "stereo", "recare")
+ERASERS = METHODS[1:]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +67,10 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, A
     from recare_cli.toyworld.tasks import TASKS, UNRELATED_SCENES, prompts
 
     table = _table(quick_demo["stdout"])
-    assert list(table) == ["base model", "ESD", "STEREO-style", "ReCARE"]
+    assert list(table) == ["base model", "ESD", "STEREO", "UCE", "ReCARE"] == [LABELS[m] for m in METHODS]
     task = quick_demo["task"]
     for name in ("target-images.jsonl", "candidates.jsonl", "clustered.jsonl", "care.json", "adv.safetensors",
-                 "esd.safetensors", "stereo.safetensors", "recare.safetensors", "results.json", "grid.png",
+                 *(f"{m}.safetensors" for m in ERASERS), "stereo-anchors.json", "results.json", "grid.png",
                  "radar.png", *(f"cce-{m}.safetensors" for m in METHODS)):
         assert (task / name).is_file(), name
     results = quick_demo["results"]
@@ -109,7 +109,7 @@ def test_demo_runs_every_stage_and_prints_the_comparison(quick_demo: dict[str, A
     manifests = {m: [orjson.loads(line) for line in (task / "samples" / m / "target.jsonl").read_bytes().splitlines()]
                  for m in METHODS}
     seeds = {m: [(r["prompt"], r["seed"]) for r in recs] for m, recs in manifests.items()}
-    assert seeds["base"] == seeds["esd"] == seeds["stereo"] == seeds["recare"]
+    assert all(seeds[m] == seeds["base"] for m in ERASERS)
     # target images with the model's own sampler (as a user makes them), evaluation samples with the demo's
     mined = orjson.loads((task / "target-images.jsonl").read_bytes().splitlines()[0])
     assert mined["sampling"]["scheduler"] == "default"
@@ -198,7 +198,7 @@ def test_grid_holds_each_models_samples_under_labels(quick_demo: dict[str, Any])
     cell = 32 * 3
     with Image.open(task / "grid.png") as opened:
         grid = opened.convert("RGB")
-    left, top = grid.width - columns * cell - 6, grid.height - 4 * cell  # one 6 px gap between the two groups
+    left, top = grid.width - columns * cell - 6, grid.height - len(METHODS) * cell  # a 6 px gap between groups
     assert left > 40 and top > 20  # room for the labels
     for r, method in enumerate(METHODS):
         records = {kind: [orjson.loads(line) for line in
@@ -223,11 +223,13 @@ def test_rerun_resumes_every_file_and_adds_the_second_erase_seed(quick_demo: dic
     task, before = quick_demo["task"], quick_demo["results"]["results"]
     stderr = two_seeds["stderr"]
     made = [line for line in stderr.splitlines() if "to make" in line]
-    # the target images and the four seed-42 models' three kinds of prompts and attack prompts: all there; the
-    # three seed-43 models' samples are new
-    assert sum(line.endswith(", 0 to make") for line in made) == 17 and len(made) == 17 + 3 * 4, made
-    assert stderr.count("erase: ") == 3 and "seed 43" in stderr  # only the new erasures were trained
-    assert stderr.count("attack: cce") == 3  # and only the new models attacked
+    # the target images and the five seed-42 models' three kinds of prompts and attack prompts: all there; the
+    # seed-43 models' samples are new: three, since UCE's closed form has no seed (its row stays the first run's)
+    n, seeded = len(METHODS), [m for m in ERASERS if m != "uce"]
+    assert sum(line.endswith(", 0 to make") for line in made) == 1 + 4 * n
+    assert len(made) == 1 + 4 * n + 4 * len(seeded), made
+    assert stderr.count("erase: ") == len(seeded) and "seed 43" in stderr  # only the new erasures ran
+    assert stderr.count("attack: cce") == len(seeded)  # and only the new models attacked
     assert "vocabulary" not in stderr and "round 1/1" not in stderr  # the CARE-set and the tokens were reused
     results = two_seeds["results"]
     assert results["settings"]["erase_seeds"] == 2
@@ -237,7 +239,8 @@ def test_rerun_resumes_every_file_and_adds_the_second_erase_seed(quick_demo: dic
             == {k: v for k, v in before["base"].items() if k != "attack_seconds"})
     table = _table(two_seeds["stdout"])
     assert table["base model"] == _table(quick_demo["stdout"])["base model"]
-    for method in ERASERS:
+    assert "per_seed" not in results["results"]["uce"] and not (task / "uce-seed43.safetensors").exists()
+    for method in seeded:
         assert (task / f"{method}.safetensors").stat().st_mtime_ns == quick_demo["written"][method]  # not retrained
         one, two = load_file(str(task / f"{method}.safetensors")), load_file(str(task / f"{method}-seed43.safetensors"))
         assert one.keys() == two.keys() and any((one[k] != two[k]).any() for k in one)  # the seed was used
@@ -258,9 +261,11 @@ def test_rerun_resumes_every_file_and_adds_the_second_erase_seed(quick_demo: dic
         # time: seed 42's erasure came from the first run, so no eraser's time is this run's alone
         assert row["per_seed"][0]["seconds"] is None and row["seconds"] is None and cells[9] == "reused"
         assert results["files"][f"{method}-seed43"].endswith(f"{method}-seed43.safetensors")
-    # ESD's seed-43 erasure is its only stage and ran in this run; the others' stand on the reused CARE-set
+    # ESD's seed-43 erasure is its only stage and ran in this run; STEREO's and ReCARE's stand on the reused tokens
+    # (and CARE-set)
     assert results["results"]["esd"]["per_seed"][1]["seconds"] is not None
-    assert results["results"]["recare"]["per_seed"][1]["seconds"] is None
+    for method in ("stereo", "recare"):
+        assert results["results"][method]["per_seed"][1]["seconds"] is None
     assert "erase seeds" not in table["base model"][2]
     assert (task / "samples" / "recare-seed43" / "target.jsonl").is_file()
 
@@ -281,7 +286,7 @@ def test_demo_names_the_unrelated_prompt_hit_hardest(quick_demo: dict[str, Any])
     them on a tie), with that prompt's two scores."""
     results = quick_demo["results"]["results"]
     lines = [line for line in quick_demo["stderr"].splitlines() if "hit hardest" in line]
-    assert len(lines) == 3
+    assert len(lines) == len(ERASERS)
     base = results["base"]["per_prompt"]["clip_unrelated"]
     for line, method in zip(lines, ERASERS, strict=True):
         assert line.startswith(f"demo [tench]: {LABELS[method]}, unrelated prompt hit hardest: '")
@@ -297,7 +302,7 @@ def test_only_recare_gets_the_tasks_retain_weight(monkeypatch: pytest.MonkeyPatc
                                                    method: str) -> None:
     """Van Gogh's ReCARE erases with λ = 3 (docs/toyworld.md, the tuning); the baselines with the default."""
     from recare_cli.demo import steps
-    from recare_cli.demo.settings import DemoSettings
+    from recare_cli.demo.settings import DemoSettings, scaled_recipe
     from recare_cli.stages import erase
     from recare_cli.toyworld.tasks import TASKS
 
@@ -305,12 +310,74 @@ def test_only_recare_gets_the_tasks_retain_weight(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(erase, "run_erase", seen.append)
     task = TASKS["vangogh"]
     steps.erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd", DemoSettings(), 42)
-    assert task.retain_weight == 3.0 and seen[0].lr == task.erase_lr
+    assert task.retain_weight == 3.0 and seen[0].lr == scaled_recipe(method, task, DemoSettings())["lr"]
     assert seen[0].retain_weight == (3.0 if method == "recare" else 1.0)
     seen.clear()
     steps.erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
                 DemoSettings(retain_weight=0.5), 43)  # the settings' override wins
     assert seen[0].retain_weight == (0.5 if method == "recare" else 1.0)
+
+
+# The rule's settings as docs/toyworld.md ("One scaling rule") lists them: (lr, iterations, train method) per
+# method, for the default settings (100 iterations, xattn, 20 DDIM steps) and each task's rate
+DOCUMENTED = {
+    "nudity": {"esd": (1.25e-4, 100, "esd-x"), "stereo": (5e-5, 100, "xattn"), "recare": (5e-5, 100, "xattn"),
+               "noretain": (5e-5, 100, "xattn"), "age": (2.5e-5, 500, "xattn"),
+               "advunlearn": (2.5e-5, 500, "text_encoder_full")},
+    "vangogh": {"esd": (1e-3, 100, "esd-x"), "stereo": (4e-4, 100, "xattn"), "recare": (4e-4, 100, "xattn"),
+                "noretain": (4e-4, 100, "xattn"), "age": (2e-4, 500, "xattn"),
+                "advunlearn": (2e-4, 500, "text_encoder_full")},
+}
+DOCUMENTED["tench"] = DOCUMENTED["nudity"]
+
+
+@pytest.mark.parametrize("task_name", ["nudity", "vangogh", "tench"])
+def test_the_scaling_rule_gives_the_documented_settings(task_name: str) -> None:
+    """One rule for every method: METHOD_DEFAULTS' rate × the task's rate over ReCARE's reference rate, iterations
+    × 100/200, ReCARE's noxattn → the demo's xattn (others kept), the demo's DDIM steps; UCE keeps its scale."""
+    from recare_cli.demo.settings import DemoSettings, scaled_recipe
+    from recare_cli.stages.erase import METHOD_DEFAULTS
+    from recare_cli.toyworld.tasks import TASKS
+
+    task, s = TASKS[task_name], DemoSettings()
+    for method, (lr, iterations, train_method) in DOCUMENTED[task_name].items():
+        recipe = scaled_recipe(method, task, s)
+        name = {"noretain": "recare-noretain"}.get(method, method)
+        own = METHOD_DEFAULTS[name]
+        assert recipe["method"] == name
+        assert recipe["lr"] == lr == pytest.approx(own["lr"] * task.erase_lr / METHOD_DEFAULTS["recare"]["lr"])
+        assert recipe["iterations"] == iterations == own["iterations"] * 100 // 200
+        assert recipe["train_method"] == train_method and recipe["ddim_steps"] == 20
+        assert recipe.get("retain_weight", 1.0) == (task.retain_weight if method == "recare" else 1.0)
+    assert scaled_recipe("advunlearn", task, s)["warmup_iter"] == 100  # its warm-up of 200 is iterations too
+    assert scaled_recipe("uce", task, s) == {"method": "uce", "erase_scale": 1.0}
+    # the equal-erasure ladder raises the rate (UCE: its erase scale) and nothing else
+    raised = scaled_recipe("esd", task, s, boost=4)
+    assert raised == {**scaled_recipe("esd", task, s), "lr": pytest.approx(4 * DOCUMENTED[task_name]["esd"][0])}
+    assert scaled_recipe("uce", task, s, boost=8)["erase_scale"] == 8.0
+
+
+def test_the_toy_rules_give_each_baseline_the_worlds_counterpart_of_its_inputs() -> None:
+    """STEREO's anchors: the world's own captions naming the target in its scenes, never an evaluation prompt;
+    UCE: the empty guide for objects, "painting" for the style, nothing preserved."""
+    from recare_cli.demo.baselines import advunlearn_retain, inputs, stereo_anchors, uce_guide
+    from recare_cli.toyworld.tasks import TASKS, prompts
+
+    for task in TASKS.values():
+        anchors = stereo_anchors(task)
+        assert anchors == sorted(set(anchors)) and len(anchors) >= 10
+        assert not set(anchors) & set(prompts(task.target_scenes))
+        assert all(any(word in a.split() for word in task.names) for a in anchors), task.name
+        assert stereo_anchors(task) == anchors  # fixed seeds
+        assert all(task.names[0] not in p for p in advunlearn_retain(task))
+        assert inputs("uce", task) == {"guide": uce_guide(task), "preserve": []}
+    assert [uce_guide(TASKS[t]) for t in ("nudity", "vangogh", "tench")] == ["", "painting", ""]
+
+
+def test_unknown_with_method_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["demo", "--task", "tench", "--with", "noretain,sld", "--out", str(tmp_path / "d")])
+    assert result.code == 2 and "sld" in result.stderr
+    assert not (tmp_path / "d").exists()
 
 
 def test_unknown_task_is_a_usage_error(tmp_path: Path) -> None:
@@ -410,10 +477,12 @@ def test_stage_clock_counts_only_stages_computed_from_scratch(tmp_path: Path) ->
         assert clock.run(key, [path, Path(f"{path}.ckpt")], lambda p: p, path) == path
     assert clock.seconds["careset"] is not None and clock.seconds["careset"] >= 0
     assert clock.seconds["esd"] is None and clock.seconds["stereo"] is None  # a finished file; a checkpoint
-    clock.seconds = {"careset": 3.0, "invert": 5.0, "esd": 2.0, "stereo": 4.0, "recare": 6.0, "recare-seed43": None}
+    clock.seconds = {"careset": 3.0, "invert": 5.0, "esd": 2.0, "stereo": 4.0, "uce": 1.0, "recare": 6.0,
+                     "recare-seed43": None}
     assert clock.cost("base", "base") == 0.0
-    assert clock.cost("esd", "esd") == 2.0  # ESD needs neither the CARE-set nor the tokens
-    assert clock.cost("stereo", "stereo") == 12.0 and clock.cost("recare", "recare") == 14.0
+    # ESD and UCE need neither the CARE-set nor the tokens; STEREO the tokens only; ReCARE both
+    assert clock.cost("esd", "esd") == 2.0 and clock.cost("uce", "uce") == 1.0
+    assert clock.cost("stereo", "stereo") == 9.0 and clock.cost("recare", "recare") == 14.0
     assert clock.cost("recare", "recare-seed43") is None
     clock.seconds["invert"] = None  # the tokens came from an earlier run: no eraser that uses them has a time
     assert clock.cost("stereo", "stereo") is None and clock.cost("esd", "esd") == 2.0
@@ -436,7 +505,7 @@ def test_the_time_column_says_reused_where_a_stage_came_from_an_earlier_run() ->
     assert rows["recare"]["seconds"] == 15.0
     rows["recare"]["ratio"] = 0.3  # the run rates the rows after the means over seeds (demo.paper)
     cells = _table(format_table([TaskResult("tench", rows, [], {})]))
-    assert [cells[LABELS[m]][9] for m in METHODS] == ["0", "12", "reused", "15"]
+    assert [cells[LABELS[m]][9] for m in rows] == ["0", "12", "reused", "15"]
     mixed = mean_over_seeds([{"seed": 42, **_row(None, 0.2)}, {"seed": 43, **_row(20.0, 0.4)}])
     assert mixed["seconds"] is None and mixed["care"] == pytest.approx(0.3)
 

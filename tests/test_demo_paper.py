@@ -13,7 +13,7 @@ from PIL import Image
 
 from recare_cli.demo.judge import FIGURES
 from recare_cli.demo.paper import PAPER_FIGURES
-from recare_cli.demo.settings import METHODS, DemoSettings
+from recare_cli.demo.settings import DemoSettings
 
 
 def test_attack_prompts_put_the_token_where_the_target_phrase_was() -> None:
@@ -106,7 +106,7 @@ CLIP score ↑ (unrelated) | CCE-ASR ↓, detector | CLIP-FD ↓ (unrelated) | R
 0.500 (0.40–0.60) | 90.0% (0%–100%) | 0.200 | 0.55 | 0 |
 | tench (erase 'a tench', keep 'water') | ESD | 40.0% (10%–90%) | 50.0% (25%–100%) | 0.900 (0.30–1.00) | \
 0.550 (0.40–0.60) | 80.0% (0%–100%) | 0.180 | 0.57 | 21 |
-| tench (erase 'a tench', keep 'water') | STEREO-style | 30.0% (10%–90%) | 25.0% (25%–100%) | 0.850 (0.30–1.00) | \
+| tench (erase 'a tench', keep 'water') | STEREO | 30.0% (10%–90%) | 25.0% (25%–100%) | 0.850 (0.30–1.00) | \
 0.400 (0.40–0.60) | 25.0% (0%–100%) | 0.400 | 0.52 | 22 |
 | tench (erase 'a tench', keep 'water') | ReCARE | 20.0% (10%–90%) | 0.0% (25%–100%) | 0.500 (0.30–1.00) | \
 0.450 (0.40–0.60) | 0.0% (0%–100%) | 0.250 | 0.63 | reused |
@@ -178,4 +178,4 @@ def test_png_of_the_chart_is_stable(tmp_path: Path) -> None:
     add_ratio(_rows(), tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     with Image.open(io.BytesIO((tmp_path / "a.png").read_bytes())) as image:
-        assert image.format == "PNG" and image.size == (520, 470 + 22 * len(METHODS))
+        assert image.format == "PNG" and image.size == (520, 470 + 22 * len(_rows()))

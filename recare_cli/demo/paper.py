@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from recare_cli.demo.judge import image_share, target_verdicts
-from recare_cli.demo.settings import LABELS, METHODS, DemoSettings
+from recare_cli.demo.settings import LABELS, DemoSettings
 from recare_cli.demo.steps import sample_prompts
 
 ATTACK_FIGURES = ("cce_asr", "cce_asr_toy_clip")  # shares of the attack's samples, with intervals and per prompt
@@ -101,7 +101,7 @@ def ratio_report(rows: dict[str, dict[str, Any]]) -> Any:
     opts = ReportOptions()
     out = [Row(LABELS[m], [], {key: Cell(metric, "results.json", {"value": rows[m][name],
                                                                   "count": rows[m]["images"][kind]}, {})
-                               for key, (name, metric, kind) in ratio_fields(opts).items()}) for m in METHODS]
+                               for key, (name, metric, kind) in ratio_fields(opts).items()}) for m in rows]
     return rate_rows(out, LABELS["base"], opts)
 
 
@@ -118,7 +118,7 @@ def add_ratio(rows: dict[str, dict[str, Any]], chart: Path) -> dict[str, Any]:
     from recare_cli.stages.report import RATIO_DEFINITION, png
 
     report = ratio_report(rows)
-    for method, row in zip(METHODS, report.rows, strict=True):
+    for method, row in zip(list(rows), report.rows, strict=True):
         rows[method]["ratio"] = row.ratio
         rows[method]["ratio_axes"] = {key: row.axes[key] for key in report.axes}
     atomic_write_bytes(chart, png(report))

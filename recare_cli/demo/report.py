@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from recare_cli.demo.run import TaskResult
-from recare_cli.demo.settings import LABELS, METHODS
+from recare_cli.demo.settings import LABELS
 
-TIME_NOTE = ("time: seconds this run spent on each method's own stages (the erasure; for STEREO-style and ReCARE "
-             "also the CARE-set and the adversarial tokens they share; not the attack, which is evaluation); "
+TIME_NOTE = ("time: seconds this run spent on each method's own stages (the erasure; for STEREO also the adversarial "
+             "tokens, for ReCARE also those and the CARE-set; not the attack, which is evaluation); "
              "'reused' where a stage's file came from an earlier run in this folder")
 PAPER_NOTE = ("the paper's columns: CCE-ASR, the share of samples of the target prompts with CCE's token (learnt "
               "against each model) that the detector judges to show the target; CLIP-FD of the unrelated prompts' "
@@ -38,8 +38,7 @@ def format_table(results: list[TaskResult]) -> str:
              "CLIP-FD ↓ (unrelated) | RATIO ↑ | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         task = TASKS[result.task]
-        for method in METHODS:
-            row = result.rows[method]
+        for method, row in result.rows.items():
             lines.append(f"| {task.name} (erase '{task.target}', keep '{task.concept}') | {LABELS[method]} | "
                          f"{figure(row, 'target_rate', True)} | {figure(row, 'target_detected', True)} | "
                          f"{figure(row, 'care', False)} | "
@@ -53,7 +52,7 @@ def worst_unrelated(result: TaskResult) -> dict[str, tuple[str, float, float]]:
     eraser). The table's mean over five prompts can hide a concept wrecked on one of them."""
     base = result.rows["base"]["per_prompt"]["clip_unrelated"]
     out = {}
-    for method in METHODS[1:]:
+    for method in list(result.rows)[1:]:
         mine = result.rows[method]["per_prompt"]["clip_unrelated"]
         prompt = max(base, key=lambda p: base[p] - mine[p])
         out[method] = (prompt, base[prompt], mine[prompt])
@@ -66,7 +65,8 @@ def bars(result: TaskResult) -> dict[str, bool]:
     return {"target_at_most_20pct_of_base_by_toy_clip": recare["target_rate"] <= 0.2 * base["target_rate"],
             "target_at_most_20pct_of_base_by_detector": recare["target_detected"] <= 0.2 * base["target_detected"],
             "care_at_least_90pct_of_base": recare["care"] >= 0.9 * base["care"],
-            "care_best_of_erasers": recare["care"] >= max(result.rows[m]["care"] for m in ("esd", "stereo"))}
+            "care_best_of_erasers": recare["care"] >= max(row["care"] for m, row in result.rows.items()
+                                                          if m not in ("base", "recare"))}
 
 
 def messages(result: TaskResult) -> list[str]:

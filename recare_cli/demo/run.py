@@ -16,14 +16,17 @@ from recare_cli.demo import paper, steps
 from recare_cli.demo.judge import FIGURES, measure_model
 from recare_cli.demo.paper import PAPER_FIGURES
 from recare_cli.demo.settings import (
+    EXTRA_METHODS,
     KINDS,
     LABELS,
     METHODS,
     DemoSettings,
     erase_lr,
-    erase_seeds,
+    method_seeds,
+    methods,
     model_tag,
     retain_weight,
+    scaled_recipe,
 )
 from recare_cli.errors import RefusedError
 
@@ -73,7 +76,9 @@ class StageClock:
         reused. The base model has none: 0."""
         if method == "base":
             return 0.0
-        times = [self.seconds.get(key) for key in ([tag] if method == "esd" else ["careset", "invert", tag])]
+        shared = ["careset", "invert"] if method in steps.USES_CARESET else ["invert"] if method in steps.USES_TOKENS \
+            else []
+        times = [self.seconds.get(key) for key in [*shared, tag]]
         return None if any(t is None for t in times) else round(sum(t for t in times if t is not None), 1)
 
 
@@ -98,10 +103,12 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
 
     task = TASKS[task_name]
     folder = out / task.name
-    # erase_seeds is left out: more seeds on a finished folder add erasures, the first ones stay valid
-    check_settings(folder, {"task": task.name, "settings": {k: v for k, v in asdict(s).items() if k != "erase_seeds"},
+    # erase_seeds and extra_methods are left out: more seeds or methods on a finished folder add erasures, the
+    # others stay valid. Every eraser's recipe is in: a changed method never reuses an old file of its name.
+    check_settings(folder, {"task": task.name, "settings": {k: v for k, v in asdict(s).items()
+                                                            if k not in ("erase_seeds", "extra_methods")},
                             "erase_lr": erase_lr(task, s), "retain_weight": retain_weight(task, s),
-                            "clip": clip, "sd": sd})
+                            "recipes": recipes(task, s), "clip": clip, "sd": sd})
     clock = StageClock()
     console.info(f"demo [{task.name}]: sampling target images from the base model")
     target_prompts = prompts(task.target_scenes)
@@ -115,8 +122,8 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     adv_file = steps.invert_path(folder)
     adv = clock.run("invert", [adv_file, Path(f"{adv_file}.ckpt")], steps.invert, folder, task, images, sd, s)
     weights: dict[str, list[Path]] = {"base": []}
-    for method in METHODS[1:]:
-        for seed in erase_seeds(s):
+    for method in methods(s)[1:]:
+        for seed in method_seeds(method, s):
             tag = model_tag(method, seed, s)
             console.info(f"demo [{task.name}]: erase ({LABELS[method]}" + (f", seed {seed})" if tag != method else ")"))
             made = steps.erase_path(folder, method, seed, s)
@@ -129,10 +136,10 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     per_seed: dict[str, list[dict[str, Any]]] = {}
     unrelated: dict[str, list[dict[str, Any]]] = {}  # each model's unrelated samples, by tag
     grid: list[tuple[str, list[Any]]] = []
-    for method in METHODS:
+    for method in methods(s):
         console.info(f"demo [{task.name}]: sampling and scoring the {LABELS[method]}")
         per_seed[method] = []
-        for seed in [s.seed] if method == "base" else erase_seeds(s):
+        for seed in method_seeds(method, s):
             tag = model_tag(method, seed, s)
             figures, made_samples = measure_model(task, folder / "samples" / tag, sd=sd, weights=weights[tag],
                                                   clip=clip, judge=judge, detector=detector,
@@ -147,7 +154,7 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
     # The paper's columns come after every figure above, which they leave as they were
     reference = paper.reference_folder(folder, s)
     rows: dict[str, dict[str, Any]] = {}
-    for method in METHODS:
+    for method in methods(s):
         for row in per_seed[method]:
             tag = model_tag(method, row["seed"], s)
             console.info(f"demo [{task.name}]: CCE against the {LABELS[method]}"
@@ -179,6 +186,18 @@ def run_task(out: Path, task_name: str, s: DemoSettings, *, clip: str, sd: str) 
                                                 "careset": result.careset, "results": rows, "ratio": ratio,
                                                 "files": result.files})
     return result
+
+
+def recipes(task: Any, s: DemoSettings) -> dict[str, dict[str, Any]]:
+    """Every eraser's settings by the scaling rule, with the SHA-256 of its toy inputs (STEREO's anchors, UCE's
+    guide, …): what settings.json records so that a changed recipe is refused, not silently reused."""
+    import orjson
+
+    from recare_cli.demo.baselines import inputs
+    from recare_cli.io.digest import sha256_bytes
+
+    return {m: {**scaled_recipe(m, task, s), "inputs": sha256_bytes(orjson.dumps(inputs(m, task)))}
+            for m in (*METHODS[1:], *EXTRA_METHODS)}
 
 
 def mean_over_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,9 +6,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-METHODS = ("base", "esd", "stereo", "recare")
+# The demo's models: the base model, the published baselines (each run as ``recare erase --method NAME``) and
+# ReCARE. EXTRA_METHODS run only when asked (``recare demo --with``): the ablation ReCARE without its retain loss
+# (``--method recare-noretain``, the CARE-set's anchors and the adversarial token) and the two expensive baselines.
+METHODS = ("base", "esd", "stereo", "uce", "recare")
+EXTRA_METHODS = ("noretain", "age", "advunlearn")
 KINDS = ("target", "benign", "unrelated")  # the prompts every model is sampled on
-LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO-style", "recare": "ReCARE"}
+LABELS = {"base": "base model", "esd": "ESD", "stereo": "STEREO", "uce": "UCE", "recare": "ReCARE",
+          "noretain": "ReCARE without retain", "age": "AGE", "advunlearn": "AdvUnlearn"}
+ERASE_METHOD = {"noretain": "recare-noretain"}  # the demo's name → recare erase --method, where they differ
+# What --with costs per task at the scaled recipe on 2 CPU cores (docs/erase.md, docs/toyworld.md)
+EXTRA_COST = {"noretain": "about 2 minutes", "age": "about 13 minutes", "advunlearn": "about 2 CPU-hours"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class DemoSettings:
     # Erasures per method, with seeds seed, seed + 1, …; the erasers' figures are their mean. One erase
     # seed moves a figure by up to 40 points (docs/toyworld.md), so one run is one draw.
     erase_seeds: int = 1
+    extra_methods: tuple[str, ...] = ()  # EXTRA_METHODS also run (recare demo --with)
 
 
 # A smoke test: every stage runs end to end, each on about the least that still exercises it (two sampling steps,
@@ -77,9 +86,19 @@ class DemoOptions:
     all_tasks: bool = False  # every task of the toy world, in its order
     quick: bool = False  # QUICK instead of the full settings
     erase_seeds: int = DemoSettings.erase_seeds
+    with_methods: str = ""  # comma-separated EXTRA_METHODS
+
+    def extra_methods(self) -> tuple[str, ...]:
+        from recare_cli.errors import check_choice
+
+        asked = [m.strip() for m in self.with_methods.split(",") if m.strip()]
+        for name in asked:
+            check_choice("--with", name, EXTRA_METHODS, "method")
+        return tuple(m for m in EXTRA_METHODS if m in asked)
 
     def settings(self) -> DemoSettings:
-        return replace(QUICK if self.quick else DemoSettings(), erase_seeds=self.erase_seeds)
+        return replace(QUICK if self.quick else DemoSettings(), erase_seeds=self.erase_seeds,
+                       extra_methods=self.extra_methods())
 
     def tasks(self) -> tuple[str, ...]:
         from recare_cli.toyworld.tasks import TASKS
@@ -99,6 +118,72 @@ def erase_seeds(s: DemoSettings) -> list[int]:
     return [s.seed + i for i in range(s.erase_seeds)]
 
 
+SEEDLESS = ("base", "uce")  # no erase seed: the base model, and UCE's closed form (the same weights for any seed)
+
+
+def method_seeds(method: str, s: DemoSettings) -> list[int]:
+    """The erase seeds ``method``'s row is the mean over: ``s.erase_seeds`` of them, one for SEEDLESS."""
+    return [s.seed] if method in SEEDLESS else erase_seeds(s)
+
+
 def model_tag(method: str, seed: int, s: DemoSettings) -> str:
     """The name of one erased model's files: the first erase seed keeps the method's plain name."""
     return method if seed == s.seed else f"{method}-seed{seed}"
+
+
+def methods(s: DemoSettings) -> tuple[str, ...]:
+    """The models a run compares: METHODS, then the asked EXTRA_METHODS in their order."""
+    return (*METHODS, *(m for m in EXTRA_METHODS if m in s.extra_methods))
+
+
+# ---- the one scaling rule -------------------------------------------------------------------------------------
+#
+# The demo's settings are ReCARE's reference recipe (METHOD_DEFAULTS["recare"]: 2e-5, noxattn, 200 iterations,
+# 50 DDIM steps) scaled to the toy world: each task's rate (DemoTask.erase_lr), cross-attention, 100 iterations,
+# 20 DDIM steps. Every method's own recipe (METHOD_DEFAULTS) is scaled by the same transformation: its rate times
+# the task's rate over the reference's, its iteration counts times the demo's iterations over the reference's,
+# the reference's parameter selection (noxattn) mapped to the demo's (xattn) and any other selection kept (ESD's
+# esd-x is already cross-attention; AdvUnlearn trains the text encoder), x_t sampled with the demo's DDIM steps.
+# Everything else stays the authors' (docs/toyworld.md, "One scaling rule").
+REFERENCE_METHOD = "recare"
+DDIM_REFERENCE = 50  # EraseOptions.ddim_steps, the references' sampler steps
+
+
+def lr_ratio(task: Any, s: DemoSettings) -> float:
+    from recare_cli.stages.erase import METHOD_DEFAULTS
+
+    return erase_lr(task, s) / float(METHOD_DEFAULTS[REFERENCE_METHOD]["lr"])
+
+
+def iterations_ratio(s: DemoSettings) -> float:
+    from recare_cli.stages.erase import METHOD_DEFAULTS
+
+    return s.erase_iterations / int(METHOD_DEFAULTS[REFERENCE_METHOD]["iterations"])
+
+
+def _significant(x: float) -> float:
+    """``x`` to 6 significant digits: 5e-5 × 2.5 is 1.25e-4, not 1.2500000000000003e-4."""
+    return float(f"{x:.6g}")
+
+
+def scaled_recipe(method: str, task: Any, s: DemoSettings, boost: float = 1.0) -> dict[str, Any]:
+    """The ``EraseOptions`` fields the rule sets for ``method`` (a demo name) on ``task``: its METHOD_DEFAULTS
+    scaled as above. ``boost`` multiplies the rate (UCE: its erase scale, the closed form's one strength knob):
+    the equal-erasure view's ladder."""
+    from recare_cli.stages.erase import METHOD_DEFAULTS, EraseOptions
+
+    name = ERASE_METHOD.get(method, method)
+    reference, own = METHOD_DEFAULTS[REFERENCE_METHOD], METHOD_DEFAULTS[name]
+    out: dict[str, Any] = {"method": name}
+    if name == "uce":  # a closed form: no rate, iterations, parameter selection or sampler
+        out["erase_scale"] = _significant(EraseOptions.erase_scale * boost)
+        return out
+    out["lr"] = _significant(float(own["lr"]) * lr_ratio(task, s) * boost)
+    out["iterations"] = max(1, round(int(own["iterations"]) * iterations_ratio(s)))
+    out["train_method"] = s.train_method if own["train_method"] == reference["train_method"] else own["train_method"]
+    out["ddim_steps"] = s.ddim_steps
+    if name == "advunlearn":  # its warm-up is counted in iterations
+        out["warmup_iter"] = max(1, round(EraseOptions.warmup_iter * iterations_ratio(s)))
+    if name == "recare":
+        out["retain_weight"] = retain_weight(task, s)
+    return out

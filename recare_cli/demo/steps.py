@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recare_cli.demo.settings import DemoSettings, erase_lr, model_tag, retain_weight
+from recare_cli.demo.settings import DemoSettings, model_tag, scaled_recipe
 from recare_cli.io.atomic import atomic_write_bytes
 from recare_cli.io.jsonl import dumps_json, write_jsonl
 from recare_cli.io.streams import open_output
@@ -96,21 +96,36 @@ def erase_path(folder: Path, method: str, seed: int, s: DemoSettings) -> Path:
     return folder / f"{model_tag(method, seed, s)}.safetensors"
 
 
-def erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings,
-          seed: int) -> Path:
-    from recare_cli.stages.erase import EraseOptions, run_erase
+# The erasers that read the demo's CARE-set and the adversarial tokens; published ESD, UCE, AGE and AdvUnlearn
+# erase the target alone, as their authors' recipes do
+USES_CARESET = ("recare", "noretain")
+USES_TOKENS = ("stereo", "recare", "noretain")
 
-    out = erase_path(folder, method, seed, s)
-    if not out.is_file():
-        opts = EraseOptions(target=task.target, care=None if method == "esd" else str(care),
-                            adversarial=None if method == "esd" else str(adv),
-                            method={"esd": "esd-recare", "stereo": "recare-noretain"}.get(method, method),
-                            train_method=s.train_method, iterations=s.erase_iterations, lr=erase_lr(task, s),
-                            retain_weight=retain_weight(task, s) if method == "recare" else 1.0,
-                            ddim_steps=s.ddim_steps, seed=seed, resolution=32, model=sd, device="cpu",
-                            output=str(out), checkpoint_every=20, resume=Path(f"{out}.ckpt").is_file())
+
+def erase_options(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings,
+                  seed: int, *, out: Path | None = None, boost: float = 1.0) -> Any:
+    """``recare erase``'s options for ``method`` (a demo name): its recipe by the one scaling rule
+    (``settings.scaled_recipe``, ``boost`` times its rate), its toy inputs (``baselines``), writing ``out``
+    (default: the method's file in ``folder``)."""
+    from recare_cli.demo.baselines import write_inputs
+    from recare_cli.stages.erase import EraseOptions
+
+    out = erase_path(folder, method, seed, s) if out is None else out
+    return EraseOptions(target=task.target, care=str(care) if method in USES_CARESET else None,
+                        adversarial=str(adv) if method in USES_TOKENS else None,
+                        **scaled_recipe(method, task, s, boost), **write_inputs(folder, method, task), seed=seed,
+                        resolution=32, model=sd, device="cpu", output=str(out), checkpoint_every=20,
+                        resume=Path(f"{out}.ckpt").is_file())
+
+
+def erase(folder: Path, task: Any, method: str, care: Path, adv: Path, sd: str, s: DemoSettings,
+          seed: int, *, out: Path | None = None, boost: float = 1.0) -> Path:
+    from recare_cli.stages.erase import run_erase
+
+    opts = erase_options(folder, task, method, care, adv, sd, s, seed, out=out, boost=boost)
+    if not Path(opts.output).is_file():
         run_erase(opts)
-    return out
+    return Path(opts.output)
 
 
 def attack_path(folder: Path, tag: str) -> Path:
