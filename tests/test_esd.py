@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -262,18 +261,19 @@ def test_sample_applies_esd_weights(tiny_sd_dir: Path, tmp_path: Path) -> None:
     assert erased.read_bytes() != base.read_bytes()
 
 
-def test_demo_keeps_the_reference_esd_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The demo's ESD row is still made with the ReCARE reference's ESD step, and its STEREO-style row with
-    ReCARE's objective without the retain loss (its figures do not move)."""
-    import recare_cli.stages.erase as stage
-    from recare_cli.demo import steps
+def test_demo_runs_published_esd_and_keeps_the_old_objective_as_an_ablation(tmp_path: Path) -> None:
+    """The demo's ESD row is published ESD on the target alone (no CARE-set, no tokens), at the rule's recipe; the
+    objective without ReCARE's retain loss stays reachable as its "ReCARE without retain" row."""
     from recare_cli.demo.settings import DemoSettings
+    from recare_cli.demo.steps import erase_options
+    from recare_cli.stages.erase import METHOD_DEFAULTS
+    from recare_cli.toyworld.tasks import TASKS
 
-    seen: list[Any] = []
-    monkeypatch.setattr(stage, "run_erase", lambda opts: seen.append(opts))
-    task = SimpleNamespace(target="nudity", erase_lr=1e-4, retain_weight=1.0)
-    for method in ("esd", "stereo"):
-        steps.erase(tmp_path, task, method, tmp_path / "care.json", tmp_path / "adv.safetensors", "sd",
-                    DemoSettings(), 42)
-    assert [o.method for o in seen] == ["esd-recare", "recare-noretain"]
-    assert seen[0].care is None and seen[0].adversarial is None
+    task, s = TASKS["nudity"], DemoSettings()
+    care, adv = tmp_path / "care.json", tmp_path / "adv.safetensors"
+    esd = erase_options(tmp_path, task, "esd", care, adv, "sd", s, 42)
+    assert esd.method == "esd" and esd.care is None and esd.adversarial is None
+    assert esd.train_method == METHOD_DEFAULTS["esd"]["train_method"] == "esd-x"
+    assert esd.lr == pytest.approx(METHOD_DEFAULTS["esd"]["lr"] * task.erase_lr / METHOD_DEFAULTS["recare"]["lr"])
+    noretain = erase_options(tmp_path, task, "noretain", care, adv, "sd", s, 42)
+    assert noretain.method == "recare-noretain" and noretain.care == str(care) and noretain.adversarial == str(adv)
