@@ -437,7 +437,8 @@ def test_sample_applies_stereo_weights(tiny_sd_dir: Path, tmp_path: Path) -> Non
 
 
 def test_recare_noretain_anchors_on_the_careset_without_retain(tiny_sd_dir: Path, tmp_path: Path) -> None:
-    """ReCARE's erase without the retain loss (the demo's STEREO-style row): CARE-set anchors, no retain prompts."""
+    """ReCARE's erase without the retain loss (the demo's "ReCARE without retain" row, --with noretain): CARE-set
+    anchors, no retain prompts."""
     from recare_cli.stages.erase import EraseOptions, prepare_prompts, read_care
 
     care_path = tmp_path / "care.json"
