@@ -124,3 +124,13 @@ def care_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
                                 "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
     return path
+
+
+# The longest files, started first: under pytest-xdist (a file per worker) a long file picked up last leaves the other
+# worker idle at the end of the run.
+SLOW_FIRST = ("test_recipe.py", "test_demo.py", "test_sample.py", "test_pipeline_shell.py", "test_demo_paper.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
