@@ -35,7 +35,6 @@ from recare_cli.core.diffusion import (
     sample_partial,
     unet_eps,
 )
-from recare_cli.core.guidance import lr_factor
 
 
 @dataclass
@@ -120,22 +119,12 @@ class AgeTrainer(EraseTrainer):
         with torch.no_grad(), autocast(self.device, s.precision):  # ε*_0(x_e), ε*_e(x_e), ε*_c(x_c): one batch
             eps = unet_eps(self.unet, torch.cat([x_e, x_e, x_c]), t, torch.cat([target, concept, target]),
                            params=self.teacher).float()
-        if s.lr_schedule != "constant":
-            for optimizer in self.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = s.lr * lr_factor(s.lr_schedule, i, s.iterations)
+        self._schedule_lr(i)
         with autocast(self.device, s.precision):
             pred = unet_eps(self.unet, x, t, torch.cat([concept, target])).float()
         loss, erase, preserve = unet_loss(x_e, pred[:1], eps[1:2], eps[:1], x_c, pred[1:], eps[2:],
                                           self.alpha_bar(draw.t_enc), s.guidance, s.retain_weight)
-        if self.scaler is not None:
-            optimizer = self.optimizers[0]
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()  # the hooks step each parameter's Adam
+        self._backward_and_step(loss)  # the hooks step each parameter's Adam
         return {"loss": float(loss.detach()), "erase": float(erase.detach()), "preserve": float(preserve.detach()),
                 "k": float(draw.t_enc)}
 

@@ -396,15 +396,29 @@ class EraseTrainer:
         """The student forward (erase condition, retain prompt when ``retain_target``), loss, optimizer step."""
         s = self.settings
         use_retain = retain_target is not None
+        self._schedule_lr(i)
+        with autocast(self.device, s.precision):
+            pred = each_sample(self.unet, x_t, t, student_emb)
+        loss, e_loss, r_loss = erase_loss(pred[0], target, pred[1] if use_retain else None,
+                                          retain_target, s.retain_weight)
+        self._backward_and_step(loss)
+        out = {"loss": float(loss.detach()), "erase": float(e_loss.detach()), "k": float(k)}
+        if r_loss is not None:
+            out["retain"] = float(r_loss.detach())
+        return out
+
+    def _schedule_lr(self, i: int) -> None:
+        """Set iteration ``i``'s rate of the schedule (nothing to do at a constant rate)."""
+        s = self.settings
         if s.lr_schedule != "constant":
             lr = s.lr * lr_factor(s.lr_schedule, i, s.iterations)
             for optimizer in self.optimizers:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-        with autocast(self.device, s.precision):
-            pred = each_sample(self.unet, x_t, t, student_emb)
-        loss, e_loss, r_loss = erase_loss(pred[0], target, pred[1] if use_retain else None,
-                                          retain_target, s.retain_weight)
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` and update: through the grad scaler (fp16) with one optimizer, else the hooks
+        step each parameter's optimizer inside backward."""
         if self.scaler is not None:
             optimizer = self.optimizers[0]
             optimizer.zero_grad(set_to_none=True)
@@ -412,11 +426,7 @@ class EraseTrainer:
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            loss.backward()  # the hooks step each parameter's optimizer
-        out = {"loss": float(loss.detach()), "erase": float(e_loss.detach()), "k": float(k)}
-        if r_loss is not None:
-            out["retain"] = float(r_loss.detach())
-        return out
+            loss.backward()
 
     # -- checkpoints: plain tensors (safetensors-friendly, no pickle) -----------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
