@@ -132,3 +132,17 @@ def every_module_lora_tensors(unet: Any, seed: int = 4) -> dict[str, Any]:
         tensors[f"{name}.lora_A.weight"] = 0.1 * torch.randn(a_shape, generator=g)
         tensors[f"{name}.lora_B.weight"] = 0.1 * torch.randn(b_shape, generator=g)
     return tensors
+
+
+def spy_on_learn(trainer: Any, monkeypatch: Any) -> dict[str, Any]:
+    """Record what ``trainer.step`` hands its ``_learn`` (k, x_t, t, the target, the retain target) into the returned
+    dict, and let the step go on unchanged."""
+    seen: dict[str, Any] = {}
+    learn = trainer._learn
+
+    def spy(i: int, k: int, x_t: Any, t: Any, emb: Any, target: Any, retain_target: Any = None) -> dict[str, float]:
+        seen.update(k=k, x_t=x_t, t=t, target=target, retain=retain_target)
+        return dict(learn(i, k, x_t, t, emb, target, retain_target))
+
+    monkeypatch.setattr(trainer, "_learn", spy)
+    return seen

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from recare_cli.errors import EXIT_MODEL_UNAVAILABLE, ModelUnavailableError
-from tests.helpers import invoke, provenance_model
+from tests.helpers import invoke, provenance_model, spy_on_learn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STEPS = 4  # sampler steps of the erase iterations
@@ -178,15 +178,7 @@ def test_one_erase_iteration_equals_a_naive_one(tiny_sdxl_dir: Path, method: str
     opts = EraseOptions(target="x", output="-", method=method, iterations=1, lr=1e-3, ddim_steps=STEPS)
     trainer = EraseTrainer(pipe.unet, select_parameters(pipe.unet, "xattn"), prompts, schedule,
                            erase_settings(opts, 16), pipe.scheduler.config, torch.Generator().manual_seed(seed))
-    seen: dict[str, Any] = {}
-    learn = trainer._learn
-
-    def spy(i: int, k: int, x_t: torch.Tensor, t: torch.Tensor, emb: Any, target: torch.Tensor,
-            retain_target: torch.Tensor | None = None) -> dict[str, float]:
-        seen.update(k=k, x_t=x_t, t=t, target=target, retain=retain_target)
-        return learn(i, k, x_t, t, emb, target, retain_target)
-
-    monkeypatch.setattr(trainer, "_learn", spy)
+    seen = spy_on_learn(trainer, monkeypatch)
     replay = torch.Generator().set_state(trainer.generator.get_state())
     out = trainer.step(0)
 
