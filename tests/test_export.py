@@ -377,15 +377,12 @@ def test_a_staged_folder_appears_only_when_complete(tmp_path: Path) -> None:
 # --format kohya-lora
 
 @pytest.fixture(scope="module")
-def lora_file(tiny_sd_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lora_file(tiny_sd_dir: Path, care_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A recare erase --lora run on the tiny model (rank 4, alpha 8: a scale of 2)."""
     folder = tmp_path_factory.mktemp("lora")
-    care = folder / "care.json"
-    care.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
-                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
     out = folder / "lora.safetensors"
-    res = invoke(["erase", "--target", "nudity", "--care", str(care), "--model", str(tiny_sd_dir), "--device", "cpu",
-                  "--resolution", "32", "--iterations", "3", "--ddim-steps", "8", "--lr", "1e-2", "--lora", "4",
+    res = invoke(["erase", "--target", "nudity", "--care", str(care_file), "--model", str(tiny_sd_dir), "--device",
+                  "cpu", "--resolution", "32", "--iterations", "3", "--ddim-steps", "8", "--lr", "1e-2", "--lora", "4",
                   "--lora-alpha", "8", "-o", str(out), "-q"])
     assert res.code == 0, res.stderr
     return out

@@ -3,7 +3,6 @@ diffusers' own kohya converter on the tiny SDXL model."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,11 @@ def _unet_out(pipe: Any) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def sdxl_lora_file(tiny_sdxl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sdxl_lora_file(tiny_sdxl_dir: Path, care_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A recare erase --lora run on the tiny SDXL model (rank 4, alpha 8: a scale of 2)."""
     folder = tmp_path_factory.mktemp("sdxl-lora")
-    care = folder / "care.json"
-    care.write_text(json.dumps({"nudity_care_word": ["A person", "A man"],
-                                "nudity_care_word_photo": ["A photo of person", "A photo of man"]}))
     out = folder / "lora.safetensors"
-    res = invoke(["erase", "--target", "nudity", "--care", str(care), "--model", str(tiny_sdxl_dir), "--device",
+    res = invoke(["erase", "--target", "nudity", "--care", str(care_file), "--model", str(tiny_sdxl_dir), "--device",
                   "cpu", "--iterations", "2", "--ddim-steps", "4", "--lr", "1e-2", "--lora", "4", "--lora-alpha", "8",
                   "-o", str(out), "-q"])
     assert res.code == 0, res.stderr

@@ -206,6 +206,21 @@ def _states(n: int, seed: int) -> list[torch.Tensor]:
 # ---- robustly erase once: recare erase --method stereo --------------------------------------------------------
 
 
+def _step_equals_theirs(trainer: Any, i: int, k: int, targets: list[torch.Tensor], target: torch.Tensor,
+                        loss: float, finetuned: torch.nn.Module, lr: float) -> None:
+    """Step ``trainer`` once and check it against the authors' iteration: the same x_t depth ``k``, target (the
+    last of ``targets``, which the engine's target function records) and loss, and weights where theirs went.
+    AdamW's first steps move each weight by about ±lr: a wrong rate, gradient or sign is off by ~lr, while
+    batched-vs-separate summation noise, amplified where a gradient is near 0, stays below a tenth of it."""
+    out = trainer.step(i)
+    assert out["k"] == k
+    torch.testing.assert_close(targets[-1], target, rtol=1e-4, atol=1e-5)
+    assert out["loss"] == pytest.approx(loss, rel=1e-5)
+    theirs = dict(finetuned.named_parameters())
+    for name, param in zip(trainer.names, trainer.params, strict=True):
+        torch.testing.assert_close(param.detach(), theirs[name].detach(), rtol=0, atol=0.1 * lr)
+
+
 def test_steps_equal_the_authors_loop(tiny_sd_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three iterations (erase concepts target + two tokens, two anchors): the engine's draws replayed into the
     authors' loop give the same target, loss and AdamW-updated weights. After the first update x_t drawn with the
@@ -246,15 +261,7 @@ def test_steps_equal_the_authors_loop(tiny_sd_dir: Path, monkeypatch: pytest.Mon
             other = their_reo_iteration(base, copy.deepcopy(finetuned), scheduler, torch.optim.AdamW([torch.zeros(1)]),
                                         sample_with=base, **common)[0]
         loss, target = their_reo_iteration(base, finetuned, scheduler, optimizer, **common)
-        out = trainer.step(i)
-        assert out["k"] == k
-        torch.testing.assert_close(targets[-1], target, rtol=1e-4, atol=1e-5)
-        assert out["loss"] == pytest.approx(loss, rel=1e-5)
-        # AdamW's first steps move each weight by about ±lr: a wrong rate, gradient or sign is off by ~lr, while
-        # batched-vs-separate summation noise, amplified where a gradient is near 0, stays below a tenth of it
-        for name, param in zip(trainer.names, trainer.params, strict=True):
-            torch.testing.assert_close(param.detach(), dict(finetuned.named_parameters())[name].detach(), rtol=0,
-                                       atol=0.1 * lr)
+        _step_equals_theirs(trainer, i, k, targets, target, loss, finetuned, lr)
         if i > 0:
             gaps.append(abs(other - loss) / loss)
     assert max(gaps) > 1e-3
@@ -522,13 +529,7 @@ def test_stereo_search_erase_steps_equal_train_erasing(tiny_sd_dir: Path, monkey
         loss, target = their_ste_erase_iteration(base, finetuned, scheduler, optimizer, uncond=uncond,
                                                  concept=concept, k=k, noise=noise,
                                                  negative_guidance=opts.negative_guidance)
-        out = trainer.step(i)
-        assert out["k"] == k
-        torch.testing.assert_close(targets[-1], target, rtol=1e-4, atol=1e-5)
-        assert out["loss"] == pytest.approx(loss, rel=1e-5)
-        for name, param in zip(trainer.names, trainer.params, strict=True):
-            torch.testing.assert_close(param.detach(), dict(finetuned.named_parameters())[name].detach(), rtol=0,
-                                       atol=0.1 * opts.erase_lr)
+        _step_equals_theirs(trainer, i, k, targets, target, loss, finetuned, opts.erase_lr)
 
 
 def test_stereo_search_inversion_step_equals_train_concept_inversion(tiny_sd_dir: Path, target_images: Path) -> None:
